@@ -1,0 +1,350 @@
+//! Subnet allocation as a pure function: given the checked config, every lease in the
+//! store, this node's public address and the subnet it had before (from subnet.env), decide
+//! what the store must do. The order is upstream's `tryAcquireLease`: reuse the lease of the
+//! same public IP, else the previous subnet if it is free and compatible, else a uniformly
+//! random pick among the first (at most) 100 free subnets.
+
+use crate::config::NetConfig;
+use crate::ip;
+use crate::lease::{Lease, SubnetKey};
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// How many free subnets upstream collects before picking one at random.
+pub const CANDIDATES: usize = 100;
+
+/// What a node asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct AcquireRequest<'a> {
+    pub config: &'a NetConfig,
+    pub leases: &'a [Lease],
+    pub public_ip: Ipv4Addr,
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The subnet(s) this node had, read back from subnet.env.
+    pub previous: Option<Ipv4Net>,
+    pub previous_ipv6: Option<Ipv6Net>,
+}
+
+/// Why a new subnet was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Previous,
+    Random,
+}
+
+/// What the subnet manager must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcquirePlan {
+    /// This node already holds a compatible lease: rewrite its attributes (and TTL, unless it
+    /// is a reservation).
+    Renew(Lease),
+    /// Create a lease for `key` (only if the key does not exist yet). `stale` is this node's
+    /// old lease that no longer fits the config and must be deleted first.
+    Create {
+        key: SubnetKey,
+        origin: Origin,
+        stale: Option<Lease>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    #[error("out of subnets")]
+    OutOfSubnets,
+}
+
+fn v4_compatible(c: &NetConfig, sn: Option<Ipv4Net>) -> bool {
+    if !c.enable_ipv4 {
+        return sn.is_none();
+    }
+    match (sn, c.subnet_min, c.subnet_max) {
+        (Some(sn), Some(min), Some(max)) => {
+            sn.network() >= min && sn.network() <= max && u64::from(sn.prefix_len()) == c.subnet_len
+        }
+        _ => false,
+    }
+}
+
+fn v6_compatible(c: &NetConfig, sn: Option<Ipv6Net>) -> bool {
+    if !c.enable_ipv6 {
+        return sn.is_none();
+    }
+    match (sn, c.ipv6_subnet_min, c.ipv6_subnet_max) {
+        (Some(sn), Some(min), Some(max)) => {
+            sn.network() >= min
+                && sn.network() <= max
+                && u64::from(sn.prefix_len()) == c.ipv6_subnet_len
+        }
+        _ => false,
+    }
+}
+
+/// The lease fits the current config (range and length, both families).
+pub fn is_compatible(c: &NetConfig, key: &SubnetKey) -> bool {
+    v4_compatible(c, key.ipv4_subnet()) && v6_compatible(c, key.ipv6)
+}
+
+/// Decide how to acquire a lease. `pick(n)` returns an index in `0..n` (random in
+/// production, fixed in tests).
+pub fn plan_acquire(
+    req: &AcquireRequest<'_>,
+    pick: &mut dyn FnMut(usize) -> usize,
+) -> Result<AcquirePlan, AllocError> {
+    let c = req.config;
+    let mine = req.leases.iter().find(|l| {
+        if c.enable_ipv4 {
+            l.attrs.public_ip == req.public_ip
+        } else {
+            req.public_ipv6.is_some() && l.attrs.public_ipv6 == req.public_ipv6
+        }
+    });
+    let mut stale = None;
+    if let Some(l) = mine {
+        if is_compatible(c, &l.key) {
+            return Ok(AcquirePlan::Renew(l.clone()));
+        }
+        stale = Some(l.clone());
+    }
+
+    let taken = |key: &SubnetKey| {
+        req.leases.iter().any(|l| {
+            stale.as_ref().is_none_or(|s| s.key != l.key)
+                && (key
+                    .ipv4_subnet()
+                    .zip(l.subnet())
+                    .is_some_and(|(a, b)| ip::overlaps_v4(a, b))
+                    || key
+                        .ipv6
+                        .zip(l.ipv6_subnet())
+                        .is_some_and(|(a, b)| ip::overlaps_v6(a, b)))
+        })
+    };
+
+    if req.previous.is_some() || req.previous_ipv6.is_some() {
+        let key = SubnetKey {
+            ipv4: req
+                .previous
+                .unwrap_or_else(|| Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap()),
+            ipv6: req.previous_ipv6,
+        };
+        if is_compatible(c, &key) && !taken(&key) {
+            return Ok(AcquirePlan::Create {
+                key,
+                origin: Origin::Previous,
+                stale,
+            });
+        }
+    }
+
+    let v4 = if c.enable_ipv4 {
+        let cand = free_v4(c, req.leases);
+        if cand.is_empty() {
+            return Err(AllocError::OutOfSubnets);
+        }
+        cand[pick(cand.len()).min(cand.len() - 1)]
+    } else {
+        Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap()
+    };
+    let v6 = if c.enable_ipv6 {
+        let cand = free_v6(c, req.leases);
+        if cand.is_empty() {
+            return Err(AllocError::OutOfSubnets);
+        }
+        Some(cand[pick(cand.len()).min(cand.len() - 1)])
+    } else {
+        None
+    };
+    Ok(AcquirePlan::Create {
+        key: SubnetKey { ipv4: v4, ipv6: v6 },
+        origin: Origin::Random,
+        stale,
+    })
+}
+
+/// Walk SubnetMin..=SubnetMax and collect up to [`CANDIDATES`] subnets that overlap no lease.
+pub fn free_v4(c: &NetConfig, leases: &[Lease]) -> Vec<Ipv4Net> {
+    let (Some(min), Some(max)) = (c.subnet_min, c.subnet_max) else {
+        return Vec::new();
+    };
+    let len = c.subnet_prefix();
+    let size = ip::v4_size(len);
+    let mut taken: Vec<Ipv4Net> = leases.iter().filter_map(Lease::subnet).collect();
+    taken.sort();
+    let mut out = Vec::new();
+    let mut cur = u64::from(u32::from(min));
+    while cur <= u64::from(u32::from(max)) && out.len() < CANDIDATES {
+        let sn = Ipv4Net::new(Ipv4Addr::from(cur as u32), len).unwrap();
+        if !taken.iter().any(|t| ip::overlaps_v4(*t, sn)) {
+            out.push(sn);
+        }
+        cur += size;
+    }
+    out
+}
+
+pub fn free_v6(c: &NetConfig, leases: &[Lease]) -> Vec<Ipv6Net> {
+    let (Some(min), Some(max)) = (c.ipv6_subnet_min, c.ipv6_subnet_max) else {
+        return Vec::new();
+    };
+    let len = c.ipv6_subnet_prefix();
+    let size = ip::v6_size(len);
+    let taken: Vec<Ipv6Net> = leases.iter().filter_map(Lease::ipv6_subnet).collect();
+    let mut out = Vec::new();
+    let mut cur = u128::from(min);
+    while cur <= u128::from(max) && out.len() < CANDIDATES {
+        let sn = Ipv6Net::new(Ipv6Addr::from(cur), len).unwrap();
+        if !taken.iter().any(|t| ip::overlaps_v6(*t, sn)) {
+            out.push(sn);
+        }
+        match cur.checked_add(size) {
+            Some(n) => cur = n,
+            None => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{Expiry, LeaseAttrs};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn cfg(text: &str) -> NetConfig {
+        NetConfig::parse_and_check(text).unwrap()
+    }
+
+    fn lease(sn: &str, ip: &str) -> Lease {
+        Lease {
+            key: SubnetKey::v4(sn.parse().unwrap()),
+            attrs: LeaseAttrs::new(ip.parse().unwrap()),
+            expiry: Expiry::At(UNIX_EPOCH + Duration::from_secs(1_000_000)),
+        }
+    }
+
+    fn req<'a>(c: &'a NetConfig, leases: &'a [Lease], ip: &str) -> AcquireRequest<'a> {
+        AcquireRequest {
+            config: c,
+            leases,
+            public_ip: ip.parse().unwrap(),
+            public_ipv6: None,
+            previous: None,
+            previous_ipv6: None,
+        }
+    }
+
+    #[test]
+    fn acceptance_10_same_public_ip_reuses_lease() {
+        let c = cfg(r#"{"Network":"10.3.0.0/16"}"#);
+        let leases = vec![
+            lease("10.3.9.0/24", "1.2.3.4"),
+            lease("10.3.7.0/24", "1.2.3.5"),
+        ];
+        let plan = plan_acquire(&req(&c, &leases, "1.2.3.4"), &mut |_| 0).unwrap();
+        assert_eq!(plan, AcquirePlan::Renew(leases[0].clone()));
+    }
+
+    #[test]
+    fn acceptance_10_previous_subnet_reused_when_free_and_in_range() {
+        let c = cfg(r#"{"Network":"10.3.0.0/16"}"#);
+        let mut r = req(&c, &[], "1.2.3.4");
+        r.previous = Some("10.3.6.0/24".parse().unwrap());
+        let plan = plan_acquire(&r, &mut |_| 0).unwrap();
+        assert_eq!(
+            plan,
+            AcquirePlan::Create {
+                key: SubnetKey::v4("10.3.6.0/24".parse().unwrap()),
+                origin: Origin::Previous,
+                stale: None
+            }
+        );
+        // Out of the network: not reused.
+        r.previous = Some("10.4.1.0/24".parse().unwrap());
+        let AcquirePlan::Create { origin, key, .. } = plan_acquire(&r, &mut |_| 0).unwrap() else {
+            panic!("expected a create")
+        };
+        assert_eq!(origin, Origin::Random);
+        assert_eq!(key.ipv4, "10.3.1.0/24".parse::<Ipv4Net>().unwrap());
+    }
+
+    #[test]
+    fn previous_subnet_taken_by_someone_else_is_not_reused() {
+        let c = cfg(r#"{"Network":"10.3.0.0/16"}"#);
+        let leases = vec![lease("10.3.6.0/24", "9.9.9.9")];
+        let mut r = req(&c, &leases, "1.2.3.4");
+        r.previous = Some("10.3.6.0/24".parse().unwrap());
+        let AcquirePlan::Create { origin, key, .. } = plan_acquire(&r, &mut |_| 5).unwrap() else {
+            panic!("expected a create")
+        };
+        assert_eq!(origin, Origin::Random);
+        assert_ne!(key.ipv4, "10.3.6.0/24".parse::<Ipv4Net>().unwrap());
+    }
+
+    #[test]
+    fn acceptance_11_random_pick_stays_in_range_and_free() {
+        let c = cfg(r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.1.0","SubnetMax":"10.3.25.0"}"#);
+        let leases: Vec<Lease> = ["10.3.1.0/24", "10.3.2.0/24", "10.3.4.0/24", "10.3.5.0/24"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| lease(s, &format!("9.9.9.{i}")))
+            .collect();
+        let free = free_v4(&c, &leases);
+        assert_eq!(free.len(), 21);
+        for i in 0..free.len() {
+            let AcquirePlan::Create { key, .. } =
+                plan_acquire(&req(&c, &leases, "1.2.3.4"), &mut |_| i).unwrap()
+            else {
+                panic!("expected a create")
+            };
+            let sn = key.ipv4;
+            assert!(sn.network() >= "10.3.1.0".parse::<Ipv4Addr>().unwrap());
+            assert!(sn.network() <= "10.3.25.0".parse::<Ipv4Addr>().unwrap());
+            assert!(leases.iter().all(|l| l.key.ipv4 != sn), "{sn} is taken");
+        }
+    }
+
+    #[test]
+    fn incompatible_own_lease_is_replaced() {
+        let c = cfg(r#"{"Network":"10.3.0.0/16"}"#);
+        let leases = vec![lease("10.9.0.0/24", "1.2.3.4")];
+        let AcquirePlan::Create { stale, .. } =
+            plan_acquire(&req(&c, &leases, "1.2.3.4"), &mut |_| 0).unwrap()
+        else {
+            panic!("expected a create")
+        };
+        assert_eq!(stale, Some(leases[0].clone()));
+    }
+
+    #[test]
+    fn full_network_is_out_of_subnets() {
+        let c = cfg(r#"{"Network":"10.0.0.0/28"}"#);
+        // /28 → SubnetLen 30, Min .4, Max .12: three subnets.
+        let leases = vec![
+            lease("10.0.0.4/30", "1.1.1.1"),
+            lease("10.0.0.8/30", "1.1.1.2"),
+            lease("10.0.0.12/30", "1.1.1.3"),
+        ];
+        assert_eq!(
+            plan_acquire(&req(&c, &leases, "1.2.3.4"), &mut |_| 0),
+            Err(AllocError::OutOfSubnets)
+        );
+        assert_eq!(AllocError::OutOfSubnets.to_string(), "out of subnets");
+    }
+
+    #[test]
+    fn at_most_100_candidates() {
+        let c = cfg(r#"{"Network":"10.0.0.0/8"}"#);
+        assert_eq!(free_v4(&c, &[]).len(), CANDIDATES);
+    }
+
+    #[test]
+    fn dual_stack_picks_both() {
+        let c = cfg(r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56"}"#);
+        let AcquirePlan::Create { key, .. } =
+            plan_acquire(&req(&c, &[], "1.2.3.4"), &mut |_| 0).unwrap()
+        else {
+            panic!("expected a create")
+        };
+        assert_eq!(key.to_string(), "10.0.1.0-24&fd00:0:0:1::-64");
+    }
+}

@@ -1,0 +1,625 @@
+//! The flannel network configuration: `net-conf.json` in Kubernetes mode, the value of
+//! `<prefix>/config` in etcd mode.
+//!
+//! Parsing follows Go's `encoding/json` into upstream's `subnet.Config` (case-insensitive
+//! keys, unknown keys ignored, `EnableIPv4` defaulting to true). [`NetConfig::check`] mirrors
+//! upstream's `CheckNetworkConfig`: it fills SubnetLen/SubnetMin/SubnetMax (and the IPv6
+//! equivalents) and returns upstream's exact error strings.
+//!
+//! Deliberate differences from upstream, each refusing a config upstream would silently
+//! misread: a CIDR with host bits set is an error naming the field (upstream masks it), and
+//! SubnetMin above SubnetMax is an error (upstream then fails later with "out of subnets").
+
+use crate::gojson::{self, FieldError, JsonSyntaxError};
+use crate::ip;
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde_json::{Map, Value};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// A parsed (and, after [`NetConfig::check`], validated and defaulted) network config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConfig {
+    pub enable_ipv4: bool,
+    pub enable_ipv6: bool,
+    pub enable_nftables: bool,
+    pub network: Option<Ipv4Net>,
+    pub ipv6_network: Option<Ipv6Net>,
+    pub subnet_min: Option<Ipv4Addr>,
+    pub subnet_max: Option<Ipv4Addr>,
+    /// 0 until [`NetConfig::check`] fills the default.
+    pub subnet_len: u64,
+    pub ipv6_subnet_min: Option<Ipv6Addr>,
+    pub ipv6_subnet_max: Option<Ipv6Addr>,
+    pub ipv6_subnet_len: u64,
+    /// `Backend.Type` as written; `"udp"` when Backend is absent (as upstream).
+    pub backend_type: String,
+    /// The Backend section, kept raw and typed per backend later.
+    pub backend: Option<Value>,
+}
+
+/// Everything that can be wrong with a network config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("net config: {0}")]
+    Syntax(#[source] JsonSyntaxError),
+    #[error("net config must be a JSON object, found {0}")]
+    NotAnObject(&'static str),
+    #[error("net config field {0}")]
+    Field(#[source] FieldError),
+    #[error("error decoding Backend property of config: {0}")]
+    Backend(String),
+    #[error("please define a correct Network parameter in the flannel config")]
+    NoNetwork,
+    #[error("SubnetLen must be less than /31")]
+    SubnetLenTooLong,
+    #[error("network must be able to accommodate at least four subnets")]
+    FewerThanFourSubnets,
+    #[error("network is too small. Minimum useful network prefix is /28")]
+    NetworkTooSmall,
+    #[error("SubnetMin is not in the range of the Network")]
+    SubnetMinOutOfRange,
+    #[error("SubnetMax is not in the range of the Network")]
+    SubnetMaxOutOfRange,
+    #[error("SubnetMin is not on a SubnetLen boundary: {0}")]
+    SubnetMinUnaligned(Ipv4Addr),
+    #[error("SubnetMax is not on a SubnetLen boundary: {0}")]
+    SubnetMaxUnaligned(Ipv4Addr),
+    #[error("SubnetMin ({min}) is greater than SubnetMax ({max}): no subnet can be allocated")]
+    SubnetMinAboveMax { min: Ipv4Addr, max: Ipv4Addr },
+    #[error("please define a correct IPv6Network parameter in the flannel config")]
+    NoIpv6Network,
+    #[error("SubnetLen must be less than /127")]
+    Ipv6SubnetLenTooLong,
+    #[error("IPv6Network is too small. Minimum useful network prefix is /124")]
+    Ipv6NetworkTooSmall,
+    #[error("IPv6SubnetMin is not in the range of the IPv6Network")]
+    Ipv6SubnetMinOutOfRange,
+    #[error("IPv6SubnetMax is not in the range of the IPv6Network")]
+    Ipv6SubnetMaxOutOfRange,
+    #[error("IPv6SubnetMin is not on a SubnetLen boundary: {0}")]
+    Ipv6SubnetMinUnaligned(Ipv6Addr),
+    #[error("IPv6SubnetMax is not on a SubnetLen boundary: {0}")]
+    Ipv6SubnetMaxUnaligned(Ipv6Addr),
+    #[error(
+        "IPv6SubnetMin ({min}) is greater than IPv6SubnetMax ({max}): no subnet can be allocated"
+    )]
+    Ipv6SubnetMinAboveMax { min: Ipv6Addr, max: Ipv6Addr },
+}
+
+impl From<FieldError> for ConfigError {
+    fn from(e: FieldError) -> Self {
+        ConfigError::Field(e)
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "EnableIPv4",
+    "EnableIPv6",
+    "EnableNFTables",
+    "Network",
+    "IPv6Network",
+    "SubnetMin",
+    "SubnetMax",
+    "SubnetLen",
+    "IPv6SubnetMin",
+    "IPv6SubnetMax",
+    "IPv6SubnetLen",
+    "Backend",
+];
+
+fn cidr_err(field: &str, e: ip::CidrError) -> FieldError {
+    FieldError::new(field, e.to_string())
+}
+
+fn parse_v4(field: &str, v: &Value) -> Result<Ipv4Addr, FieldError> {
+    let s = gojson::as_str(field, v)?;
+    s.parse()
+        .map_err(|_| FieldError::new(field, format!("{s:?} is not an IPv4 address")))
+}
+
+fn parse_v6(field: &str, v: &Value) -> Result<Ipv6Addr, FieldError> {
+    let s = gojson::as_str(field, v)?;
+    s.parse()
+        .map_err(|_| FieldError::new(field, format!("{s:?} is not an IPv6 address")))
+}
+
+impl NetConfig {
+    /// Parse a config document (no validation, no defaults beyond upstream's parse step).
+    pub fn parse(text: &str) -> Result<NetConfig, ConfigError> {
+        let value = gojson::parse(text).map_err(ConfigError::Syntax)?;
+        let obj = value
+            .as_object()
+            .ok_or(ConfigError::NotAnObject(gojson::kind(&value)))?;
+        Self::from_object(obj)
+    }
+
+    fn from_object(obj: &Map<String, Value>) -> Result<NetConfig, ConfigError> {
+        let mut c = NetConfig {
+            enable_ipv4: true,
+            enable_ipv6: false,
+            enable_nftables: false,
+            network: None,
+            ipv6_network: None,
+            subnet_min: None,
+            subnet_max: None,
+            subnet_len: 0,
+            ipv6_subnet_min: None,
+            ipv6_subnet_max: None,
+            ipv6_subnet_len: 0,
+            backend_type: String::new(),
+            backend: None,
+        };
+        let mut backend_seen = false;
+        for (field, v) in gojson::matched(obj, FIELDS) {
+            match field {
+                "EnableIPv4" => c.enable_ipv4 = gojson::as_bool(field, v)?,
+                "EnableIPv6" => c.enable_ipv6 = gojson::as_bool(field, v)?,
+                "EnableNFTables" => c.enable_nftables = gojson::as_bool(field, v)?,
+                "Network" => {
+                    let s = gojson::as_str(field, v)?;
+                    c.network = Some(ip::parse_ipv4_net(s).map_err(|e| cidr_err(field, e))?);
+                }
+                "IPv6Network" => {
+                    let s = gojson::as_str(field, v)?;
+                    c.ipv6_network = Some(ip::parse_ipv6_net(s).map_err(|e| cidr_err(field, e))?);
+                }
+                // Upstream treats 0.0.0.0 / :: as "not set".
+                "SubnetMin" => {
+                    c.subnet_min = Some(parse_v4(field, v)?).filter(|a| !a.is_unspecified())
+                }
+                "SubnetMax" => {
+                    c.subnet_max = Some(parse_v4(field, v)?).filter(|a| !a.is_unspecified())
+                }
+                "SubnetLen" => c.subnet_len = gojson::as_uint(field, v)?,
+                "IPv6SubnetMin" => {
+                    c.ipv6_subnet_min = Some(parse_v6(field, v)?).filter(|a| !a.is_unspecified())
+                }
+                "IPv6SubnetMax" => {
+                    c.ipv6_subnet_max = Some(parse_v6(field, v)?).filter(|a| !a.is_unspecified())
+                }
+                "IPv6SubnetLen" => c.ipv6_subnet_len = gojson::as_uint(field, v)?,
+                "Backend" => {
+                    backend_seen = true;
+                    c.backend = Some(v.clone());
+                }
+                _ => unreachable!("field list and match arms agree"),
+            }
+        }
+        // A literal `"Backend": null` reaches Go as the raw bytes `null`: a present but typeless
+        // backend. Only a missing key means "udp".
+        if !backend_seen && obj.iter().any(|(k, _)| k.eq_ignore_ascii_case("Backend")) {
+            c.backend = Some(Value::Null);
+        }
+        c.backend_type = match &c.backend {
+            None => "udp".to_string(),
+            Some(Value::Null) => String::new(),
+            Some(Value::Object(b)) => match gojson::get(b, "Type") {
+                None => String::new(),
+                Some(Value::String(t)) => t.clone(),
+                Some(other) => {
+                    return Err(ConfigError::Backend(format!(
+                        "Type: expected a string, found {}",
+                        gojson::show(other)
+                    )))
+                }
+            },
+            Some(other) => {
+                return Err(ConfigError::Backend(format!(
+                    "expected an object, found {}",
+                    gojson::kind(other)
+                )))
+            }
+        };
+        Ok(c)
+    }
+
+    /// Validate and fill defaults, as upstream's `CheckNetworkConfig` (etcd and local
+    /// modes; upstream skips it in Kubernetes mode).
+    pub fn check(&mut self) -> Result<(), ConfigError> {
+        if self.enable_ipv4 {
+            self.check_ipv4()?;
+        }
+        if self.enable_ipv6 {
+            self.check_ipv6()?;
+        }
+        Ok(())
+    }
+
+    fn check_ipv4(&mut self) -> Result<(), ConfigError> {
+        let network = self.network.ok_or(ConfigError::NoNetwork)?;
+        let prefix = u64::from(network.prefix_len());
+        if self.subnet_len > 0 {
+            if self.subnet_len > 30 {
+                return Err(ConfigError::SubnetLenTooLong);
+            }
+            if self.subnet_len < prefix + 2 {
+                return Err(ConfigError::FewerThanFourSubnets);
+            }
+        } else if prefix > 28 {
+            return Err(ConfigError::NetworkTooSmall);
+        } else if prefix <= 22 {
+            self.subnet_len = 24;
+        } else {
+            self.subnet_len = prefix + 2;
+        }
+        let len = self.subnet_len as u8;
+        let size = ip::v4_size(len);
+        let min = match self.subnet_min {
+            None => ip::v4_add(network.network(), size),
+            Some(m) if !network.contains(&m) => return Err(ConfigError::SubnetMinOutOfRange),
+            Some(m) => m,
+        };
+        let max = match self.subnet_max {
+            None => ip::v4_sub(ip::v4_next_network(network), size),
+            Some(m) if !network.contains(&m) => return Err(ConfigError::SubnetMaxOutOfRange),
+            Some(m) => m,
+        };
+        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        if u32::from(min) & mask != u32::from(min) {
+            return Err(ConfigError::SubnetMinUnaligned(min));
+        }
+        if u32::from(max) & mask != u32::from(max) {
+            return Err(ConfigError::SubnetMaxUnaligned(max));
+        }
+        if min > max {
+            return Err(ConfigError::SubnetMinAboveMax { min, max });
+        }
+        self.subnet_min = Some(min);
+        self.subnet_max = Some(max);
+        Ok(())
+    }
+
+    fn check_ipv6(&mut self) -> Result<(), ConfigError> {
+        let network = self.ipv6_network.ok_or(ConfigError::NoIpv6Network)?;
+        let prefix = u64::from(network.prefix_len());
+        if self.ipv6_subnet_len > 0 {
+            if self.ipv6_subnet_len > 126 {
+                return Err(ConfigError::Ipv6SubnetLenTooLong);
+            }
+            if self.ipv6_subnet_len < prefix + 2 {
+                return Err(ConfigError::FewerThanFourSubnets);
+            }
+        } else if prefix > 124 {
+            return Err(ConfigError::Ipv6NetworkTooSmall);
+        } else if prefix <= 62 {
+            self.ipv6_subnet_len = 64;
+        } else {
+            self.ipv6_subnet_len = prefix + 2;
+        }
+        let len = self.ipv6_subnet_len as u8;
+        let size = ip::v6_size(len);
+        let min = match self.ipv6_subnet_min {
+            None => ip::v6_add(network.network(), size),
+            Some(m) if !network.contains(&m) => return Err(ConfigError::Ipv6SubnetMinOutOfRange),
+            Some(m) => m,
+        };
+        let max = match self.ipv6_subnet_max {
+            None => ip::v6_sub(ip::v6_next_network(network), size),
+            Some(m) if !network.contains(&m) => return Err(ConfigError::Ipv6SubnetMaxOutOfRange),
+            Some(m) => m,
+        };
+        let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+        if u128::from(min) & mask != u128::from(min) {
+            return Err(ConfigError::Ipv6SubnetMinUnaligned(min));
+        }
+        if u128::from(max) & mask != u128::from(max) {
+            return Err(ConfigError::Ipv6SubnetMaxUnaligned(max));
+        }
+        if min > max {
+            return Err(ConfigError::Ipv6SubnetMinAboveMax { min, max });
+        }
+        self.ipv6_subnet_min = Some(min);
+        self.ipv6_subnet_max = Some(max);
+        Ok(())
+    }
+
+    /// Parse then [`check`](Self::check): what etcd and local modes use.
+    pub fn parse_and_check(text: &str) -> Result<NetConfig, ConfigError> {
+        let mut c = Self::parse(text)?;
+        c.check()?;
+        Ok(c)
+    }
+
+    /// The subnet length as a prefix (valid after `check`).
+    pub fn subnet_prefix(&self) -> u8 {
+        self.subnet_len.min(32) as u8
+    }
+
+    pub fn ipv6_subnet_prefix(&self) -> u8 {
+        self.ipv6_subnet_len.min(128) as u8
+    }
+
+    /// The effective config as JSON with upstream's field names, every default filled.
+    /// Secret-looking Backend fields (secret, password, token) are replaced by `"<redacted>"`.
+    pub fn effective_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("EnableIPv4".into(), self.enable_ipv4.into());
+        m.insert("EnableIPv6".into(), self.enable_ipv6.into());
+        m.insert("EnableNFTables".into(), self.enable_nftables.into());
+        if self.enable_ipv4 {
+            let s = |v: Option<String>| v.map_or(Value::Null, Value::String);
+            m.insert("Network".into(), s(self.network.map(|n| n.to_string())));
+            m.insert("SubnetLen".into(), self.subnet_len.into());
+            m.insert(
+                "SubnetMin".into(),
+                s(self.subnet_min.map(|a| a.to_string())),
+            );
+            m.insert(
+                "SubnetMax".into(),
+                s(self.subnet_max.map(|a| a.to_string())),
+            );
+        }
+        if self.enable_ipv6 {
+            let s = |v: Option<String>| v.map_or(Value::Null, Value::String);
+            m.insert(
+                "IPv6Network".into(),
+                s(self.ipv6_network.map(|n| n.to_string())),
+            );
+            m.insert("IPv6SubnetLen".into(), self.ipv6_subnet_len.into());
+            m.insert(
+                "IPv6SubnetMin".into(),
+                s(self.ipv6_subnet_min.map(|a| a.to_string())),
+            );
+            m.insert(
+                "IPv6SubnetMax".into(),
+                s(self.ipv6_subnet_max.map(|a| a.to_string())),
+            );
+        }
+        m.insert("BackendType".into(), self.backend_type.clone().into());
+        m.insert(
+            "Backend".into(),
+            self.backend.as_ref().map_or(Value::Null, redact_secrets),
+        );
+        Value::Object(m)
+    }
+}
+
+/// Replace the values of keys that look like secrets, recursively.
+pub fn redact_secrets(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let lk = k.to_ascii_lowercase();
+                    let secret = ["secret", "password", "token", "credential"]
+                        .iter()
+                        .any(|w| lk.contains(w));
+                    (
+                        k.clone(),
+                        if secret {
+                            Value::from("<redacted>")
+                        } else {
+                            redact_secrets(v)
+                        },
+                    )
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(redact_secrets).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<NetConfig, ConfigError> {
+        NetConfig::parse_and_check(text)
+    }
+
+    fn err(text: &str) -> String {
+        check(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn acceptance_1_lowercase_keys_defaults_and_udp() {
+        let c = check(r#"{"network":"10.3.0.0/16"}"#).unwrap();
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, Some("10.3.1.0".parse().unwrap()));
+        assert_eq!(c.subnet_max, Some("10.3.255.0".parse().unwrap()));
+        assert_eq!(c.backend_type, "udp");
+        assert!(c.enable_ipv4);
+        assert!(!c.enable_ipv6);
+    }
+
+    #[test]
+    fn acceptance_2_small_network_splits_in_four() {
+        let c = check(r#"{"Network":"10.0.0.0/24"}"#).unwrap();
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.subnet_min, Some("10.0.0.64".parse().unwrap()));
+        assert_eq!(c.subnet_max, Some("10.0.0.192".parse().unwrap()));
+    }
+
+    #[test]
+    fn acceptance_3_network_too_small() {
+        assert_eq!(
+            err(r#"{"Network":"10.0.0.0/29"}"#),
+            "network is too small. Minimum useful network prefix is /28"
+        );
+        // /28 is the smallest accepted: four /30s.
+        assert_eq!(
+            check(r#"{"Network":"10.0.0.0/28"}"#).unwrap().subnet_len,
+            30
+        );
+    }
+
+    #[test]
+    fn acceptance_4_subnet_len_bounds() {
+        assert_eq!(
+            err(r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#),
+            "network must be able to accommodate at least four subnets"
+        );
+        assert_eq!(
+            err(r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#),
+            "SubnetLen must be less than /31"
+        );
+        assert_eq!(
+            check(r#"{"Network":"10.0.0.0/16","SubnetLen":18}"#)
+                .unwrap()
+                .subnet_len,
+            18
+        );
+    }
+
+    #[test]
+    fn acceptance_5_subnet_min_max() {
+        assert_eq!(
+            err(r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.0.128"}"#),
+            "SubnetMin is not on a SubnetLen boundary: 10.3.0.128"
+        );
+        assert_eq!(
+            err(r#"{"Network":"10.3.0.0/16","SubnetMax":"10.4.0.0"}"#),
+            "SubnetMax is not in the range of the Network"
+        );
+        assert_eq!(
+            err(r#"{"Network":"10.3.0.0/16","SubnetMin":"10.2.0.0"}"#),
+            "SubnetMin is not in the range of the Network"
+        );
+        assert_eq!(
+            err(r#"{"Network":"10.3.0.0/16","SubnetMax":"10.3.7.64"}"#),
+            "SubnetMax is not on a SubnetLen boundary: 10.3.7.64"
+        );
+    }
+
+    #[test]
+    fn acceptance_6_ipv6_only() {
+        let c =
+            check(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#).unwrap();
+        assert_eq!(c.ipv6_subnet_len, 64);
+        assert_eq!(c.ipv6_subnet_min, Some("fc00:0:0:1::".parse().unwrap()));
+        assert_eq!(c.ipv6_subnet_max, Some("fc00:0:0:ffff::".parse().unwrap()));
+        assert_eq!(
+            c.subnet_min, None,
+            "IPv4 defaults stay empty when IPv4 is off"
+        );
+    }
+
+    #[test]
+    fn acceptance_7_empty_config() {
+        assert_eq!(
+            err("{}"),
+            "please define a correct Network parameter in the flannel config"
+        );
+    }
+
+    #[test]
+    fn ipv6_errors() {
+        let base = r#""EnableIPv6":true,"Network":"10.0.0.0/16""#;
+        assert_eq!(
+            err(&format!("{{{base}}}")),
+            "please define a correct IPv6Network parameter in the flannel config"
+        );
+        assert_eq!(
+            err(&format!(r#"{{{base},"IPv6Network":"fc00::/125"}}"#)),
+            "IPv6Network is too small. Minimum useful network prefix is /124"
+        );
+        assert_eq!(
+            err(&format!(
+                r#"{{{base},"IPv6Network":"fc00::/48","IPv6SubnetLen":127}}"#
+            )),
+            "SubnetLen must be less than /127"
+        );
+        assert_eq!(
+            err(&format!(
+                r#"{{{base},"IPv6Network":"fc00::/48","IPv6SubnetLen":49}}"#
+            )),
+            "network must be able to accommodate at least four subnets"
+        );
+        assert_eq!(
+            err(&format!(
+                r#"{{{base},"IPv6Network":"fc00::/48","IPv6SubnetMin":"fd00::"}}"#
+            )),
+            "IPv6SubnetMin is not in the range of the IPv6Network"
+        );
+        assert_eq!(
+            err(&format!(
+                r#"{{{base},"IPv6Network":"fc00::/48","IPv6SubnetMax":"fc00:0:0:1::8"}}"#
+            )),
+            "IPv6SubnetMax is not on a SubnetLen boundary: fc00:0:0:1::8"
+        );
+        let c = check(&format!(r#"{{{base},"IPv6Network":"fc00::/120"}}"#)).unwrap();
+        assert_eq!(c.ipv6_subnet_len, 122);
+    }
+
+    #[test]
+    fn backend_type_forms() {
+        assert_eq!(
+            check(r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#)
+                .unwrap()
+                .backend_type,
+            "vxlan"
+        );
+        assert_eq!(
+            check(r#"{"Network":"10.0.0.0/8","backend":{"type":"host-gw"}}"#)
+                .unwrap()
+                .backend_type,
+            "host-gw"
+        );
+        assert_eq!(
+            check(r#"{"Network":"10.0.0.0/8","Backend":{}}"#)
+                .unwrap()
+                .backend_type,
+            ""
+        );
+        assert_eq!(
+            check(r#"{"Network":"10.0.0.0/8","Backend":null}"#)
+                .unwrap()
+                .backend_type,
+            ""
+        );
+        assert!(err(r#"{"Network":"10.0.0.0/8","Backend":"vxlan"}"#)
+            .starts_with("error decoding Backend property of config: "));
+        assert!(err(r#"{"Network":"10.0.0.0/8","Backend":{"Type":3}}"#)
+            .starts_with("error decoding Backend property of config: Type: expected a string"));
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        assert_eq!(
+            err(r#"{"Network":"10.3.0.5/16"}"#),
+            "net config field Network: \"10.3.0.5/16\" has host bits set (did you mean 10.3.0.0/16?)"
+        );
+        assert_eq!(
+            err(r#"{"Network":"10.3.0.0/16","SubnetLen":-1}"#),
+            "net config field SubnetLen: expected a non-negative integer, found -1"
+        );
+        assert_eq!(
+            err(r#"{"Network":"fc00::/48"}"#),
+            "net config field Network: \"fc00::/48\" is not an IPv4 network"
+        );
+        assert_eq!(
+            err(r#"{"Network":"10.3.0.0/16","EnableIPv6":"yes"}"#),
+            "net config field EnableIPv6: expected a boolean, found \"yes\""
+        );
+        assert!(err("{\"Network\": ").starts_with("net config: malformed JSON at line 1"));
+        assert_eq!(
+            err("[]"),
+            "net config must be a JSON object, found an array"
+        );
+        assert_eq!(
+            err(r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.9.0","SubnetMax":"10.3.2.0"}"#),
+            "SubnetMin (10.3.9.0) is greater than SubnetMax (10.3.2.0): no subnet can be allocated"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_ignored_and_null_keeps_default() {
+        let c = check(r#"{"Network":"10.0.0.0/8","Whatever":[1],"EnableIPv4":null}"#).unwrap();
+        assert!(c.enable_ipv4);
+    }
+
+    #[test]
+    fn effective_json_fills_defaults_and_redacts() {
+        let c = check(
+            r#"{"Network":"10.3.0.0/16","Backend":{"Type":"tencent-vpc","AccessKeyID":"AKID1","AccessKeySecret":"s3cr3t"}}"#,
+        )
+        .unwrap();
+        let out = c.effective_json().to_string();
+        assert_eq!(
+            out,
+            r#"{"EnableIPv4":true,"EnableIPv6":false,"EnableNFTables":false,"Network":"10.3.0.0/16","SubnetLen":24,"SubnetMin":"10.3.1.0","SubnetMax":"10.3.255.0","BackendType":"tencent-vpc","Backend":{"Type":"tencent-vpc","AccessKeyID":"AKID1","AccessKeySecret":"<redacted>"}}"#
+        );
+        assert!(!out.contains("s3cr3t"));
+    }
+}
