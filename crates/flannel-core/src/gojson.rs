@@ -69,11 +69,10 @@ pub fn matched<'a>(
 
 /// The last non-null value of `field` in `obj`, matched case-insensitively.
 pub fn get<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Option<&'a Value> {
-    let fields: &[&'static str] = &[field];
     obj.iter()
-        .filter(|(k, v)| !v.is_null() && fields[0].eq_ignore_ascii_case(k))
+        .rev()
+        .find(|(k, v)| !v.is_null() && field.eq_ignore_ascii_case(k))
         .map(|(_, v)| v)
-        .last()
 }
 
 pub fn as_bool(field: &str, v: &Value) -> Result<bool, FieldError> {

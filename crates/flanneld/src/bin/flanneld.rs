@@ -1,1 +1,134 @@
-fn main() {}
+//! flanneld: the flannel-rs node agent. A thin shell: parse flags, pick the subnet manager,
+//! run the daemon until a signal.
+
+use anyhow::{bail, Context};
+use flannel_core::NetConfig;
+use flanneld::cli::Options;
+use flanneld::daemon::{self, DaemonConfig, DaemonError};
+use flanneld::health::{self, Health};
+use flanneld::iface::SystemNetwork;
+use flanneld::subnet::memory::MemoryManager;
+use flanneld::subnet::{SubnetError, SubnetManager};
+use flanneld::{logging, VERSION};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+fn main() -> ExitCode {
+    let opts = match Options::parse_with_env(std::env::args_os(), |k| std::env::var(k).ok()) {
+        Ok(o) => o,
+        Err(e) => e.exit(),
+    };
+    if opts.version {
+        // Upstream prints the version to stderr.
+        eprintln!("{VERSION}");
+        return ExitCode::SUCCESS;
+    }
+    logging::init(opts.log_format, opts.verbosity);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("flanneld: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn unsupported_flags(opts: &Options) -> anyhow::Result<()> {
+    for (set, flag) in [
+        (opts.ip_masq, "--ip-masq"),
+        (opts.ip_blackhole_route, "--ip-blackhole-route"),
+        (opts.kube_subnet_mgr, "--kube-subnet-mgr"),
+    ] {
+        if set {
+            bail!("{flag} is not supported yet by flannel-rs");
+        }
+    }
+    if opts.iptables_forward_rules {
+        warn!("--iptables-forward-rules (default true) is not supported yet: no FORWARD rules are installed; pass --iptables-forward-rules=false to silence this");
+    }
+    if !opts.vmodule.is_empty() || !opts.log_backtrace_at.is_empty() {
+        warn!("-vmodule and -log_backtrace_at are accepted for compatibility and ignored");
+    }
+    Ok(())
+}
+
+fn subnet_manager(opts: &Options) -> anyhow::Result<Arc<dyn SubnetManager>> {
+    if opts.local_subnet_mgr {
+        let path = &opts.net_config_path;
+        let text = std::fs::read_to_string(path).map_err(|source| SubnetError::ConfigFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config = NetConfig::parse_and_check(&text)
+            .with_context(|| format!("network config {}", path.display()))?;
+        return Ok(Arc::new(MemoryManager::new(config)));
+    }
+    Err(SubnetError::NotSupported("the etcd subnet manager (use --local-subnet-mgr)".into()).into())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("received SIGINT"),
+        _ = term.recv() => info!("received SIGTERM"),
+    }
+}
+
+async fn run(opts: Options) -> anyhow::Result<()> {
+    opts.validate()?;
+    info!(version = VERSION, options = ?opts, "starting flanneld");
+    unsupported_flags(&opts)?;
+    let sm = subnet_manager(&opts)?;
+
+    let health = Arc::new(Health::default());
+    if opts.healthz_port != 0 {
+        let addr = std::net::SocketAddr::new(opts.healthz_ip, opts.healthz_port);
+        let (bound, serve) = health::bind(addr, health.clone())
+            .await
+            .with_context(|| format!("binding the health server on {addr}"))?;
+        info!(addr = %bound, "serving /healthz, /readyz and /metrics");
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                error!(error = %e, "health server stopped");
+            }
+        });
+    }
+
+    let can_reach = if opts.iface_can_reach.is_empty() {
+        None
+    } else {
+        Some(opts.iface_can_reach.parse().with_context(|| {
+            format!(
+                "invalid --iface-can-reach {:?}: expected an IP address",
+                opts.iface_can_reach
+            )
+        })?)
+    };
+    let cfg = DaemonConfig {
+        subnet_file: opts.subnet_file.clone(),
+        ip_masq: opts.ip_masq,
+        ifaces: opts.iface.clone(),
+        iface_regexes: opts.iface_regex.clone(),
+        iface_can_reach: can_reach,
+        public_ip: opts.public_ip,
+        public_ipv6: opts.public_ipv6,
+        renew_margin: Duration::from_secs(opts.subnet_lease_renew_margin as u64 * 60),
+        resync_period: Duration::from_secs(opts.resync_period),
+    };
+    match daemon::run(cfg, sm, &SystemNetwork, health, shutdown_signal()).await {
+        Ok(_) => Ok(()),
+        Err(DaemonError::LeaseRevoked) => bail!("Lease has been revoked. Shutting down daemon."),
+        Err(e) => Err(e.into()),
+    }
+}

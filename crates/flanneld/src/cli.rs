@@ -1,0 +1,409 @@
+//! flanneld's command line: upstream's flags with upstream's defaults, plus a few of ours.
+//!
+//! Go's `flag` package accepts `-name`, `--name`, `-name=value` and `-name value`, and bool
+//! flags take no separate value (`-ip-masq`, `-ip-masq=false`). We normalise single-dash long
+//! flags to double-dash before clap sees them. `FLANNELD_<NAME>` environment variables
+//! (upper case, `-` → `_`) apply only to flags absent from the command line, and an empty
+//! value is ignored, exactly like upstream's `flagutil.SetFlagsFromEnv`.
+
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use secrecy::SecretString;
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+/// The environment variable prefix upstream uses.
+pub const ENV_PREFIX: &str = "FLANNELD";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Parse a bool the way Go's `strconv.ParseBool` does.
+pub fn go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean value {s:?} (use true or false)")),
+    }
+}
+
+fn secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.to_string()))
+}
+
+/// Every flag of flanneld. `Debug` never shows the etcd password.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "flanneld",
+    about = "flannel-rs node agent: acquires a pod subnet lease and programs the network for it",
+    disable_version_flag = true,
+    max_term_width = 100
+)]
+pub struct Options {
+    // --- etcd ---
+    /// A comma-delimited list of etcd endpoints.
+    #[arg(
+        long = "etcd-endpoints",
+        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: String,
+    /// etcd prefix.
+    #[arg(long = "etcd-prefix", default_value = "/coreos.com/network")]
+    pub etcd_prefix: String,
+    /// SSL key file used to secure etcd communication.
+    #[arg(long = "etcd-keyfile", default_value = "")]
+    pub etcd_keyfile: String,
+    /// SSL certification file used to secure etcd communication.
+    #[arg(long = "etcd-certfile", default_value = "")]
+    pub etcd_certfile: String,
+    /// SSL Certificate Authority file used to secure etcd communication.
+    #[arg(long = "etcd-cafile", default_value = "")]
+    pub etcd_cafile: String,
+    /// Username for BasicAuth to etcd.
+    #[arg(long = "etcd-username", default_value = "")]
+    pub etcd_username: String,
+    /// Password for BasicAuth to etcd (never logged).
+    #[arg(long = "etcd-password", value_parser = secret, hide_default_value = true)]
+    pub etcd_password: Option<SecretString>,
+
+    // --- Kubernetes ---
+    /// Contact the Kubernetes API for subnet assignment instead of etcd.
+    #[arg(long = "kube-subnet-mgr", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool, action = ArgAction::Set)]
+    pub kube_subnet_mgr: bool,
+    /// Kubernetes API server URL. Does not need to be specified if flannel is running in a pod.
+    #[arg(long = "kube-api-url", default_value = "")]
+    pub kube_api_url: String,
+    /// kubeconfig file location. Does not need to be specified if flannel is running in a pod.
+    #[arg(long = "kubeconfig-file", default_value = "")]
+    pub kubeconfig_file: String,
+    /// Kubernetes annotation prefix. Can contain a single slash "/", e.g. "example.com/my-prefix".
+    #[arg(
+        long = "kube-annotation-prefix",
+        default_value = "flannel.alpha.coreos.com"
+    )]
+    pub kube_annotation_prefix: String,
+    /// Path to the network configuration file to use (Kubernetes and local modes).
+    #[arg(
+        long = "net-config-path",
+        default_value = "/etc/kube-flannel/net-conf.json"
+    )]
+    pub net_config_path: PathBuf,
+    /// Set the NetworkUnavailable node condition to false once the network is ready.
+    #[arg(long = "set-node-network-unavailable", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = go_bool, action = ArgAction::Set)]
+    pub set_node_network_unavailable: bool,
+
+    // --- interface ---
+    /// Interface to use (IP or name) for inter-host communication. Can be repeated; the
+    /// first match wins.
+    #[arg(long = "iface", action = ArgAction::Append)]
+    pub iface: Vec<String>,
+    /// Regex of the interface (IP or name) to use. Can be repeated; tried after --iface.
+    #[arg(long = "iface-regex", action = ArgAction::Append)]
+    pub iface_regex: Vec<String>,
+    /// Detect the interface to use from the route to this address.
+    #[arg(long = "iface-can-reach", default_value = "")]
+    pub iface_can_reach: String,
+    /// IP accessible by other nodes for inter-host communication.
+    #[arg(long = "public-ip")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 accessible by other nodes for inter-host communication.
+    #[arg(long = "public-ipv6")]
+    pub public_ipv6: Option<Ipv6Addr>,
+
+    // --- lease ---
+    /// Filename where env variables (subnet, MTU, ...) will be written to.
+    #[arg(long = "subnet-file", default_value = "/run/flannel/subnet.env")]
+    pub subnet_file: PathBuf,
+    /// Subnet lease renewal margin, in minutes, ranging from 1 to 1439.
+    #[arg(
+        long = "subnet-lease-renew-margin",
+        default_value_t = 60,
+        allow_negative_numbers = true
+    )]
+    pub subnet_lease_renew_margin: i64,
+
+    // --- traffic rules ---
+    /// Setup IP masquerade rule for traffic destined outside of the overlay network.
+    #[arg(long = "ip-masq", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool, action = ArgAction::Set)]
+    pub ip_masq: bool,
+    /// Disable the fully random source port in masquerade rules.
+    #[arg(long = "ip-masq-fully-random-disable", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool, action = ArgAction::Set)]
+    pub ip_masq_fully_random_disable: bool,
+    /// Resync period for iptables rules, in seconds.
+    #[arg(long = "iptables-resync", default_value_t = 5)]
+    pub iptables_resync: u64,
+    /// Add default accept rules to the FORWARD chain.
+    #[arg(long = "iptables-forward-rules", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = go_bool, action = ArgAction::Set)]
+    pub iptables_forward_rules: bool,
+    /// Add a blackhole route for the node's own subnet.
+    #[arg(long = "ip-blackhole-route", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool, action = ArgAction::Set)]
+    pub ip_blackhole_route: bool,
+
+    // --- health and logging ---
+    /// The IP address on which to listen for health checks.
+    #[arg(long = "healthz-ip", default_value = "0.0.0.0")]
+    pub healthz_ip: IpAddr,
+    /// The port to listen on for health checks (0 disables the server).
+    #[arg(long = "healthz-port", default_value_t = 0)]
+    pub healthz_port: u16,
+    /// Log verbosity (klog -v): 0 info, 1-4 debug, 5 and up trace.
+    #[arg(long = "v", default_value_t = 0)]
+    pub verbosity: u8,
+    /// Accepted for compatibility with upstream's klog flags; has no effect.
+    #[arg(long = "vmodule", default_value = "", hide = true)]
+    pub vmodule: String,
+    /// Accepted for compatibility with upstream's klog flags; has no effect.
+    #[arg(long = "log_backtrace_at", default_value = "", hide = true)]
+    pub log_backtrace_at: String,
+    /// Log format: plain text or one JSON object per line.
+    #[arg(long = "log-format", value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+
+    // --- flannel-rs additions ---
+    /// Keep leases in this process instead of etcd or Kubernetes (single node, labs, tests).
+    /// The network config is read from --net-config-path.
+    #[arg(long = "local-subnet-mgr", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool, action = ArgAction::Set)]
+    pub local_subnet_mgr: bool,
+    /// Seconds between full reconciliations of the backend (jittered by up to 10%).
+    #[arg(long = "resync-period", default_value_t = 30)]
+    pub resync_period: u64,
+
+    /// Print version and exit.
+    #[arg(long = "version", action = ArgAction::SetTrue)]
+    pub version: bool,
+}
+
+/// Bad command-line input found after parsing.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error("invalid --subnet-lease-renew-margin {0}: must be between 1 and 1439 minutes")]
+    RenewMargin(i64),
+    #[error("invalid --iface-regex {pattern:?}: {source}")]
+    IfaceRegex {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("--resync-period must be at least 1 second")]
+    ResyncPeriod,
+}
+
+/// Turn Go-style single-dash long flags (`-iface=eth0`) into `--iface=eth0`. `-h` stays.
+pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut done = false;
+    for (i, a) in args.into_iter().enumerate() {
+        if i == 0 || done {
+            out.push(a);
+            continue;
+        }
+        match a.to_str() {
+            Some("--") => {
+                done = true;
+                out.push(a);
+            }
+            Some(s) if s.starts_with('-') && !s.starts_with("--") && s.len() > 2 => {
+                out.push(OsString::from(format!("-{s}")));
+            }
+            _ => out.push(a),
+        }
+    }
+    out
+}
+
+/// The environment variable that feeds flag `long`.
+pub fn env_var_name(long: &str) -> String {
+    format!(
+        "{ENV_PREFIX}_{}",
+        long.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+impl Options {
+    /// Parse `args` (argv, program name first) with `env` as the environment.
+    pub fn parse_with_env(
+        args: impl IntoIterator<Item = OsString>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Options, clap::Error> {
+        let mut args = normalize_args(args);
+        let cmd = Options::command();
+        let first = cmd.clone().try_get_matches_from(&args)?;
+        let mut from_env = Vec::new();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            if first.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) {
+                continue;
+            }
+            if let Some(v) = env(&env_var_name(long)).filter(|v| !v.is_empty()) {
+                from_env.push(OsString::from(format!("--{long}={v}")));
+            }
+        }
+        if from_env.is_empty() {
+            return Options::from_arg_matches(&first);
+        }
+        let at = args.len().min(1);
+        args.splice(at..at, from_env);
+        let matches = cmd.try_get_matches_from(&args)?;
+        Options::from_arg_matches(&matches)
+    }
+
+    /// Checks clap cannot express; upstream exits 1 on a bad renew margin.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        if !(1..=1439).contains(&self.subnet_lease_renew_margin) {
+            return Err(OptionsError::RenewMargin(self.subnet_lease_renew_margin));
+        }
+        for p in &self.iface_regex {
+            regex::Regex::new(p).map_err(|source| OptionsError::IfaceRegex {
+                pattern: p.clone(),
+                source,
+            })?;
+        }
+        if self.resync_period == 0 {
+            return Err(OptionsError::ResyncPeriod);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Options, clap::Error> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let argv = std::iter::once("flanneld")
+            .chain(args.iter().copied())
+            .map(OsString::from);
+        Options::parse_with_env(argv, |k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn upstream_defaults() {
+        let o = parse(&[], &[]).unwrap();
+        assert_eq!(
+            o.etcd_endpoints,
+            "http://127.0.0.1:4001,http://127.0.0.1:2379"
+        );
+        assert_eq!(o.etcd_prefix, "/coreos.com/network");
+        assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        assert_eq!(o.subnet_lease_renew_margin, 60);
+        assert_eq!(o.kube_annotation_prefix, "flannel.alpha.coreos.com");
+        assert_eq!(
+            o.net_config_path,
+            PathBuf::from("/etc/kube-flannel/net-conf.json")
+        );
+        assert!(o.set_node_network_unavailable);
+        assert!(!o.ip_masq);
+        assert!(o.iptables_forward_rules);
+        assert_eq!(o.iptables_resync, 5);
+        assert_eq!(o.healthz_ip, "0.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!(o.healthz_port, 0);
+        assert!(!o.kube_subnet_mgr);
+    }
+
+    #[test]
+    fn go_single_dash_and_double_dash_parse_identically() {
+        let a = parse(&["-iface=x"], &[]).unwrap();
+        let b = parse(&["--iface", "x"], &[]).unwrap();
+        let c = parse(&["-iface", "x"], &[]).unwrap();
+        assert_eq!(a.iface, vec!["x"]);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert_eq!(format!("{a:?}"), format!("{c:?}"));
+    }
+
+    #[test]
+    fn env_is_ignored_when_flag_given() {
+        let o = parse(&["--iface", "eth1"], &[("FLANNELD_IFACE", "eth9")]).unwrap();
+        assert_eq!(o.iface, vec!["eth1"]);
+        let o = parse(&[], &[("FLANNELD_IFACE", "eth9")]).unwrap();
+        assert_eq!(o.iface, vec!["eth9"]);
+        // A repeatable flag from the environment is one value, commas and all.
+        let o = parse(&[], &[("FLANNELD_IFACE", "eth9,eth8")]).unwrap();
+        assert_eq!(o.iface, vec!["eth9,eth8"]);
+    }
+
+    #[test]
+    fn empty_env_value_is_ignored() {
+        let o = parse(&[], &[("FLANNELD_ETCD_PREFIX", "")]).unwrap();
+        assert_eq!(o.etcd_prefix, "/coreos.com/network");
+        let o = parse(
+            &[],
+            &[("FLANNELD_ETCD_PREFIX", "/x"), ("FLANNELD_IP_MASQ", "true")],
+        )
+        .unwrap();
+        assert_eq!(o.etcd_prefix, "/x");
+        assert!(o.ip_masq);
+    }
+
+    #[test]
+    fn go_bool_flags() {
+        assert!(parse(&["-ip-masq"], &[]).unwrap().ip_masq);
+        assert!(parse(&["--ip-masq=true"], &[]).unwrap().ip_masq);
+        assert!(!parse(&["-ip-masq=false"], &[]).unwrap().ip_masq);
+        assert!(
+            !parse(&["--iptables-forward-rules=0"], &[])
+                .unwrap()
+                .iptables_forward_rules
+        );
+        assert!(parse(&["--ip-masq=maybe"], &[]).is_err());
+    }
+
+    #[test]
+    fn unknown_flag_is_an_error_naming_it() {
+        let e = parse(&["--no-such-flag"], &[]).unwrap_err();
+        assert!(e.to_string().contains("--no-such-flag"), "{e}");
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn repeatable_and_klog_flags() {
+        let o = parse(
+            &["-iface=eth0", "-iface=10.0.0.1", "-v=3", "-iface-regex=^en"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(o.iface, vec!["eth0", "10.0.0.1"]);
+        assert_eq!(o.verbosity, 3);
+        assert_eq!(o.iface_regex, vec!["^en"]);
+    }
+
+    #[test]
+    fn renew_margin_range() {
+        assert!(parse(&["--subnet-lease-renew-margin=0"], &[])
+            .unwrap()
+            .validate()
+            .is_err());
+        assert!(parse(&["--subnet-lease-renew-margin=1440"], &[])
+            .unwrap()
+            .validate()
+            .is_err());
+        assert!(parse(&["--subnet-lease-renew-margin=1439"], &[])
+            .unwrap()
+            .validate()
+            .is_ok());
+        assert!(parse(&["--iface-regex=("], &[])
+            .unwrap()
+            .validate()
+            .is_err());
+    }
+
+    #[test]
+    fn password_never_in_debug() {
+        let o = parse(&["--etcd-password=hunter2"], &[]).unwrap();
+        assert!(!format!("{o:?}").contains("hunter2"));
+        let o = parse(&[], &[("FLANNELD_ETCD_PASSWORD", "hunter3")]).unwrap();
+        assert!(o.etcd_password.is_some());
+        assert!(!format!("{o:?}").contains("hunter3"));
+    }
+}

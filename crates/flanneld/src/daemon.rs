@@ -1,0 +1,325 @@
+//! The node agent's main loop. Order as upstream's `main.go`: network config (retried each
+//! second while the store is unreachable), interface, backend, lease, backend activation,
+//! subnet.env (then ready), then the watch loop. The daemon, not the backend, owns the loop:
+//! lease events, a jittered resync tick and lease renewal all end up as calls on the backend.
+
+use crate::backend::{self, Backend, BackendError};
+use crate::health::Health;
+use crate::iface::{self, ExternalInterface, HostNetwork, IfaceError, Selection};
+use crate::metrics::{EventLabels, LeaseLabels, ResultLabels};
+use crate::subnet::{AcquireRequest, SubnetError, SubnetManager};
+use crate::subnet_file;
+use flannel_core::backend_config::BackendConfig;
+use flannel_core::lease::{Expiry, Lease, LeaseEvent};
+use flannel_core::subnet_env::{self, SubnetEnv};
+use flannel_core::watch::{LeaseWatcher, WatchUpdate};
+use flannel_core::NetConfig;
+use futures::StreamExt;
+use rand::Rng;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tracing::{debug, error, info, warn};
+
+/// What the daemon needs from the command line.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub subnet_file: PathBuf,
+    pub ip_masq: bool,
+    pub ifaces: Vec<String>,
+    pub iface_regexes: Vec<String>,
+    pub iface_can_reach: Option<IpAddr>,
+    pub public_ip: Option<std::net::Ipv4Addr>,
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+    pub renew_margin: Duration,
+    pub resync_period: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Subnet(#[from] SubnetError),
+    #[error("{0}")]
+    Iface(#[from] IfaceError),
+    #[error("{0}")]
+    Backend(#[from] BackendError),
+    #[error("Lease has been revoked. Shutting down daemon.")]
+    LeaseRevoked,
+}
+
+/// How the daemon ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// A shutdown was requested (signal).
+    Shutdown,
+}
+
+/// Wait for `f` unless `shutdown` completes first.
+async fn or_shutdown<T>(
+    f: impl Future<Output = T>,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Option<T> {
+    tokio::select! {
+        v = f => Some(v),
+        _ = shutdown => None,
+    }
+}
+
+fn jittered(period: Duration) -> Duration {
+    let f = rand::thread_rng().gen_range(0.9..1.1);
+    period.mul_f64(f)
+}
+
+fn subnet_env(config: &NetConfig, lease: &Lease, mtu: u32, ip_masq: bool) -> SubnetEnv {
+    SubnetEnv {
+        ipv4: config
+            .enable_ipv4
+            .then(|| config.network.zip(lease.subnet()))
+            .flatten(),
+        ipv6: config
+            .enable_ipv6
+            .then(|| config.ipv6_network.zip(lease.ipv6_subnet()))
+            .flatten(),
+        mtu,
+        ip_masq,
+    }
+}
+
+/// Run until `shutdown` completes or a fatal error happens.
+pub async fn run(
+    cfg: DaemonConfig,
+    sm: Arc<dyn SubnetManager>,
+    host: &dyn HostNetwork,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Exit, DaemonError> {
+    let mut shutdown = Box::pin(shutdown);
+
+    // 1. Network config, retried while the store is unreachable; a bad config is fatal.
+    let config = loop {
+        match or_shutdown(sm.network_config(), &mut shutdown).await {
+            None => return Ok(Exit::Shutdown),
+            Some(Ok(c)) => break c,
+            Some(Err(e @ (SubnetError::Config(_) | SubnetError::ConfigFile { .. }))) => {
+                return Err(e.into())
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "failed to retrieve network config, retrying in 1s");
+                if or_shutdown(tokio::time::sleep(Duration::from_secs(1)), &mut shutdown)
+                    .await
+                    .is_none()
+                {
+                    return Ok(Exit::Shutdown);
+                }
+            }
+        }
+    };
+    info!(backend = %config.backend_type, network = ?config.network.map(|n| n.to_string()), ipv6_network = ?config.ipv6_network.map(|n| n.to_string()), "network config");
+
+    // 2. Interface.
+    let ext: ExternalInterface = iface::select(
+        &Selection {
+            ifaces: cfg.ifaces.clone(),
+            regexes: cfg.iface_regexes.clone(),
+            can_reach: cfg.iface_can_reach,
+            public_ip: cfg.public_ip,
+            public_ipv6: cfg.public_ipv6,
+            ipv4: config.enable_ipv4,
+            ipv6: config.enable_ipv6,
+        },
+        host,
+    )?;
+    info!(iface = %ext.name, iface_addr = ?ext.iface_addr, ext_addr = ?ext.ext_addr, mtu = ext.mtu, "using interface");
+
+    // 3. Backend (before the lease, so a bad or unsupported backend leaves no lease behind).
+    let backend_config = BackendConfig::parse(&config.backend_type, config.backend.as_ref())
+        .map_err(BackendError::from)?;
+    let backend: Box<dyn Backend> = backend::build(&backend_config, &ext)?;
+
+    // 4. Lease.
+    let previous = subnet_file::read_previous(&cfg.subnet_file);
+    let req = AcquireRequest {
+        attrs: backend.lease_attrs().await?,
+        previous: subnet_env::previous_subnet(&previous),
+        previous_ipv6: subnet_env::previous_ipv6_subnet(&previous),
+    };
+    let mut own = match or_shutdown(sm.acquire_lease(&req), &mut shutdown).await {
+        None => return Ok(Exit::Shutdown),
+        Some(l) => l?,
+    };
+    info!(subnet = %own.key, reservation = own.is_reservation(), "lease acquired");
+    record_lease(&health, &own, backend.kind().name());
+
+    // 5. Backend activation, then subnet.env, then ready.
+    backend.activate(&own).await?;
+    let env = subnet_env(&config, &own, backend.mtu(), cfg.ip_masq);
+    ensure_subnet_env(&cfg, &env, &health);
+
+    // 6. The loop.
+    let mut watcher = LeaseWatcher::new(Some(own.key));
+    let mut stream = None;
+    let mut watch_backoff = Duration::from_millis(100);
+    let mut resync_at = tokio::time::Instant::now() + jittered(cfg.resync_period);
+    loop {
+        if stream.is_none() {
+            match or_shutdown(sm.watch_leases(), &mut shutdown).await {
+                None => return Ok(Exit::Shutdown),
+                Some(Ok(s)) => {
+                    stream = Some(s);
+                    watch_backoff = Duration::from_millis(100);
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, retry_in = ?watch_backoff, "watching leases failed");
+                    if or_shutdown(tokio::time::sleep(watch_backoff), &mut shutdown)
+                        .await
+                        .is_none()
+                    {
+                        return Ok(Exit::Shutdown);
+                    }
+                    watch_backoff = (watch_backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        let renew_in = renew_delay(&own, cfg.renew_margin);
+        let s = stream.as_mut().expect("opened above");
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("shutting down");
+                health.set_ready(false);
+                return Ok(Exit::Shutdown);
+            }
+            update = s.next() => match update {
+                None => {
+                    warn!("lease watch ended; reopening");
+                    stream = None;
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "lease watch error; reopening");
+                    stream = None;
+                }
+                Some(Ok(update)) => {
+                    if revokes(&update, &own) {
+                        error!(subnet = %own.key, "Lease has been revoked. Shutting down daemon.");
+                        health.set_ready(false);
+                        return Err(DaemonError::LeaseRevoked);
+                    }
+                    let events = watcher.apply(update);
+                    health.metrics.peers.set(watcher.peers().count() as i64);
+                    if !events.is_empty() {
+                        for e in &events {
+                            let event = if matches!(e, LeaseEvent::Added(_)) { "added" } else { "removed" };
+                            health.metrics.lease_events.get_or_create(&EventLabels { event }).inc();
+                            debug!(event, subnet = %e.lease().key, public_ip = %e.lease().attrs.public_ip, "peer lease");
+                        }
+                        let r = backend.handle(&own, &events).await;
+                        record_sync(&health, &r);
+                        if let Err(e) = r {
+                            warn!(error = %e, "backend failed to apply lease events; the next resync retries");
+                        }
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(resync_at) => {
+                resync_at = tokio::time::Instant::now() + jittered(cfg.resync_period);
+                ensure_subnet_env(&cfg, &env, &health);
+                let peers: Vec<Lease> = watcher.peers().cloned().collect();
+                let r = backend.resync(&own, &peers).await;
+                record_sync(&health, &r);
+                if let Err(e) = r {
+                    warn!(error = %e, "backend resync failed");
+                }
+            }
+            _ = tokio::time::sleep(renew_in) => {
+                match sm.renew_lease(&own).await {
+                    Ok(l) => {
+                        info!(subnet = %l.key, "lease renewed");
+                        own = l;
+                        record_lease(&health, &own, backend.kind().name());
+                    }
+                    Err(SubnetError::LeaseNotFound(_)) => {
+                        error!(subnet = %own.key, "Lease has been revoked. Shutting down daemon.");
+                        health.set_ready(false);
+                        return Err(DaemonError::LeaseRevoked);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "lease renewal failed, retrying in 1 minute");
+                        // Push the lease's own deadline forward locally so the retry waits 1 min.
+                        own.expiry = Expiry::At(SystemTime::now() + cfg.renew_margin + Duration::from_secs(60));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Time until the lease should be renewed (expiry minus margin); a reservation never is.
+fn renew_delay(own: &Lease, margin: Duration) -> Duration {
+    match own.expiry {
+        Expiry::Never => Duration::from_secs(365 * 24 * 3600),
+        Expiry::At(t) => t
+            .checked_sub(margin)
+            .and_then(|due| due.duration_since(SystemTime::now()).ok())
+            .unwrap_or(Duration::ZERO),
+    }
+}
+
+/// Our own lease disappeared from the store.
+fn revokes(update: &WatchUpdate, own: &Lease) -> bool {
+    match update {
+        WatchUpdate::Events(events) => events
+            .iter()
+            .any(|e| matches!(e, LeaseEvent::Removed(l) if l.key == own.key)),
+        WatchUpdate::Snapshot(leases) => !leases.iter().any(|l| l.key == own.key),
+    }
+}
+
+fn record_lease(health: &Health, own: &Lease, backend: &str) {
+    health.metrics.lease.clear();
+    health
+        .metrics
+        .lease
+        .get_or_create(&LeaseLabels {
+            subnet: own.key.to_string(),
+            backend: backend.to_string(),
+        })
+        .set(1);
+    let expiry = match own.expiry {
+        Expiry::Never => 0.0,
+        Expiry::At(t) => t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    };
+    health.metrics.lease_expiry.set(expiry);
+}
+
+fn record_sync<T, E>(health: &Health, r: &Result<T, E>) {
+    let result = if r.is_ok() { "ok" } else { "error" };
+    health
+        .metrics
+        .backend_syncs
+        .get_or_create(&ResultLabels { result })
+        .inc();
+}
+
+/// Write subnet.env if it is missing or differs, and mark ready once it is in place.
+/// A failed write is logged and retried at the next resync; the node stays not ready.
+fn ensure_subnet_env(cfg: &DaemonConfig, env: &SubnetEnv, health: &Health) {
+    let want = env.render();
+    if health.is_ready() && std::fs::read_to_string(&cfg.subnet_file).is_ok_and(|have| have == want)
+    {
+        return;
+    }
+    match subnet_file::write_atomic(&cfg.subnet_file, &want) {
+        Ok(()) => {
+            info!(path = %cfg.subnet_file.display(), "wrote subnet file");
+            health.set_ready(true);
+        }
+        Err(e) => {
+            error!(error = %e, "subnet file not written; not ready");
+            health.set_ready(false);
+        }
+    }
+}

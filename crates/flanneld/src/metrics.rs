@@ -1,0 +1,88 @@
+//! Prometheus metrics served at `/metrics`. Labels never carry secrets: only subnet,
+//! backend and event kinds.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseLabels {
+    pub subnet: String,
+    pub backend: String,
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub ready: Gauge,
+    pub peers: Gauge,
+    pub lease: Family<LeaseLabels, Gauge>,
+    pub lease_expiry: Gauge<f64, AtomicU64>,
+    pub lease_events: Family<EventLabels, Counter>,
+    pub backend_syncs: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("flannel");
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 once subnet.env is written and the backend is active",
+            ready.clone(),
+        );
+        let peers = Gauge::default();
+        registry.register("peers", "Peer leases currently known", peers.clone());
+        let lease = Family::<LeaseLabels, Gauge>::default();
+        registry.register("lease", "This node's lease (value 1)", lease.clone());
+        let lease_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "lease_expiry_timestamp_seconds",
+            "When this node's lease expires (0 for a reservation)",
+            lease_expiry.clone(),
+        );
+        let lease_events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "lease_events",
+            "Peer lease events handled",
+            lease_events.clone(),
+        );
+        let backend_syncs = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "backend_syncs",
+            "Backend event batches and resyncs, by result",
+            backend_syncs.clone(),
+        );
+        Metrics {
+            registry,
+            ready,
+            peers,
+            lease,
+            lease_expiry,
+            lease_events,
+            backend_syncs,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,66 @@
+//! Subnet managers: where leases live. The daemon talks to one through [`SubnetManager`];
+//! implementations are `memory` (in-process: tests and `--local-subnet-mgr`) and, in later
+//! modules, etcd and Kubernetes.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use flannel_core::alloc::AllocError;
+use flannel_core::config::ConfigError;
+use flannel_core::lease::{Lease, LeaseAttrs};
+use flannel_core::watch::WatchUpdate;
+use futures::stream::BoxStream;
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::time::Duration;
+
+/// Upstream's lease TTL.
+pub const LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What a node asks for when it acquires a lease.
+#[derive(Debug, Clone)]
+pub struct AcquireRequest {
+    pub attrs: LeaseAttrs,
+    /// This node's subnets from the previous run (subnet.env), reused when still free.
+    pub previous: Option<Ipv4Net>,
+    pub previous_ipv6: Option<Ipv6Net>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubnetError {
+    #[error("{0}")]
+    Config(#[source] ConfigError),
+    #[error("reading network config {path}: {source}")]
+    ConfigFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Alloc(#[source] AllocError),
+    #[error("max retries reached trying to acquire a subnet")]
+    RaceRetriesExhausted,
+    #[error("lease {0} not found")]
+    LeaseNotFound(String),
+    #[error("{manager} store: {message}")]
+    Store {
+        manager: &'static str,
+        message: String,
+    },
+    #[error("{0} is not supported yet by flannel-rs")]
+    NotSupported(String),
+}
+
+/// A stream of watch updates: a snapshot first, then deltas (or fresh snapshots after a
+/// re-list). It ends only when the manager shuts down.
+pub type LeaseStream = BoxStream<'static, Result<WatchUpdate, SubnetError>>;
+
+#[async_trait]
+pub trait SubnetManager: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// The network config (already checked in etcd and local modes).
+    async fn network_config(&self) -> Result<flannel_core::NetConfig, SubnetError>;
+    async fn acquire_lease(&self, req: &AcquireRequest) -> Result<Lease, SubnetError>;
+    /// Extend the lease's TTL (a reservation stays a reservation).
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, SubnetError>;
+    async fn watch_leases(&self) -> Result<LeaseStream, SubnetError>;
+}

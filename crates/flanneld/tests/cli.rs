@@ -1,0 +1,226 @@
+//! The real binaries: exit codes, messages, no partial state, and a real local run.
+
+mod common;
+
+use common::{free_port, http_get, localhost, wait_until};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
+const FLANNELCTL: &str = env!("CARGO_BIN_EXE_flannelctl");
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn config_check_prints_effective_config() {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(
+        d.path(),
+        "net.json",
+        r#"{"network":"10.3.0.0/16","Backend":{"Type":"tx-vpc","AccessKeySecret":"very-secret"}}"#,
+    );
+    let out = Command::new(FLANNELCTL)
+        .args(["config", "check"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["SubnetLen"], 24);
+    assert_eq!(v["SubnetMin"], "10.3.1.0");
+    assert_eq!(v["SubnetMax"], "10.3.255.0");
+    assert_eq!(v["BackendType"], "tx-vpc");
+    assert!(v.get("IPv6SubnetLen").is_none());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("very-secret"));
+}
+
+#[test]
+fn config_check_ipv6_defaults() {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(
+        d.path(),
+        "net.json",
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
+    );
+    let out = Command::new(FLANNELCTL)
+        .args(["config", "check"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["IPv6SubnetLen"], 64);
+    assert_eq!(v["IPv6SubnetMin"], "fc00:0:0:1::");
+    assert_eq!(v["IPv6SubnetMax"], "fc00:0:0:ffff::");
+    assert_eq!(v["BackendType"], "udp");
+}
+
+#[test]
+fn config_check_errors_exit_2_with_upstream_message() {
+    let d = tempfile::tempdir().unwrap();
+    for (text, msg) in [
+        (
+            "{}",
+            "please define a correct Network parameter in the flannel config",
+        ),
+        (
+            r#"{"Network":"10.0.0.0/29"}"#,
+            "network is too small. Minimum useful network prefix is /28",
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#,
+            "SubnetLen must be less than /31",
+        ),
+        (
+            r#"{"Network":"10.0.0.5/16"}"#,
+            "net config field Network: \"10.0.0.5/16\" has host bits set",
+        ),
+        ("{\"Network\":", "net config: malformed JSON"),
+    ] {
+        let f = write(d.path(), "net.json", text);
+        let out = Command::new(FLANNELCTL)
+            .args(["config", "check"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(msg),
+            "{text}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty());
+    }
+    let out = Command::new(FLANNELCTL)
+        .args(["config", "check", "/nonexistent/net.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/net.json"));
+}
+
+#[test]
+fn flanneld_unknown_flag_and_version() {
+    let out = Command::new(FLANNELD)
+        .arg("-no-such-flag")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+    let out = Command::new(FLANNELD).arg("-version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let out = Command::new(FLANNELD)
+        .arg("--subnet-lease-renew-margin=0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("between 1 and 1439"));
+}
+
+#[test]
+fn flanneld_bad_inputs_leave_no_subnet_file() {
+    let d = tempfile::tempdir().unwrap();
+    let env_file = d.path().join("subnet.env");
+    for (conf, msg) in [
+        (
+            r#"{"Network":"10.5.0.0/16","SubnetLen":40}"#,
+            "SubnetLen must be less than /31",
+        ),
+        (r#"{"Network":"10.5.0.0/16"}"#, "unknown backend type: udp"),
+        (
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":"one"}}"#,
+            "Backend.VNI: expected an integer",
+        ),
+    ] {
+        let f = write(d.path(), "net.json", conf);
+        let out = Command::new(FLANNELD)
+            .args([
+                "--local-subnet-mgr",
+                "--iface=lo",
+                "--iptables-forward-rules=false",
+            ])
+            .arg(format!("--net-config-path={}", f.display()))
+            .arg(format!("--subnet-file={}", env_file.display()))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{conf}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(msg),
+            "{conf}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!env_file.exists(), "{conf} left a subnet file");
+    }
+    let out = Command::new(FLANNELD)
+        .args(["--ip-masq", "--local-subnet-mgr"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ip-masq is not supported yet"));
+}
+
+#[test]
+fn flanneld_real_local_run_serves_readyz_and_stops_on_sigterm() {
+    let d = tempfile::tempdir().unwrap();
+    let conf = write(
+        d.path(),
+        "net.json",
+        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"alloc"}}"#,
+    );
+    let env_file = d.path().join("run/subnet.env");
+    let port = free_port();
+    let child = Command::new(FLANNELD)
+        .args([
+            "-local-subnet-mgr",
+            "-iface=lo",
+            "-iptables-forward-rules=false",
+            "-healthz-ip=127.0.0.1",
+        ])
+        .arg(format!("-healthz-port={port}"))
+        .arg(format!("-net-config-path={}", conf.display()))
+        .arg(format!("-subnet-file={}", env_file.display()))
+        .env("FLANNELD_LOG_FORMAT", "json")
+        .env("FLANNELD_ETCD_PASSWORD", "never-print-me")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::new(localhost(), port);
+    wait_until(
+        "/readyz 200",
+        Duration::from_secs(20),
+        || matches!(http_get(addr, "/readyz"), Ok((200, ref b)) if b == "flanneld is ready"),
+    );
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(
+        env.starts_with("FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42."),
+        "{env}"
+    );
+    assert!(env.contains("FLANNEL_MTU=65536\n"), "lo's MTU: {env}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        logs.lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('{')),
+        "json logs: {logs}"
+    );
+    assert!(logs.contains("lease acquired"));
+    assert!(!logs.contains("never-print-me"), "password leaked: {logs}");
+}

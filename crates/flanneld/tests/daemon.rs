@@ -1,0 +1,234 @@
+//! The daemon loop against the in-memory store and a fake host: no root needed.
+
+mod common;
+
+use common::wait_until_async;
+use flannel_core::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
+use flannel_core::NetConfig;
+use flanneld::daemon::{self, DaemonConfig, DaemonError, Exit};
+use flanneld::health::Health;
+use flanneld::iface::{HostNetwork, IfaceError, Interface};
+use flanneld::subnet::memory::MemoryManager;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct FakeHost;
+
+impl HostNetwork for FakeHost {
+    fn interfaces(&self) -> Result<Vec<Interface>, IfaceError> {
+        Ok(vec![Interface {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1450,
+            ipv4: vec!["172.16.0.7".parse().unwrap()],
+            ipv6: vec![],
+        }])
+    }
+    fn default_route_interface(&self, _ipv6: bool) -> Result<Option<String>, IfaceError> {
+        Ok(Some("eth0".into()))
+    }
+    fn source_address_for(&self, _dst: IpAddr) -> Result<IpAddr, IfaceError> {
+        Ok("172.16.0.7".parse().unwrap())
+    }
+}
+
+fn daemon_config(dir: &Path) -> DaemonConfig {
+    DaemonConfig {
+        subnet_file: dir.join("subnet.env"),
+        ip_masq: false,
+        ifaces: vec![],
+        iface_regexes: vec![],
+        iface_can_reach: None,
+        public_ip: None,
+        public_ipv6: None,
+        renew_margin: Duration::from_secs(3600),
+        resync_period: Duration::from_secs(30),
+    }
+}
+
+fn manager(config: &str) -> Arc<MemoryManager> {
+    Arc::new(MemoryManager::new(
+        NetConfig::parse_and_check(config).unwrap(),
+    ))
+}
+
+fn peer(subnet: &str, ip: &str) -> Lease {
+    Lease {
+        key: SubnetKey::v4(subnet.parse().unwrap()),
+        attrs: LeaseAttrs::new(ip.parse().unwrap()),
+        expiry: Expiry::Never,
+    }
+}
+
+#[tokio::test]
+async fn writes_subnet_env_becomes_ready_follows_peers_and_stops_when_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = manager(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#);
+    let health = Arc::new(Health::default());
+    let cfg = daemon_config(dir.path());
+    let run = tokio::spawn(daemon::run(
+        cfg.clone(),
+        sm.clone(),
+        &FakeHost,
+        health.clone(),
+        std::future::pending(),
+    ));
+
+    wait_until_async("ready", Duration::from_secs(10), || health.is_ready()).await;
+    let own = sm
+        .leases()
+        .into_iter()
+        .next()
+        .expect("the daemon acquired a lease");
+    assert_eq!(
+        own.attrs.to_json(),
+        r#"{"PublicIP":"172.16.0.7","PublicIPv6":null,"BackendType":"alloc"}"#
+    );
+    let env = std::fs::read_to_string(&cfg.subnet_file).unwrap();
+    let sn = own.subnet().unwrap();
+    assert_eq!(
+        env,
+        format!(
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET={}/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+            flannel_core::ip::first_host_v4(sn).0
+        )
+    );
+
+    // A peer joins, then leaves: both events reach the backend loop.
+    let p = peer(
+        if sn.to_string() == "10.5.9.0/24" {
+            "10.5.8.0/24"
+        } else {
+            "10.5.9.0/24"
+        },
+        "172.16.0.8",
+    );
+    sm.put_lease(p.clone());
+    let m = health.clone();
+    wait_until_async("peer added", Duration::from_secs(10), || {
+        m.metrics
+            .encode()
+            .contains("flannel_lease_events_total{event=\"added\"} 1")
+    })
+    .await;
+    assert!(health.metrics.encode().contains("flannel_peers 1"));
+    sm.delete_lease(&p.key);
+    wait_until_async("peer removed", Duration::from_secs(10), || {
+        m.metrics
+            .encode()
+            .contains("flannel_lease_events_total{event=\"removed\"} 1")
+    })
+    .await;
+
+    // Our own lease deleted behind our back: clean shutdown with upstream's message.
+    sm.delete_lease(&own.key);
+    let result = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = result.unwrap_err();
+    assert!(matches!(err, DaemonError::LeaseRevoked));
+    assert_eq!(
+        err.to_string(),
+        "Lease has been revoked. Shutting down daemon."
+    );
+    assert!(!health.is_ready());
+}
+
+#[tokio::test]
+async fn restart_keeps_the_subnet_via_subnet_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(dir.path());
+    let config = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#;
+    let mut subnets = Vec::new();
+    for _ in 0..2 {
+        // A fresh store each time: only subnet.env carries the subnet across the restart.
+        let sm = manager(config);
+        let health = Arc::new(Health::default());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(daemon::run(
+            cfg.clone(),
+            sm.clone(),
+            &FakeHost,
+            health.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        wait_until_async("ready", Duration::from_secs(10), || health.is_ready()).await;
+        subnets.push(sm.leases()[0].key);
+        tx.send(()).unwrap();
+        assert_eq!(run.await.unwrap().unwrap(), Exit::Shutdown);
+    }
+    assert_eq!(subnets[0], subnets[1]);
+}
+
+#[tokio::test]
+async fn unknown_backend_fails_before_any_lease_or_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = manager(r#"{"Network":"10.5.0.0/16"}"#);
+    let cfg = daemon_config(dir.path());
+    let err = daemon::run(
+        cfg.clone(),
+        sm.clone(),
+        &FakeHost,
+        Arc::new(Health::default()),
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.to_string(), "unknown backend type: udp");
+    assert!(sm.leases().is_empty());
+    assert!(!cfg.subnet_file.exists());
+}
+
+#[tokio::test]
+async fn recognised_but_unimplemented_backend_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = manager(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#);
+    let err = daemon::run(
+        daemon_config(dir.path()),
+        sm.clone(),
+        &FakeHost,
+        Arc::new(Health::default()),
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("host-gw is recognised but not supported yet"),
+        "{err}"
+    );
+    assert!(sm.leases().is_empty());
+}
+
+#[tokio::test]
+async fn readyz_503_then_200_acceptance_17() {
+    let health = Arc::new(Health::default());
+    let (addr, serve) = flanneld::health::bind("127.0.0.1:0".parse().unwrap(), health.clone())
+        .await
+        .unwrap();
+    tokio::spawn(serve);
+    let get = |path: &'static str| {
+        tokio::task::spawn_blocking(move || common::http_get(addr, path).unwrap())
+    };
+    assert_eq!(
+        get("/healthz").await.unwrap(),
+        (200, "flanneld is running".into())
+    );
+    assert_eq!(
+        get("/readyz").await.unwrap(),
+        (503, "flanneld is not ready yet".into())
+    );
+    health.set_ready(true);
+    assert_eq!(
+        get("/readyz").await.unwrap(),
+        (200, "flanneld is ready".into())
+    );
+    let (status, body) = get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("flannel_ready 1"), "{body}");
+}

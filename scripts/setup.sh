@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install everything the build, the tests and the demo need on a fresh Debian machine.
+# Idempotent; run as root (CI is root). Nothing is cached by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in protobuf-compiler etcd-server etcd-client iproute2 iptables iputils-ping python3-venv curl; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found (the machine's Rust toolchain is required)" >&2; exit 1; }
