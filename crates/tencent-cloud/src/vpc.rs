@@ -1,0 +1,391 @@
+//! VPC route tables and subnets (API version 2017-03-12). Field names and JSON types follow
+//! the API docs: `Offset`/`Limit` are strings, `RouteId` is an integer, `Enabled` a bool.
+//! Response fields are optional: the API omits or nulls fields freely.
+
+use crate::client::{Client, VPC};
+use crate::error::Error;
+use serde::{Deserialize, Serialize};
+
+/// Page size for Describe calls (the API's maximum).
+pub const PAGE: usize = 100;
+/// Never read more than this many pages (a misbehaving server cannot loop us forever).
+const MAX_PAGES: usize = 1000;
+
+/// `{Name, Values}`: separate filters are ANDed, values inside one filter ORed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Filter {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+impl Filter {
+    pub fn new(name: &str, values: &[&str]) -> Self {
+        Filter {
+            name: name.to_string(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+}
+
+/// A route as the API returns it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Route {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_cidr_block: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_table_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_ipv6_cidr_block: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_item_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_to_vbc: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_time: Option<String>,
+}
+
+/// A route to create: destination, next hop and an optional description (our ownership tag).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NewRoute {
+    pub destination_cidr_block: String,
+    pub gateway_type: String,
+    pub gateway_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_description: Option<String>,
+}
+
+/// A replacement for the route `route_id` (same table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReplacementRoute {
+    pub route_id: u64,
+    pub destination_cidr_block: String,
+    pub gateway_type: String,
+    pub gateway_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_description: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Association {
+    pub subnet_id: Option<String>,
+    pub route_table_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RouteTable {
+    pub vpc_id: Option<String>,
+    pub route_table_id: Option<String>,
+    pub route_table_name: Option<String>,
+    pub association_set: Option<Vec<Association>>,
+    pub route_set: Option<Vec<Route>>,
+    pub main: Option<bool>,
+    pub created_time: Option<String>,
+}
+
+impl RouteTable {
+    pub fn id(&self) -> &str {
+        self.route_table_id.as_deref().unwrap_or_default()
+    }
+    pub fn routes(&self) -> &[Route] {
+        self.route_set.as_deref().unwrap_or_default()
+    }
+    pub fn associations(&self) -> &[Association] {
+        self.association_set.as_deref().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Subnet {
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+    pub subnet_name: Option<String>,
+    pub cidr_block: Option<String>,
+    pub is_default: Option<bool>,
+    pub zone: Option<String>,
+    pub route_table_id: Option<String>,
+    pub available_ip_address_count: Option<u64>,
+    pub ipv6_cidr_block: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DescribeRequest<'a> {
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    filters: &'a [Filter],
+    offset: String,
+    limit: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DescribeRouteTablesResponse {
+    total_count: u64,
+    #[serde(default)]
+    route_table_set: Option<Vec<RouteTable>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DescribeSubnetsResponse {
+    total_count: u64,
+    #[serde(default)]
+    subnet_set: Option<Vec<Subnet>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RoutesRequest<'a, R: Serialize> {
+    route_table_id: &'a str,
+    routes: &'a [R],
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateRoutesResponse {
+    #[serde(default)]
+    pub total_count: Option<u64>,
+    #[serde(default)]
+    pub route_table_set: Option<Vec<RouteTable>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RouteIdOnly {
+    route_id: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeleteRoutesResponse {
+    #[serde(default)]
+    pub route_set: Option<Vec<Route>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReplaceRoutesResponse {
+    #[serde(default)]
+    pub old_route_set: Option<Vec<Route>>,
+    #[serde(default)]
+    pub new_route_set: Option<Vec<Route>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ToggleRoutesRequest<'a> {
+    route_table_id: &'a str,
+    route_ids: &'a [u64],
+}
+
+#[derive(Deserialize)]
+struct Empty {}
+
+/// Read every page of a Describe call.
+async fn read_all<T, Fut>(mut page: impl FnMut(usize) -> Fut) -> Result<Vec<T>, Error>
+where
+    Fut: std::future::Future<Output = Result<(u64, Vec<T>), Error>>,
+{
+    let mut all = Vec::new();
+    for _ in 0..MAX_PAGES {
+        let (total, items) = page(all.len()).await?;
+        let got = items.len();
+        all.extend(items);
+        if got == 0 || all.len() as u64 >= total {
+            break;
+        }
+    }
+    Ok(all)
+}
+
+impl Client {
+    /// Every route table matching `filters`, all pages read.
+    pub async fn describe_route_tables(
+        &self,
+        filters: &[Filter],
+    ) -> Result<Vec<RouteTable>, Error> {
+        read_all(|offset| async move {
+            let req = DescribeRequest {
+                filters,
+                offset: offset.to_string(),
+                limit: PAGE.to_string(),
+            };
+            let r: DescribeRouteTablesResponse =
+                self.call(VPC, "DescribeRouteTables", &req, true).await?;
+            Ok((r.total_count, r.route_table_set.unwrap_or_default()))
+        })
+        .await
+    }
+
+    /// Every subnet matching `filters`, all pages read.
+    pub async fn describe_subnets(&self, filters: &[Filter]) -> Result<Vec<Subnet>, Error> {
+        read_all(|offset| async move {
+            let req = DescribeRequest {
+                filters,
+                offset: offset.to_string(),
+                limit: PAGE.to_string(),
+            };
+            let r: DescribeSubnetsResponse = self.call(VPC, "DescribeSubnets", &req, true).await?;
+            Ok((r.total_count, r.subnet_set.unwrap_or_default()))
+        })
+        .await
+    }
+
+    /// Create routes in one table, all or nothing.
+    pub async fn create_routes(
+        &self,
+        table: &str,
+        routes: &[NewRoute],
+    ) -> Result<CreateRoutesResponse, Error> {
+        self.call(
+            VPC,
+            "CreateRoutes",
+            &RoutesRequest {
+                route_table_id: table,
+                routes,
+            },
+            false,
+        )
+        .await
+    }
+
+    /// Delete routes by RouteId.
+    pub async fn delete_routes(
+        &self,
+        table: &str,
+        route_ids: &[u64],
+    ) -> Result<DeleteRoutesResponse, Error> {
+        let routes: Vec<RouteIdOnly> = route_ids
+            .iter()
+            .map(|&route_id| RouteIdOnly { route_id })
+            .collect();
+        self.call(
+            VPC,
+            "DeleteRoutes",
+            &RoutesRequest {
+                route_table_id: table,
+                routes: &routes,
+            },
+            false,
+        )
+        .await
+    }
+
+    /// Change routes in place (no gap in forwarding).
+    pub async fn replace_routes(
+        &self,
+        table: &str,
+        routes: &[ReplacementRoute],
+    ) -> Result<ReplaceRoutesResponse, Error> {
+        self.call(
+            VPC,
+            "ReplaceRoutes",
+            &RoutesRequest {
+                route_table_id: table,
+                routes,
+            },
+            false,
+        )
+        .await
+    }
+
+    pub async fn enable_routes(&self, table: &str, route_ids: &[u64]) -> Result<(), Error> {
+        let _: Empty = self
+            .call(
+                VPC,
+                "EnableRoutes",
+                &ToggleRoutesRequest {
+                    route_table_id: table,
+                    route_ids,
+                },
+                true,
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn disable_routes(&self, table: &str, route_ids: &[u64]) -> Result<(), Error> {
+        let _: Empty = self
+            .call(
+                VPC,
+                "DisableRoutes",
+                &ToggleRoutesRequest {
+                    route_table_id: table,
+                    route_ids,
+                },
+                true,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_json_types() {
+        let req = DescribeRequest {
+            filters: &[Filter::new("vpc-id", &["vpc-1"])],
+            offset: "0".into(),
+            limit: "100".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"Filters":[{"Name":"vpc-id","Values":["vpc-1"]}],"Offset":"0","Limit":"100"}"#
+        );
+        let routes = [RouteIdOnly { route_id: 14915 }];
+        assert_eq!(
+            serde_json::to_string(&RoutesRequest {
+                route_table_id: "rtb-n0yejvje",
+                routes: &routes
+            })
+            .unwrap(),
+            r#"{"RouteTableId":"rtb-n0yejvje","Routes":[{"RouteId":14915}]}"#
+        );
+        let new = [NewRoute {
+            destination_cidr_block: "10.244.1.0/24".into(),
+            gateway_type: "NORMAL_CVM".into(),
+            gateway_id: "172.16.0.25".into(),
+            route_description: None,
+        }];
+        assert_eq!(
+            serde_json::to_string(&RoutesRequest {
+                route_table_id: "rtb-1",
+                routes: &new
+            })
+            .unwrap(),
+            r#"{"RouteTableId":"rtb-1","Routes":[{"DestinationCidrBlock":"10.244.1.0/24","GatewayType":"NORMAL_CVM","GatewayId":"172.16.0.25"}]}"#
+        );
+    }
+
+    #[test]
+    fn tolerant_route_table_decoding() {
+        let t: RouteTable = serde_json::from_str(
+            r#"{"RouteTableId":"rtb-1","Main":true,"RouteSet":[{"DestinationCidrBlock":"10.0.0.0/24","RouteId":7,"Enabled":true,"RouteDescription":null,"Unknown":1}],"AssociationSet":null}"#,
+        )
+        .unwrap();
+        assert_eq!(t.id(), "rtb-1");
+        assert_eq!(t.routes()[0].route_id, Some(7));
+        assert!(t.associations().is_empty());
+    }
+}
