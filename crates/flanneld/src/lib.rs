@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod ctl;
 pub mod daemon;
 pub mod health;
 pub mod iface;

@@ -158,7 +158,7 @@ struct RoutesRequest<'a, R: Serialize> {
     routes: &'a [R],
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CreateRoutesResponse {
     #[serde(default)]
@@ -173,14 +173,14 @@ struct RouteIdOnly {
     route_id: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DeleteRoutesResponse {
     #[serde(default)]
     pub route_set: Option<Vec<Route>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ReplaceRoutesResponse {
     #[serde(default)]

@@ -1,5 +1,5 @@
 //! flannelctl: the operator CLI. `config check FILE` validates a network config exactly as
-//! flanneld would and prints the effective config.
+//! flanneld would and prints the effective config; `routes list` shows a VPC's route tables.
 
 use clap::{Parser, Subcommand};
 use flannel_core::NetConfig;
@@ -18,6 +18,34 @@ enum Command {
     /// Network config (net-conf.json or the etcd config value).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Tencent Cloud VPC route tables.
+    #[command(subcommand)]
+    Routes(RoutesCommand),
+}
+
+#[derive(Subcommand)]
+enum RoutesCommand {
+    /// List every route table of a VPC with its subnet associations and routes.
+    List {
+        #[arg(long = "vpc-id")]
+        vpc_id: String,
+        /// Region (default: TENCENTCLOUD_REGION, else the metadata service).
+        #[arg(long)]
+        region: Option<String>,
+        /// public, regional, internal, a host name, or an http(s) URL (e.g. the emulator).
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long = "metadata-url", default_value = tencent_cloud::metadata::DEFAULT_BASE_URL)]
+        metadata_url: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -36,6 +64,60 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Routes(RoutesCommand::List {
+            vpc_id,
+            region,
+            endpoint,
+            metadata_url,
+            output,
+        }) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime");
+            rt.block_on(routes_list(vpc_id, region, endpoint, metadata_url, output))
+        }
+    }
+}
+
+async fn routes_list(
+    vpc_id: String,
+    region: Option<String>,
+    endpoint: Option<String>,
+    metadata_url: String,
+    output: Output,
+) -> ExitCode {
+    use tencent_cloud::ErrorClass;
+    let client = match flanneld::ctl::cloud_client(region, endpoint, &metadata_url).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flannelctl: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let filters = [tencent_cloud::vpc::Filter::new(
+        "vpc-id",
+        &[vpc_id.as_str()],
+    )];
+    match client.describe_route_tables(&filters).await {
+        Ok(tables) => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&tables).expect("route tables serialise")
+                ),
+                Output::Table => print!("{}", flanneld::ctl::render_route_tables(&tables)),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flannelctl: {e}");
+            // Auth and parameter errors are the caller's to fix (2); the rest may pass (1).
+            match e.class() {
+                ErrorClass::Retryable => ExitCode::FAILURE,
+                _ => ExitCode::from(EXIT_INVALID),
+            }
+        }
     }
 }
 
