@@ -23,6 +23,16 @@ pub struct AcquireRequest<'a> {
     /// The subnet(s) this node had, read back from subnet.env.
     pub previous: Option<Ipv4Net>,
     pub previous_ipv6: Option<Ipv6Net>,
+    /// How many free subnets to pick from at random: [`CANDIDATES`] (upstream) on the first
+    /// try; a store widens it after a lost race (see [`candidates_for_attempt`]).
+    pub candidates: usize,
+}
+
+/// The random-pick window for the `attempt`-th try (0-based): upstream's 100 at first,
+/// doubling after each lost race, so many nodes starting at once stop colliding on the same
+/// few subnets instead of exhausting their retries.
+pub fn candidates_for_attempt(attempt: u32) -> usize {
+    CANDIDATES.saturating_mul(1usize << attempt.min(16))
 }
 
 /// Why a new subnet was chosen.
@@ -137,7 +147,7 @@ pub fn plan_acquire(
     }
 
     let v4 = if c.enable_ipv4 {
-        let cand = free_v4(c, req.leases);
+        let cand = free_v4(c, req.leases, req.candidates);
         if cand.is_empty() {
             return Err(AllocError::OutOfSubnets);
         }
@@ -146,7 +156,7 @@ pub fn plan_acquire(
         Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap()
     };
     let v6 = if c.enable_ipv6 {
-        let cand = free_v6(c, req.leases);
+        let cand = free_v6(c, req.leases, req.candidates);
         if cand.is_empty() {
             return Err(AllocError::OutOfSubnets);
         }
@@ -161,20 +171,33 @@ pub fn plan_acquire(
     })
 }
 
-/// Walk SubnetMin..=SubnetMax and collect up to [`CANDIDATES`] subnets that overlap no lease.
-pub fn free_v4(c: &NetConfig, leases: &[Lease]) -> Vec<Ipv4Net> {
+/// Walk SubnetMin..=SubnetMax and collect up to `limit` subnets that overlap no lease.
+pub fn free_v4(c: &NetConfig, leases: &[Lease], limit: usize) -> Vec<Ipv4Net> {
     let (Some(min), Some(max)) = (c.subnet_min, c.subnet_max) else {
         return Vec::new();
     };
     let len = c.subnet_prefix();
     let size = ip::v4_size(len);
     let mut taken: Vec<Ipv4Net> = leases.iter().filter_map(Lease::subnet).collect();
-    taken.sort();
+    taken.sort_by_key(|t| t.network());
     let mut out = Vec::new();
     let mut cur = u64::from(u32::from(min));
-    while cur <= u64::from(u32::from(max)) && out.len() < CANDIDATES {
+    let mut next_taken = 0;
+    while cur <= u64::from(u32::from(max)) && out.len() < limit {
         let sn = Ipv4Net::new(Ipv4Addr::from(cur as u32), len).unwrap();
-        if !taken.iter().any(|t| ip::overlaps_v4(*t, sn)) {
+        // Taken subnets are sorted by start: skip those that end before this one starts,
+        // keeping the walk linear in (candidates + leases) rather than their product.
+        while next_taken < taken.len() && u64::from(u32::from(taken[next_taken].broadcast())) < cur
+        {
+            next_taken += 1;
+        }
+        let overlaps = taken[next_taken..]
+            .iter()
+            .take_while(|t| {
+                u64::from(u32::from(t.network())) <= u64::from(u32::from(sn.broadcast()))
+            })
+            .any(|t| ip::overlaps_v4(*t, sn));
+        if !overlaps {
             out.push(sn);
         }
         cur += size;
@@ -182,7 +205,7 @@ pub fn free_v4(c: &NetConfig, leases: &[Lease]) -> Vec<Ipv4Net> {
     out
 }
 
-pub fn free_v6(c: &NetConfig, leases: &[Lease]) -> Vec<Ipv6Net> {
+pub fn free_v6(c: &NetConfig, leases: &[Lease], limit: usize) -> Vec<Ipv6Net> {
     let (Some(min), Some(max)) = (c.ipv6_subnet_min, c.ipv6_subnet_max) else {
         return Vec::new();
     };
@@ -191,7 +214,7 @@ pub fn free_v6(c: &NetConfig, leases: &[Lease]) -> Vec<Ipv6Net> {
     let taken: Vec<Ipv6Net> = leases.iter().filter_map(Lease::ipv6_subnet).collect();
     let mut out = Vec::new();
     let mut cur = u128::from(min);
-    while cur <= u128::from(max) && out.len() < CANDIDATES {
+    while cur <= u128::from(max) && out.len() < limit {
         let sn = Ipv6Net::new(Ipv6Addr::from(cur), len).unwrap();
         if !taken.iter().any(|t| ip::overlaps_v6(*t, sn)) {
             out.push(sn);
@@ -230,6 +253,7 @@ mod tests {
             public_ipv6: None,
             previous: None,
             previous_ipv6: None,
+            candidates: CANDIDATES,
         }
     }
 
@@ -288,7 +312,7 @@ mod tests {
             .enumerate()
             .map(|(i, s)| lease(s, &format!("9.9.9.{i}")))
             .collect();
-        let free = free_v4(&c, &leases);
+        let free = free_v4(&c, &leases, CANDIDATES);
         assert_eq!(free.len(), 21);
         for i in 0..free.len() {
             let AcquirePlan::Create { key, .. } =
@@ -334,7 +358,37 @@ mod tests {
     #[test]
     fn at_most_100_candidates() {
         let c = cfg(r#"{"Network":"10.0.0.0/8"}"#);
-        assert_eq!(free_v4(&c, &[]).len(), CANDIDATES);
+        assert_eq!(free_v4(&c, &[], CANDIDATES).len(), CANDIDATES);
+        assert_eq!(candidates_for_attempt(0), 100);
+        assert_eq!(candidates_for_attempt(3), 800);
+    }
+
+    #[test]
+    fn free_walk_skips_big_and_unsorted_leases() {
+        let c = cfg(r#"{"Network":"10.0.0.0/16"}"#);
+        // A /22 lease covers 10.0.4.0-10.0.7.255; a /24 lease listed first sits after it.
+        let leases = vec![
+            lease("10.0.9.0/24", "1.1.1.9"),
+            lease("10.0.4.0/22", "1.1.1.4"),
+            lease("10.0.1.0/24", "1.1.1.1"),
+        ];
+        let free: Vec<String> = free_v4(&c, &leases, 8)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            free,
+            [
+                "10.0.2.0/24",
+                "10.0.3.0/24",
+                "10.0.8.0/24",
+                "10.0.10.0/24",
+                "10.0.11.0/24",
+                "10.0.12.0/24",
+                "10.0.13.0/24",
+                "10.0.14.0/24"
+            ]
+        );
     }
 
     #[test]

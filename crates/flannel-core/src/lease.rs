@@ -212,6 +212,9 @@ pub enum Expiry {
     /// A reservation: a key with no TTL, written by an operator. Never turned into an
     /// expiring lease (fixes upstream issue 1329).
     Never,
+    /// Bound to a store lease whose remaining TTL was not looked up (peers in a listing:
+    /// one extra round trip per lease is not worth it where nobody needs the time).
+    Unknown,
 }
 
 /// A subnet lease as every subnet manager reports it.

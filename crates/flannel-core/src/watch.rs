@@ -76,7 +76,8 @@ impl LeaseWatcher {
     }
 
     /// Apply deltas. Added upserts, Removed deletes; both pass through (a Removed for an
-    /// unknown peer still passes, so a backend can clean up after a restart).
+    /// unknown peer still passes, so a backend can clean up after a restart). A Removed
+    /// carries the last known attributes of the peer: a store's delete event has only a key.
     pub fn update(&mut self, events: Vec<LeaseEvent>) -> Vec<LeaseEvent> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
@@ -88,7 +89,10 @@ impl LeaseWatcher {
                     self.peers.insert(l.key, l.clone());
                 }
                 LeaseEvent::Removed(l) => {
-                    self.peers.remove(&l.key);
+                    if let Some(known) = self.peers.remove(&l.key) {
+                        out.push(LeaseEvent::Removed(known));
+                        continue;
+                    }
                 }
             }
             out.push(e);
@@ -146,6 +150,18 @@ mod tests {
         ]));
         assert_eq!(ev, vec![LeaseEvent::Removed(a)]);
         assert_eq!(w.peers().cloned().collect::<Vec<_>>(), vec![c]);
+    }
+
+    #[test]
+    fn removed_carries_the_known_attributes() {
+        let mut w = LeaseWatcher::new(None);
+        let full = lease("10.0.2.0/24", "1.1.1.2");
+        w.apply(WatchUpdate::Snapshot(vec![full.clone()]));
+        let key_only = lease("10.0.2.0/24", "0.0.0.0");
+        assert_eq!(
+            w.apply(WatchUpdate::Events(vec![LeaseEvent::Removed(key_only)])),
+            vec![LeaseEvent::Removed(full)]
+        );
     }
 
     #[test]

@@ -35,16 +35,9 @@ fn secret(s: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(s.to_string()))
 }
 
-/// Every flag of flanneld. `Debug` never shows the etcd password.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "flanneld",
-    about = "flannel-rs node agent: acquires a pod subnet lease and programs the network for it",
-    disable_version_flag = true,
-    max_term_width = 100
-)]
-pub struct Options {
-    // --- etcd ---
+/// upstream's etcd flags, shared by flanneld and flannelctl. `Debug` never shows the password.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdArgs {
     /// A comma-delimited list of etcd endpoints.
     #[arg(
         long = "etcd-endpoints",
@@ -69,6 +62,32 @@ pub struct Options {
     /// Password for BasicAuth to etcd (never logged).
     #[arg(long = "etcd-password", value_parser = secret, hide_default_value = true)]
     pub etcd_password: Option<SecretString>,
+}
+
+impl EtcdArgs {
+    pub fn to_options(&self) -> crate::subnet::etcd::EtcdOptions {
+        let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+        let mut e = crate::subnet::etcd::EtcdOptions::new(&self.etcd_endpoints, &self.etcd_prefix);
+        e.keyfile = path(&self.etcd_keyfile);
+        e.certfile = path(&self.etcd_certfile);
+        e.cafile = path(&self.etcd_cafile);
+        e.username = (!self.etcd_username.is_empty()).then(|| self.etcd_username.clone());
+        e.password = self.etcd_password.clone();
+        e
+    }
+}
+
+/// Every flag of flanneld. `Debug` never shows the etcd password.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "flanneld",
+    about = "flannel-rs node agent: acquires a pod subnet lease and programs the network for it",
+    disable_version_flag = true,
+    max_term_width = 100
+)]
+pub struct Options {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 
     // --- Kubernetes ---
     /// Contact the Kubernetes API for subnet assignment instead of etcd.
@@ -292,10 +311,10 @@ mod tests {
     fn upstream_defaults() {
         let o = parse(&[], &[]).unwrap();
         assert_eq!(
-            o.etcd_endpoints,
+            o.etcd.etcd_endpoints,
             "http://127.0.0.1:4001,http://127.0.0.1:2379"
         );
-        assert_eq!(o.etcd_prefix, "/coreos.com/network");
+        assert_eq!(o.etcd.etcd_prefix, "/coreos.com/network");
         assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(o.subnet_lease_renew_margin, 60);
         assert_eq!(o.kube_annotation_prefix, "flannel.alpha.coreos.com");
@@ -336,13 +355,13 @@ mod tests {
     #[test]
     fn empty_env_value_is_ignored() {
         let o = parse(&[], &[("FLANNELD_ETCD_PREFIX", "")]).unwrap();
-        assert_eq!(o.etcd_prefix, "/coreos.com/network");
+        assert_eq!(o.etcd.etcd_prefix, "/coreos.com/network");
         let o = parse(
             &[],
             &[("FLANNELD_ETCD_PREFIX", "/x"), ("FLANNELD_IP_MASQ", "true")],
         )
         .unwrap();
-        assert_eq!(o.etcd_prefix, "/x");
+        assert_eq!(o.etcd.etcd_prefix, "/x");
         assert!(o.ip_masq);
     }
 
@@ -403,7 +422,7 @@ mod tests {
         let o = parse(&["--etcd-password=hunter2"], &[]).unwrap();
         assert!(!format!("{o:?}").contains("hunter2"));
         let o = parse(&[], &[("FLANNELD_ETCD_PASSWORD", "hunter3")]).unwrap();
-        assert!(o.etcd_password.is_some());
+        assert!(o.etcd.etcd_password.is_some());
         assert!(!format!("{o:?}").contains("hunter3"));
     }
 }

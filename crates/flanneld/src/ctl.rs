@@ -54,6 +54,64 @@ pub fn render_route_tables(tables: &[RouteTable]) -> String {
     out
 }
 
+/// Leases as a table: subnet, public IP, backend, time left, reservation.
+pub fn render_leases(leases: &[flannel_core::Lease], now: std::time::SystemTime) -> String {
+    use flannel_core::lease::Expiry;
+    let mut out = format!(
+        "{:<36} {:<16} {:<12} {:<12} {}\n",
+        "SUBNET", "PUBLIC-IP", "BACKEND", "EXPIRES-IN", "RESERVED"
+    );
+    for l in leases {
+        let expires = match l.expiry {
+            Expiry::Never => "never".to_string(),
+            Expiry::Unknown => "?".to_string(),
+            Expiry::At(t) => {
+                let s = t.duration_since(now).map_or(0, |d| d.as_secs());
+                format!("{}h{:02}m{:02}s", s / 3600, s % 3600 / 60, s % 60)
+            }
+        };
+        let backend = if l.attrs.backend_type.is_empty() {
+            "-"
+        } else {
+            l.attrs.backend_type.as_str()
+        };
+        let _ = writeln!(
+            out,
+            "{:<36} {:<16} {:<12} {:<12} {}",
+            l.key.to_string(),
+            l.attrs.public_ip.to_string(),
+            backend,
+            expires,
+            if l.is_reservation() { "yes" } else { "no" }
+        );
+    }
+    out
+}
+
+/// Leases as JSON objects.
+pub fn leases_json(leases: &[flannel_core::Lease]) -> serde_json::Value {
+    use flannel_core::lease::Expiry;
+    serde_json::Value::Array(
+        leases
+            .iter()
+            .map(|l| {
+                let expiry = match l.expiry {
+                    Expiry::At(t) => serde_json::json!(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())),
+                    _ => serde_json::Value::Null,
+                };
+                serde_json::json!({
+                    "Subnet": l.subnet().map(|s| s.to_string()),
+                    "IPv6Subnet": l.ipv6_subnet().map(|s| s.to_string()),
+                    "Key": l.key.to_string(),
+                    "Attrs": serde_json::from_str::<serde_json::Value>(&l.attrs.to_json()).unwrap_or_default(),
+                    "ExpiresAt": expiry,
+                    "Reservation": l.is_reservation(),
+                })
+            })
+            .collect(),
+    )
+}
+
 /// Why a cloud command could not even start.
 #[derive(Debug, thiserror::Error)]
 pub enum CloudSetupError {

@@ -259,6 +259,8 @@ pub async fn run(
 fn renew_delay(own: &Lease, margin: Duration) -> Duration {
     match own.expiry {
         Expiry::Never => Duration::from_secs(365 * 24 * 3600),
+        // Renewing tells us the real expiry.
+        Expiry::Unknown => Duration::from_secs(60),
         Expiry::At(t) => t
             .checked_sub(margin)
             .and_then(|due| due.duration_since(SystemTime::now()).ok())
@@ -287,7 +289,7 @@ fn record_lease(health: &Health, own: &Lease, backend: &str) {
         })
         .set(1);
     let expiry = match own.expiry {
-        Expiry::Never => 0.0,
+        Expiry::Never | Expiry::Unknown => 0.0,
         Expiry::At(t) => t
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod subnet;
 pub mod subnet_file;
+pub mod testing;
 
 /// The version printed by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -2,37 +2,15 @@
 
 mod common;
 
-use common::wait_until_async;
+use common::{wait_until_async, FakeHost};
 use flannel_core::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
 use flannel_core::NetConfig;
 use flanneld::daemon::{self, DaemonConfig, DaemonError, Exit};
 use flanneld::health::Health;
-use flanneld::iface::{HostNetwork, IfaceError, Interface};
 use flanneld::subnet::memory::MemoryManager;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-struct FakeHost;
-
-impl HostNetwork for FakeHost {
-    fn interfaces(&self) -> Result<Vec<Interface>, IfaceError> {
-        Ok(vec![Interface {
-            name: "eth0".into(),
-            index: 2,
-            mtu: 1450,
-            ipv4: vec!["172.16.0.7".parse().unwrap()],
-            ipv6: vec![],
-        }])
-    }
-    fn default_route_interface(&self, _ipv6: bool) -> Result<Option<String>, IfaceError> {
-        Ok(Some("eth0".into()))
-    }
-    fn source_address_for(&self, _dst: IpAddr) -> Result<IpAddr, IfaceError> {
-        Ok("172.16.0.7".parse().unwrap())
-    }
-}
 
 fn daemon_config(dir: &Path) -> DaemonConfig {
     DaemonConfig {
@@ -71,7 +49,7 @@ async fn writes_subnet_env_becomes_ready_follows_peers_and_stops_when_revoked() 
     let run = tokio::spawn(daemon::run(
         cfg.clone(),
         sm.clone(),
-        &FakeHost,
+        &FakeHost("172.16.0.7"),
         health.clone(),
         std::future::pending(),
     ));
@@ -151,7 +129,7 @@ async fn restart_keeps_the_subnet_via_subnet_env() {
         let run = tokio::spawn(daemon::run(
             cfg.clone(),
             sm.clone(),
-            &FakeHost,
+            &FakeHost("172.16.0.7"),
             health.clone(),
             async {
                 let _ = rx.await;
@@ -173,7 +151,7 @@ async fn unknown_backend_fails_before_any_lease_or_file() {
     let err = daemon::run(
         cfg.clone(),
         sm.clone(),
-        &FakeHost,
+        &FakeHost("172.16.0.7"),
         Arc::new(Health::default()),
         std::future::pending(),
     )
@@ -191,7 +169,7 @@ async fn recognised_but_unimplemented_backend_says_so() {
     let err = daemon::run(
         daemon_config(dir.path()),
         sm.clone(),
-        &FakeHost,
+        &FakeHost("172.16.0.7"),
         Arc::new(Health::default()),
         std::future::pending(),
     )

@@ -21,6 +21,20 @@ enum Command {
     /// Tencent Cloud VPC route tables.
     #[command(subcommand)]
     Routes(RoutesCommand),
+    /// Subnet leases in etcd.
+    #[command(subcommand)]
+    Leases(LeasesCommand),
+}
+
+#[derive(Subcommand)]
+enum LeasesCommand {
+    /// Print every lease: subnet, public IP, backend type, time left, reservation.
+    List {
+        #[command(flatten)]
+        etcd: flanneld::cli::EtcdArgs,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -61,7 +75,8 @@ enum ConfigCommand {
 const EXIT_INVALID: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Accept Go-style single-dash long flags, as flanneld does.
+    let cli = Cli::parse_from(flanneld::cli::normalize_args(std::env::args_os()));
     match cli.command {
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Routes(RoutesCommand::List {
@@ -76,6 +91,43 @@ fn main() -> ExitCode {
                 .build()
                 .expect("a current-thread runtime");
             rt.block_on(routes_list(vpc_id, region, endpoint, metadata_url, output))
+        }
+        Command::Leases(LeasesCommand::List { etcd, output }) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime");
+            rt.block_on(leases_list(etcd, output))
+        }
+    }
+}
+
+async fn leases_list(etcd: flanneld::cli::EtcdArgs, output: Output) -> ExitCode {
+    let opts = etcd.to_options();
+    let result = async {
+        let m = flanneld::subnet::etcd::EtcdManager::connect(&opts).await?;
+        m.list_with_ttl().await
+    }
+    .await;
+    match result {
+        Ok(mut leases) => {
+            leases.sort_by_key(|l| l.key);
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&flanneld::ctl::leases_json(&leases))
+                        .expect("JSON")
+                ),
+                Output::Table => print!(
+                    "{}",
+                    flanneld::ctl::render_leases(&leases, std::time::SystemTime::now())
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flannelctl: {e}");
+            ExitCode::FAILURE
         }
     }
 }

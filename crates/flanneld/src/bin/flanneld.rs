@@ -7,6 +7,7 @@ use flanneld::cli::Options;
 use flanneld::daemon::{self, DaemonConfig, DaemonError};
 use flanneld::health::{self, Health};
 use flanneld::iface::SystemNetwork;
+use flanneld::subnet::etcd::EtcdManager;
 use flanneld::subnet::memory::MemoryManager;
 use flanneld::subnet::{SubnetError, SubnetManager};
 use flanneld::{logging, VERSION};
@@ -62,7 +63,7 @@ fn unsupported_flags(opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn subnet_manager(opts: &Options) -> anyhow::Result<Arc<dyn SubnetManager>> {
+async fn subnet_manager(opts: &Options) -> anyhow::Result<Arc<dyn SubnetManager>> {
     if opts.local_subnet_mgr {
         let path = &opts.net_config_path;
         let text = std::fs::read_to_string(path).map_err(|source| SubnetError::ConfigFile {
@@ -73,7 +74,11 @@ fn subnet_manager(opts: &Options) -> anyhow::Result<Arc<dyn SubnetManager>> {
             .with_context(|| format!("network config {}", path.display()))?;
         return Ok(Arc::new(MemoryManager::new(config)));
     }
-    Err(SubnetError::NotSupported("the etcd subnet manager (use --local-subnet-mgr)".into()).into())
+    let etcd = opts.etcd.to_options();
+    let mgr = EtcdManager::connect(&etcd).await;
+    Ok(Arc::new(mgr.with_context(|| {
+        format!("etcd subnet manager ({})", etcd.endpoints.join(","))
+    })?))
 }
 
 async fn shutdown_signal() {
@@ -89,7 +94,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     opts.validate()?;
     info!(version = VERSION, options = ?opts, "starting flanneld");
     unsupported_flags(&opts)?;
-    let sm = subnet_manager(&opts)?;
+    let sm = subnet_manager(&opts).await?;
 
     let health = Arc::new(Health::default());
     if opts.healthz_port != 0 {

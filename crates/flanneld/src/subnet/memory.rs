@@ -72,6 +72,7 @@ impl SubnetManager for MemoryManager {
                 public_ipv6: req.attrs.public_ipv6,
                 previous: req.previous,
                 previous_ipv6: req.previous_ipv6,
+                candidates: alloc::CANDIDATES,
             },
             &mut |n| rand::thread_rng().gen_range(0..n),
         )

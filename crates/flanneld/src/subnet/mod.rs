@@ -2,6 +2,7 @@
 //! implementations are `memory` (in-process: tests and `--local-subnet-mgr`) and, in later
 //! modules, etcd and Kubernetes.
 
+pub mod etcd;
 pub mod memory;
 
 use async_trait::async_trait;
@@ -29,6 +30,16 @@ pub struct AcquireRequest {
 pub enum SubnetError {
     #[error("{0}")]
     Config(#[source] ConfigError),
+    #[error(
+        "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
+    )]
+    ConfigMissing,
+    #[error("{key}: {source}")]
+    RemoteConfig {
+        key: String,
+        #[source]
+        source: ConfigError,
+    },
     #[error("reading network config {path}: {source}")]
     ConfigFile {
         path: String,

@@ -60,3 +60,27 @@ pub fn free_port() -> u16 {
 pub fn localhost() -> IpAddr {
     "127.0.0.1".parse().unwrap()
 }
+
+/// A host with one interface, eth0, at `ip`.
+pub struct FakeHost(pub &'static str);
+
+impl flanneld::iface::HostNetwork for FakeHost {
+    fn interfaces(&self) -> Result<Vec<flanneld::iface::Interface>, flanneld::iface::IfaceError> {
+        Ok(vec![flanneld::iface::Interface {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1450,
+            ipv4: vec![self.0.parse().unwrap()],
+            ipv6: vec![],
+        }])
+    }
+    fn default_route_interface(
+        &self,
+        _ipv6: bool,
+    ) -> Result<Option<String>, flanneld::iface::IfaceError> {
+        Ok(Some("eth0".into()))
+    }
+    fn source_address_for(&self, _dst: IpAddr) -> Result<IpAddr, flanneld::iface::IfaceError> {
+        Ok(self.0.parse().unwrap())
+    }
+}

@@ -1,0 +1,571 @@
+//! The etcd subnet manager against a real etcd (Debian's etcd-server), started per test on
+//! free loopback ports.
+
+mod common;
+
+use common::{wait_until_async, FakeHost};
+use flannel_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
+use flannel_core::watch::{LeaseWatcher, WatchUpdate};
+use flanneld::daemon::{self, DaemonConfig, DaemonError};
+use flanneld::health::Health;
+use flanneld::subnet::etcd::{Election, EtcdManager, EtcdOptions};
+use flanneld::subnet::{AcquireRequest, LeaseStream, SubnetError, SubnetManager};
+use flanneld::testing::EtcdServer;
+use futures::StreamExt;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const PREFIX: &str = "/coreos.com/network";
+
+async fn manager(etcd: &EtcdServer) -> EtcdManager {
+    EtcdManager::connect(&EtcdOptions::new(&etcd.endpoint(), PREFIX))
+        .await
+        .unwrap()
+}
+
+fn req(ip: &str) -> AcquireRequest {
+    let mut attrs = LeaseAttrs::new(ip.parse().unwrap());
+    attrs.backend_type = "host-gw".into();
+    AcquireRequest {
+        attrs,
+        previous: None,
+        previous_ipv6: None,
+    }
+}
+
+/// Next update from a lease stream, with a deadline.
+async fn next(stream: &mut LeaseStream) -> WatchUpdate {
+    tokio::time::timeout(Duration::from_secs(15), stream.next())
+        .await
+        .expect("a watch update within 15 s")
+        .expect("the stream does not end")
+        .expect("no watch error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_missing_then_present_then_invalid() {
+    let etcd = EtcdServer::start();
+    let m = manager(&etcd).await;
+    let e = m.network_config().await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
+    );
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    ]);
+    let c = m.network_config().await.unwrap();
+    assert_eq!((c.subnet_len, c.backend_type.as_str()), (24, "host-gw"));
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.5.0.0/16","SubnetLen":31}"#,
+    ]);
+    assert_eq!(
+        m.network_config().await.unwrap_err().to_string(),
+        "/coreos.com/network/config: SubnetLen must be less than /31"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_agents_get_fifty_distinct_subnets_with_24h_ttl() {
+    let etcd = EtcdServer::start();
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.10.0","SubnetMax":"10.5.200.0"}"#,
+    ]);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let endpoint = etcd.endpoint();
+        tasks.push(tokio::spawn(async move {
+            // Each agent has its own client, as separate nodes would.
+            let m = EtcdManager::connect(&EtcdOptions::new(&endpoint, PREFIX))
+                .await
+                .unwrap();
+            m.network_config().await.unwrap();
+            m.acquire_lease(&req(&format!("172.16.1.{i}")))
+                .await
+                .unwrap()
+        }));
+    }
+    let leases: Vec<Lease> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let subnets: HashSet<_> = leases.iter().map(|l| l.key).collect();
+    assert_eq!(subnets.len(), 50, "no duplicates");
+    for l in &leases {
+        let sn = l.subnet().unwrap();
+        assert!(
+            sn.network() >= "10.5.10.0".parse::<Ipv4Addr>().unwrap()
+                && sn.network() <= "10.5.200.0".parse::<Ipv4Addr>().unwrap(),
+            "{sn}"
+        );
+        assert_eq!(sn.prefix_len(), 24);
+    }
+    // Every stored key has an etcd lease of ~24 h.
+    let m = manager(&etcd).await;
+    let stored = m.list_with_ttl().await.unwrap();
+    assert_eq!(stored.len(), 50);
+    for l in stored {
+        let Expiry::At(t) = l.expiry else {
+            panic!("{} has no TTL", l.key)
+        };
+        let left = t.duration_since(std::time::SystemTime::now()).unwrap();
+        assert!(
+            left > Duration::from_secs(86_000) && left <= Duration::from_secs(86_400),
+            "{left:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_with_upstream_keys_and_values() {
+    let etcd = EtcdServer::start();
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    ]);
+    // An upstream node's lease, exactly as upstream writes it.
+    let upstream = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+    let lease_id = etcd.etcdctl(&["lease", "grant", "86400"]);
+    let lease_id = lease_id.split_whitespace().nth(1).unwrap().to_string();
+    etcd.etcdctl(&[
+        "put",
+        "--lease",
+        &lease_id,
+        "/coreos.com/network/subnets/10.5.52.0-24",
+        upstream,
+    ]);
+
+    let m = manager(&etcd).await;
+    m.network_config().await.unwrap();
+    let mut w = m.watch_leases().await.unwrap();
+    let WatchUpdate::Snapshot(snap) = next(&mut w).await else {
+        panic!("snapshot first")
+    };
+    assert_eq!(snap.len(), 1);
+    assert_eq!(snap[0].key.to_string(), "10.5.52.0-24");
+    assert_eq!(
+        snap[0].attrs.public_ip,
+        "192.168.64.3".parse::<Ipv4Addr>().unwrap()
+    );
+    assert_eq!(snap[0].attrs.backend_type, "vxlan");
+    assert_eq!(
+        snap[0].attrs.backend_data,
+        Some(serde_json::json!({"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}))
+    );
+    assert_eq!(
+        snap[0].attrs.to_json(),
+        upstream,
+        "our encoder reproduces upstream's bytes"
+    );
+
+    // Ours, read back by etcdctl: upstream's key pattern and value format.
+    let mut r = req("172.16.0.7");
+    r.attrs.backend_type = "vxlan".into();
+    r.attrs.backend_data = Some(serde_json::json!({"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}));
+    let ours = m.acquire_lease(&r).await.unwrap();
+    let got = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "/coreos.com/network/subnets/",
+        "--print-value-only=false",
+    ]);
+    let key = format!("/coreos.com/network/subnets/{}", ours.key);
+    assert!(
+        regex::Regex::new(r"^/coreos.com/network/subnets/(\d+\.\d+\.\d+\.\d+)-(\d+)$")
+            .unwrap()
+            .is_match(&key)
+    );
+    assert!(got.contains(&format!("{key}\n{{\"PublicIP\":\"172.16.0.7\",\"PublicIPv6\":null,\"BackendType\":\"vxlan\",\"BackendData\":{{\"VNI\":1,\"VtepMAC\":\"aa:bb:cc:dd:ee:ff\"}}}}\n")), "{got}");
+    // And the watch reports it.
+    let WatchUpdate::Events(ev) = next(&mut w).await else {
+        panic!("events")
+    };
+    assert!(matches!(&ev[0], LeaseEvent::Added(l) if l.key == ours.key));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_keeps_its_subnet_by_public_ip_and_by_subnet_env() {
+    let etcd = EtcdServer::start();
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.5.0.0/16"}"#,
+    ]);
+    let a = manager(&etcd)
+        .await
+        .acquire_lease(&req("172.16.0.7"))
+        .await
+        .unwrap();
+    let again = manager(&etcd)
+        .await
+        .acquire_lease(&req("172.16.0.7"))
+        .await
+        .unwrap();
+    assert_eq!(a.key, again.key);
+    let all = manager(&etcd).await.list().await.unwrap().0;
+    assert_eq!(all.len(), 1, "no second lease for the same node");
+    // A node whose lease is gone (deleted) but whose subnet.env remembers 10.5.77.0/24.
+    etcd.etcdctl(&["del", "--prefix", "/coreos.com/network/subnets/"]);
+    let mut r = req("172.16.0.8");
+    r.previous = Some("10.5.77.0/24".parse().unwrap());
+    let b = manager(&etcd).await.acquire_lease(&r).await.unwrap();
+    assert_eq!(b.key.to_string(), "10.5.77.0-24");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_are_honoured_and_never_leased() {
+    let etcd = EtcdServer::start();
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.5.0.0/16"}"#,
+    ]);
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.5.42.0-24",
+        r#"{"PublicIP":"172.16.0.7","PublicIPv6":null}"#,
+    ]);
+    let m = manager(&etcd).await;
+    let l = m.acquire_lease(&req("172.16.0.7")).await.unwrap();
+    assert_eq!(
+        (l.key.to_string().as_str(), l.expiry),
+        ("10.5.42.0-24", Expiry::Never)
+    );
+    let renewed = m.renew_lease(&l).await.unwrap();
+    assert_eq!(renewed.expiry, Expiry::Never);
+    // Still no etcd lease on the key, and our attributes were written.
+    let out = etcd.etcdctl(&[
+        "get",
+        "/coreos.com/network/subnets/10.5.42.0-24",
+        "-w",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["kvs"][0].get("lease").is_none_or(|l| l == 0), "{out}");
+    let stored = m.list().await.unwrap().0;
+    assert_eq!(stored[0].attrs.backend_type, "host-gw");
+    // Another node never takes a reserved subnet.
+    let other = m.acquire_lease(&req("172.16.0.8")).await.unwrap();
+    assert_ne!(other.key, l.key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_is_a_removed_event_and_garbage_is_ignored() {
+    let etcd = EtcdServer::start();
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.5.0.0/16"}"#,
+    ]);
+    let m = manager(&etcd).await;
+    let own = m.acquire_lease(&req("172.16.0.7")).await.unwrap();
+    let mut stream = m.watch_leases().await.unwrap();
+    let mut w = LeaseWatcher::new(Some(own.key));
+    let first = w.apply(next(&mut stream).await);
+    assert!(first.is_empty(), "only our own lease so far");
+    // A peer with a 2 s lease that nobody renews.
+    let id = etcd.etcdctl(&["lease", "grant", "2"]);
+    let id = id.split_whitespace().nth(1).unwrap().to_string();
+    etcd.etcdctl(&[
+        "put",
+        "--lease",
+        &id,
+        "/coreos.com/network/subnets/10.5.99.0-24",
+        r#"{"PublicIP":"172.16.0.99","PublicIPv6":null}"#,
+    ]);
+    // Garbage under subnets/: must not disturb anything (upstream flushed every route).
+    etcd.etcdctl(&["put", "/coreos.com/network/subnets/not-a-subnet", "{}"]);
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.5.98.0-24",
+        "not json",
+    ]);
+    let added = w.apply(next(&mut stream).await);
+    assert!(
+        matches!(added.as_slice(), [LeaseEvent::Added(l)] if l.key.to_string() == "10.5.99.0-24"),
+        "{added:?}"
+    );
+    // The next update is the expiry (the garbage produced none).
+    let removed = w.apply(next(&mut stream).await);
+    assert!(
+        matches!(removed.as_slice(), [LeaseEvent::Removed(l)] if l.key.to_string() == "10.5.99.0-24" && l.attrs.public_ip == "172.16.0.99".parse::<Ipv4Addr>().unwrap()),
+        "{removed:?}"
+    );
+    assert_eq!(w.peers().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restart_keeps_leases_and_the_watch_resumes() {
+    let mut etcd = EtcdServer::start();
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.5.0.0/16"}"#,
+    ]);
+    let m = manager(&etcd).await;
+    let own = m.acquire_lease(&req("172.16.0.7")).await.unwrap();
+    let before = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "/coreos.com/network/subnets/",
+        "-w",
+        "json",
+    ]);
+    let mut stream = m.watch_leases().await.unwrap();
+    assert!(matches!(next(&mut stream).await, WatchUpdate::Snapshot(s) if s.len() == 1));
+
+    etcd.restart();
+    let after = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "/coreos.com/network/subnets/",
+        "-w",
+        "json",
+    ]);
+    let kvs = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["kvs"].clone();
+    assert_eq!(
+        kvs(&before),
+        kvs(&after),
+        "no lease changed across the restart"
+    );
+
+    // Events written after the restart reach the same stream, none missed.
+    for i in 0..3 {
+        etcd.etcdctl(&[
+            "put",
+            &format!("/coreos.com/network/subnets/10.5.{}.0-24", 60 + i),
+            r#"{"PublicIP":"172.16.0.60","PublicIPv6":null}"#,
+        ]);
+    }
+    let mut seen = HashSet::new();
+    while seen.len() < 3 {
+        match next(&mut stream).await {
+            WatchUpdate::Events(ev) => ev.iter().for_each(|e| {
+                seen.insert(e.lease().key);
+            }),
+            WatchUpdate::Snapshot(s) => panic!("resumed by revision, not re-listed: {s:?}"),
+        }
+    }
+    // Renewal works against the restarted server.
+    assert!(matches!(
+        m.renew_lease(&own).await.unwrap().expiry,
+        Expiry::At(_)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_turns_into_a_fresh_snapshot() {
+    let etcd = EtcdServer::start();
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.5.0.0/16"}"#,
+    ]);
+    let m = manager(&etcd).await;
+    let (_, _, rev) = m.list().await.unwrap();
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.5.3.0-24",
+        r#"{"PublicIP":"172.16.0.3","PublicIPv6":null}"#,
+    ]);
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.5.4.0-24",
+        r#"{"PublicIP":"172.16.0.4","PublicIPv6":null}"#,
+    ]);
+    let latest = m.list().await.unwrap().2;
+    etcd.etcdctl(&["compact", &latest.to_string()]);
+    // A watcher that was down since `rev` must re-list, not miss the two leases.
+    let mut stream = m.watch_from(vec![], rev + 1);
+    assert_eq!(next(&mut stream).await, WatchUpdate::Snapshot(vec![]));
+    let WatchUpdate::Snapshot(s) = next(&mut stream).await else {
+        panic!("a re-list after compaction")
+    };
+    assert_eq!(s.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_subnets() {
+    let etcd = EtcdServer::start();
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.0.0.0/28"}"#,
+    ]);
+    let m = manager(&etcd).await;
+    for i in 0..3 {
+        m.acquire_lease(&req(&format!("172.16.0.{i}")))
+            .await
+            .unwrap();
+    }
+    let e = m.acquire_lease(&req("172.16.0.9")).await.unwrap_err();
+    assert!(matches!(e, SubnetError::Alloc(_)));
+    assert_eq!(e.to_string(), "out of subnets");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_shuts_down_cleanly_when_its_lease_is_deleted() {
+    let etcd = EtcdServer::start();
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DaemonConfig {
+        subnet_file: dir.path().join("subnet.env"),
+        ip_masq: false,
+        ifaces: vec![],
+        iface_regexes: vec![],
+        iface_can_reach: None,
+        public_ip: None,
+        public_ipv6: None,
+        renew_margin: Duration::from_secs(3600),
+        resync_period: Duration::from_secs(30),
+    };
+    let sm: Arc<dyn SubnetManager> = Arc::new(manager(&etcd).await);
+    let health = Arc::new(Health::default());
+    let h = health.clone();
+    let run = tokio::spawn(async move {
+        daemon::run(cfg, sm, &FakeHost("172.16.0.7"), h, std::future::pending()).await
+    });
+    wait_until_async("ready", Duration::from_secs(15), || health.is_ready()).await;
+    let keys = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/coreos.com/network/subnets/",
+    ]);
+    let key = keys.lines().find(|l| !l.is_empty()).unwrap().to_string();
+    etcd.etcdctl(&["del", &key]);
+    let r = tokio::time::timeout(Duration::from_secs(15), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(r, Err(DaemonError::LeaseRevoked)), "{r:?}");
+    assert!(!health.is_ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_one_of_five_then_handover_on_death() {
+    let etcd = EtcdServer::start();
+    let ttl = 3;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let mut handles = Vec::new();
+    for i in 0..5 {
+        let endpoint = etcd.endpoint();
+        let tx = tx.clone();
+        handles.push(tokio::spawn(async move {
+            let m = EtcdManager::connect(&EtcdOptions::new(&endpoint, PREFIX))
+                .await
+                .unwrap();
+            let e = Election::new(&m, "gc", &format!("node-{i}"), ttl);
+            let leadership = e.campaign().await.unwrap();
+            tx.send((i, std::time::Instant::now())).await.unwrap();
+            // Hold leadership until this task is aborted (= the process dies).
+            std::future::pending::<()>().await;
+            drop(leadership);
+        }));
+    }
+    let (first, _) = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // Exactly one leader: nobody else wins while it lives (well past the TTL: keep-alives work).
+    assert!(
+        tokio::time::timeout(Duration::from_secs(ttl as u64 + 2), rx.recv())
+            .await
+            .is_err(),
+        "a second leader appeared"
+    );
+    let m = manager(&etcd).await;
+    assert_eq!(
+        Election::new(&m, "gc", "observer", ttl)
+            .leader()
+            .await
+            .unwrap(),
+        Some(format!("node-{first}"))
+    );
+    // The leader dies without resigning: another takes over once its lease expires.
+    handles[first].abort();
+    let died = std::time::Instant::now();
+    let (second, at) = tokio::time::timeout(Duration::from_secs(ttl as u64 + 5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(second, first);
+    let handover = at.duration_since(died);
+    assert!(
+        handover <= Duration::from_secs(ttl as u64 + 2),
+        "handover took {handover:?}, lease TTL is {ttl}s"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), rx.recv())
+            .await
+            .is_err(),
+        "still exactly one leader"
+    );
+    for h in handles {
+        h.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flannelctl_leases_list() {
+    let etcd = EtcdServer::start();
+    etcd.etcdctl(&["put", "/x/config", r#"{"Network":"10.5.0.0/16"}"#]);
+    etcd.etcdctl(&[
+        "put",
+        "/x/subnets/10.5.42.0-24",
+        r#"{"PublicIP":"172.16.0.42","PublicIPv6":null,"BackendType":"vxlan"}"#,
+    ]);
+    let m = EtcdManager::connect(&EtcdOptions::new(&etcd.endpoint(), "/x"))
+        .await
+        .unwrap();
+    m.acquire_lease(&req("172.16.0.7")).await.unwrap();
+    let endpoint = etcd.endpoint();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flannelctl"))
+            .args(["leases", "list", "-etcd-prefix=/x"])
+            .arg(format!("--etcd-endpoints={endpoint}"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("SUBNET"));
+    let reserved = lines
+        .iter()
+        .find(|l| l.starts_with("10.5.42.0-24"))
+        .unwrap();
+    assert!(
+        reserved.contains("172.16.0.42")
+            && reserved.contains("vxlan")
+            && reserved.contains("never")
+            && reserved.ends_with("yes"),
+        "{reserved}"
+    );
+    let leased = lines.iter().find(|l| l.contains("172.16.0.7")).unwrap();
+    assert!(
+        leased.contains("host-gw") && leased.contains(" 23h59m") && leased.ends_with("no"),
+        "{leased}"
+    );
+}
