@@ -1,0 +1,422 @@
+//! The Rust client of the tencent-cloud crate against the running emulator.
+
+use secrecy::SecretString;
+use std::sync::Arc;
+use std::time::Duration;
+use tencent_cloud::credentials::{
+    CredentialProvider, Credentials, CvmRoleProvider, StaticProvider,
+};
+use tencent_cloud::vpc::{Filter, NewRoute, ReplacementRoute};
+use tencent_cloud::{Client, ClientConfig, ErrorClass, MetadataClient};
+use tencent_vpc_emulator::scenario::Scenario;
+use tencent_vpc_emulator::{Emulator, EmulatorConfig};
+
+const ID: &str = "AKIDlab0000000000000000000000000000";
+const KEY: &str = "lab-secret-key-0000000000000000";
+
+fn scenario() -> Scenario {
+    Scenario::from_json(include_str!("../scenarios/lab.json")).unwrap()
+}
+
+async fn start_with(s: Scenario, state_file: Option<std::path::PathBuf>) -> Emulator {
+    Emulator::start(EmulatorConfig {
+        scenario: s,
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        metadata_listen: Some("127.0.0.1:0".parse().unwrap()),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        state_file,
+        dataplane_netns: None,
+        metadata_default_instance: Some("ins-a1".into()),
+    })
+    .await
+    .unwrap()
+}
+
+async fn start() -> Emulator {
+    start_with(scenario(), None).await
+}
+
+fn creds(id: &str, key: &str, token: Option<&str>) -> Arc<dyn CredentialProvider> {
+    Arc::new(StaticProvider::new(
+        Credentials::new(
+            id,
+            SecretString::from(key.to_string()),
+            token.map(|t| SecretString::from(t.to_string())),
+        ),
+        "test",
+    ))
+}
+
+fn client(emu: &Emulator, c: Arc<dyn CredentialProvider>) -> Client {
+    let mut cfg = ClientConfig::new("ap-guangzhou");
+    cfg.endpoint = format!("http://{}", emu.api).parse().unwrap();
+    cfg.backoff_base = Duration::from_millis(5);
+    cfg.backoff_max = Duration::from_millis(20);
+    cfg.max_attempts = 8;
+    cfg.rate_per_second = 1000.0;
+    cfg.burst = 100;
+    Client::new(cfg, c)
+}
+
+fn cvm_route(dest: &str, gw: &str) -> NewRoute {
+    NewRoute {
+        destination_cidr_block: dest.into(),
+        gateway_type: "NORMAL_CVM".into(),
+        gateway_id: gw.into(),
+        route_description: Some("flannel-rs".into()),
+    }
+}
+
+async fn admin(
+    emu: &Emulator,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> reqwest::Response {
+    let mut req =
+        reqwest::Client::new().request(method, format!("http://{}{path}", emu.admin.unwrap()));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.unwrap()
+}
+
+async fn calls(emu: &Emulator) -> serde_json::Value {
+    admin(emu, reqwest::Method::GET, "/calls", None)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn full_route_lifecycle_signed_and_verified() {
+    let emu = start().await;
+    let c = client(&emu, creds(ID, KEY, None));
+    let tables = c
+        .describe_route_tables(&[Filter::new("vpc-id", &["vpc-lab"])])
+        .await
+        .unwrap();
+    assert_eq!(tables.len(), 2);
+    let subnets = c
+        .describe_subnets(&[Filter::new("vpc-id", &["vpc-lab"])])
+        .await
+        .unwrap();
+    assert_eq!(
+        subnets
+            .iter()
+            .filter_map(|s| s.route_table_id.clone())
+            .collect::<Vec<_>>(),
+        ["rtb-main", "rtb-b"]
+    );
+    let created = c
+        .create_routes(
+            "rtb-main",
+            &[
+                cvm_route("10.244.1.0/24", "172.16.1.7"),
+                cvm_route("10.244.2.0/24", "172.16.1.8"),
+            ],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<u64> = created.route_table_set.unwrap()[0]
+        .routes()
+        .iter()
+        .filter_map(|r| r.route_id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let replaced = c
+        .replace_routes(
+            "rtb-main",
+            &[ReplacementRoute {
+                route_id: ids[0],
+                destination_cidr_block: "10.244.1.0/24".into(),
+                gateway_type: "NORMAL_CVM".into(),
+                gateway_id: "172.16.2.7".into(),
+                route_description: Some("flannel-rs".into()),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        replaced.new_route_set.unwrap()[0].gateway_id.as_deref(),
+        Some("172.16.2.7")
+    );
+    c.disable_routes("rtb-main", &[ids[1]]).await.unwrap();
+    c.enable_routes("rtb-main", &[ids[1]]).await.unwrap();
+    c.delete_routes("rtb-main", &ids).await.unwrap();
+    let e = c.delete_routes("rtb-main", &ids).await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::NotFound);
+    let inst = c
+        .describe_instances_by_private_ip(&["172.16.2.7"])
+        .await
+        .unwrap();
+    assert_eq!(inst[0].instance_id.as_deref(), Some("ins-b1"));
+    let calls = calls(&emu).await;
+    assert_eq!(calls["CreateRoutes"]["Success"], 1);
+    assert_eq!(calls["DeleteRoutes"]["ResourceNotFound"], 1);
+}
+
+#[tokio::test]
+async fn authentication_failures() {
+    let emu = start().await;
+    let e = client(&emu, creds(ID, "wrong-key", None))
+        .describe_subnets(&[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("AuthFailure.SignatureFailure"));
+    let e = client(&emu, creds("AKIDnobody", KEY, None))
+        .describe_subnets(&[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("AuthFailure.SecretIdNotFound"));
+    let e = client(
+        &emu,
+        creds(
+            "AKIDtmpExpired000000000000000000000",
+            "expired-key",
+            Some("expired-token"),
+        ),
+    )
+    .describe_subnets(&[])
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Some("AuthFailure.TokenFailure"));
+}
+
+#[tokio::test]
+async fn role_credentials_from_the_metadata_service() {
+    let emu = start().await;
+    let md = MetadataClient::new(&format!(
+        "http://{}/latest/meta-data/",
+        emu.metadata.unwrap()
+    ));
+    assert_eq!(md.region().await.unwrap(), "ap-guangzhou");
+    assert_eq!(md.instance_id().await.unwrap(), "ins-a1");
+    let mac = md.mac().await.unwrap();
+    assert_eq!(md.vpc_id(&mac).await.unwrap(), "vpc-lab");
+    assert_eq!(md.subnet_id(&mac).await.unwrap(), "subnet-a");
+    assert_eq!(
+        md.role_name().await.unwrap().as_deref(),
+        Some("flannel-role")
+    );
+    let role: Arc<dyn CredentialProvider> = Arc::new(CvmRoleProvider::new(md, "flannel-role"));
+    let c = role.credentials().await.unwrap();
+    assert!(c.is_temporary());
+    // Temporary credentials minted by metadata authenticate against the API, token checked.
+    client(&emu, role).describe_route_tables(&[]).await.unwrap();
+    let e = client(&emu, creds(&c.secret_id, c.secret_key(), Some("forged")))
+        .describe_route_tables(&[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("AuthFailure.TokenFailure"));
+}
+
+#[tokio::test]
+async fn client_retries_through_injected_throttling() {
+    let emu = start().await;
+    let r = admin(&emu, reqwest::Method::POST, "/faults", Some(serde_json::json!({"action": "DescribeRouteTables", "error_rate": 0.5, "error_code": "RequestLimitExceeded"}))).await;
+    assert_eq!(r.status(), 204);
+    let c = client(&emu, creds(ID, KEY, None));
+    for _ in 0..10 {
+        assert_eq!(c.describe_route_tables(&[]).await.unwrap().len(), 2);
+    }
+    let calls = calls(&emu).await;
+    let throttled = calls["DescribeRouteTables"]["RequestLimitExceeded"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(calls["DescribeRouteTables"]["Success"], 10);
+    assert!(throttled > 0, "the fault fired: {calls}");
+    // Non-idempotent creates are resent only after throttling (never processed).
+    admin(
+        &emu,
+        reqwest::Method::POST,
+        "/faults",
+        Some(serde_json::json!({"action": "CreateRoutes", "error_rate": 0.5})),
+    )
+    .await;
+    for i in 0..5 {
+        c.create_routes(
+            "rtb-main",
+            &[cvm_route(&format!("10.244.{i}.0/24"), "172.16.1.7")],
+        )
+        .await
+        .unwrap();
+    }
+    let state: serde_json::Value = admin(&emu, reqwest::Method::GET, "/state", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        state["route_tables"][0]["routes"].as_array().unwrap().len(),
+        6,
+        "each create happened exactly once"
+    );
+    assert_eq!(
+        admin(&emu, reqwest::Method::DELETE, "/faults", None)
+            .await
+            .status(),
+        204
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_answers_request_limit_exceeded() {
+    let mut s = scenario();
+    s.rate_limit_per_second = 3.0;
+    let emu = start_with(s, None).await;
+    let mut cfg = ClientConfig::new("ap-guangzhou");
+    cfg.endpoint = format!("http://{}", emu.api).parse().unwrap();
+    cfg.max_attempts = 1;
+    cfg.rate_per_second = 1000.0;
+    cfg.burst = 100;
+    let c = Client::new(cfg, creds(ID, KEY, None));
+    let mut limited = 0;
+    for _ in 0..10 {
+        if let Err(e) = c.describe_subnets(&[]).await {
+            assert_eq!(e.code(), Some("RequestLimitExceeded"));
+            limited += 1;
+        }
+    }
+    // 10 calls inside at most two one-second windows: at least 4 refused.
+    assert!(limited >= 4, "{limited} refused");
+}
+
+#[tokio::test]
+async fn dropped_connections_are_transport_errors() {
+    let emu = start().await;
+    admin(
+        &emu,
+        reqwest::Method::POST,
+        "/faults",
+        Some(serde_json::json!({"action": "*", "drop_rate": 1.0})),
+    )
+    .await;
+    let mut cfg = ClientConfig::new("ap-guangzhou");
+    cfg.endpoint = format!("http://{}", emu.api).parse().unwrap();
+    cfg.max_attempts = 2;
+    cfg.backoff_base = Duration::from_millis(1);
+    let e = Client::new(cfg, creds(ID, KEY, None))
+        .describe_subnets(&[])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, tencent_cloud::Error::Transport { .. }), "{e}");
+    assert_eq!(calls(&emu).await["DescribeSubnets"]["Dropped"], 2);
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_error_envelope() {
+    let emu = start().await;
+    let http = reqwest::Client::new();
+    for (headers, body) in [
+        (vec![("X-TC-Action", "DescribeSubnets")], "not json"),
+        (vec![], "{}"),
+    ] {
+        let mut req = http.post(format!("http://{}/", emu.api)).body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            v["Response"]["Error"]["Code"],
+            "AuthFailure.InvalidAuthorization"
+        );
+        assert!(v["Response"]["RequestId"].as_str().unwrap().len() > 10);
+    }
+    let v: serde_json::Value = http
+        .get(format!("http://{}/whatever", emu.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["Response"]["Error"]["Code"], "InvalidAction");
+    // Signed but malformed types: the documented envelope, never a crash.
+    let c = client(&emu, creds(ID, KEY, None));
+    #[derive(serde::Serialize)]
+    struct Bad {
+        #[serde(rename = "Offset")]
+        offset: u32,
+    }
+    let e = c
+        .call::<_, serde_json::Value>(
+            tencent_cloud::client::VPC,
+            "DescribeRouteTables",
+            &Bad { offset: 0 },
+            true,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameter"));
+    let e = c
+        .call::<_, serde_json::Value>(
+            tencent_cloud::client::VPC,
+            "NoSuchAction",
+            &serde_json::json!({}),
+            true,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("InvalidAction"));
+}
+
+#[tokio::test]
+async fn console_edits_and_state_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("state.json");
+    let emu = start_with(scenario(), Some(state_file.clone())).await;
+    let c = client(&emu, creds(ID, KEY, None));
+    let created = c
+        .create_routes("rtb-b", &[cvm_route("10.244.7.0/24", "172.16.2.7")])
+        .await
+        .unwrap();
+    let id = created.route_table_set.unwrap()[0].routes()[0]
+        .route_id
+        .unwrap();
+    // Someone disables the route in the console behind our back.
+    let r = admin(
+        &emu,
+        reqwest::Method::POST,
+        &format!("/route-tables/rtb-b/routes/{id}/disable"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    drop(emu);
+    let emu = start_with(scenario(), Some(state_file)).await;
+    let c = client(&emu, creds(ID, KEY, None));
+    let t = c
+        .describe_route_tables(&[Filter::new("route-table-id", &["rtb-b"])])
+        .await
+        .unwrap();
+    assert_eq!(t[0].routes()[0].route_id, Some(id));
+    assert_eq!(t[0].routes()[0].enabled, Some(false));
+    // Console delete; reset brings the scenario back.
+    assert_eq!(
+        admin(
+            &emu,
+            reqwest::Method::DELETE,
+            &format!("/route-tables/rtb-b/routes/{id}"),
+            None
+        )
+        .await
+        .status(),
+        200
+    );
+    assert!(c
+        .describe_route_tables(&[Filter::new("route-table-id", &["rtb-b"])])
+        .await
+        .unwrap()[0]
+        .routes()
+        .is_empty());
+    assert_eq!(
+        admin(&emu, reqwest::Method::POST, "/reset", None)
+            .await
+            .status(),
+        204
+    );
+}

@@ -1,0 +1,382 @@
+//! The actions as pure functions: documented errors, quotas, all-or-nothing, paging types.
+
+use serde_json::{json, Value};
+use tencent_vpc_emulator::ops::{self, ApiErr};
+use tencent_vpc_emulator::scenario::Scenario;
+
+fn lab() -> Scenario {
+    Scenario::from_json(include_str!("../scenarios/lab.json")).unwrap()
+}
+
+fn call(s: &mut Scenario, service: &str, action: &str, req: Value) -> Result<Value, ApiErr> {
+    ops::dispatch(s, service, action, req.as_object().unwrap(), 1_735_689_600)
+}
+
+fn code(r: Result<Value, ApiErr>) -> String {
+    r.unwrap_err().code
+}
+
+fn route(dest: &str, gw: &str) -> Value {
+    json!({"DestinationCidrBlock": dest, "GatewayType": "NORMAL_CVM", "GatewayId": gw, "RouteDescription": "flannel-rs"})
+}
+
+#[test]
+fn create_describe_replace_delete() {
+    let mut s = lab();
+    let r = call(
+        &mut s,
+        "vpc",
+        "CreateRoutes",
+        json!({"RouteTableId": "rtb-main", "Routes": [route("10.244.1.0/24", "172.16.1.7")]}),
+    )
+    .unwrap();
+    let created = &r["RouteTableSet"][0]["RouteSet"][0];
+    assert_eq!(created["RouteType"], "USER");
+    assert_eq!(created["Enabled"], true);
+    assert_eq!(created["CreatedTime"], "2025-01-01 00:00:00");
+    let id = created["RouteId"].as_u64().unwrap();
+    assert!(created["RouteItemId"].as_str().unwrap().starts_with("rti-"));
+
+    let d = call(&mut s, "vpc", "DescribeRouteTables", json!({"Filters": [{"Name": "vpc-id", "Values": ["vpc-lab"]}], "Offset": "0", "Limit": "100"})).unwrap();
+    assert_eq!(d["TotalCount"], 2);
+    assert_eq!(
+        d["RouteTableSet"][0]["RouteSet"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(
+        d["RouteTableSet"][0]["AssociationSet"][0]["SubnetId"],
+        "subnet-a"
+    );
+
+    let rep = call(&mut s, "vpc", "ReplaceRoutes", json!({"RouteTableId": "rtb-main", "Routes": [{"RouteId": id, "DestinationCidrBlock": "10.244.1.0/24", "GatewayType": "NORMAL_CVM", "GatewayId": "172.16.1.8"}]})).unwrap();
+    assert_eq!(rep["OldRouteSet"][0]["GatewayId"], "172.16.1.7");
+    assert_eq!(rep["NewRouteSet"][0]["GatewayId"], "172.16.1.8");
+    assert_eq!(
+        rep["NewRouteSet"][0]["RouteId"], id,
+        "replace keeps the RouteId"
+    );
+
+    call(
+        &mut s,
+        "vpc",
+        "DisableRoutes",
+        json!({"RouteTableId": "rtb-main", "RouteIds": [id]}),
+    )
+    .unwrap();
+    assert!(
+        !s.route_tables[0]
+            .routes
+            .iter()
+            .find(|r| r.route_id == id)
+            .unwrap()
+            .enabled
+    );
+    call(
+        &mut s,
+        "vpc",
+        "EnableRoutes",
+        json!({"RouteTableId": "rtb-main", "RouteIds": [id]}),
+    )
+    .unwrap();
+
+    let del = call(
+        &mut s,
+        "vpc",
+        "DeleteRoutes",
+        json!({"RouteTableId": "rtb-main", "Routes": [{"RouteId": id}]}),
+    )
+    .unwrap();
+    assert_eq!(del["RouteSet"][0]["RouteId"], id);
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "DeleteRoutes",
+            json!({"RouteTableId": "rtb-main", "Routes": [{"RouteId": id}]})
+        )),
+        "ResourceNotFound"
+    );
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "ReplaceRoutes",
+            json!({"RouteTableId": "rtb-main", "Routes": [{"RouteId": id, "DestinationCidrBlock": "10.244.1.0/24", "GatewayType": "NORMAL_CVM", "GatewayId": "172.16.1.8"}]})
+        )),
+        "UnsupportedOperation.RecordNotExists"
+    );
+}
+
+#[test]
+fn documented_create_errors() {
+    let mut s = lab();
+    let create = |s: &mut Scenario, routes: Value| {
+        call(
+            s,
+            "vpc",
+            "CreateRoutes",
+            json!({"RouteTableId": "rtb-main", "Routes": routes}),
+        )
+    };
+    assert_eq!(
+        code(create(
+            &mut s,
+            json!([route("172.16.9.0/24", "172.16.1.7")])
+        )),
+        "InvalidParameterValue.VpcCidrConflict"
+    );
+    assert_eq!(
+        code(create(
+            &mut s,
+            json!([route("10.244.1.0/24", "172.16.1.99")])
+        )),
+        "InvalidParameterValue.RouteNextHopInvalid"
+    );
+    assert_eq!(
+        code(create(&mut s, json!([route("10.244.1.0/24", "10.0.0.1")]))),
+        "InvalidParameterValue.RouteNextHopInvalid"
+    );
+    assert_eq!(
+        code(create(
+            &mut s,
+            json!([route("10.244.1.5/24", "172.16.1.7")])
+        )),
+        "InvalidParameterValue.Malformed"
+    );
+    assert_eq!(
+        code(create(
+            &mut s,
+            json!([
+                route("10.244.1.0/24", "172.16.1.7"),
+                route("10.244.1.0/24", "172.16.1.7")
+            ])
+        )),
+        "InvalidParameterValue.Duplicate"
+    );
+    create(&mut s, json!([route("10.244.1.0/24", "172.16.1.7")])).unwrap();
+    assert_eq!(
+        code(create(
+            &mut s,
+            json!([route("10.244.1.0/24", "172.16.1.7")])
+        )),
+        "InvalidParameterValue.Duplicate"
+    );
+    assert_eq!(
+        code(create(
+            &mut s,
+            json!([{"DestinationCidrBlock": "192.168.100.0/24", "GatewayType": "NORMAL_CVM", "GatewayId": "172.16.1.7"}])
+        )),
+        "UnsupportedOperation.EcmpWithUserRoute"
+    );
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "CreateRoutes",
+            json!({"RouteTableId": "rtb-nope", "Routes": [route("10.244.2.0/24", "172.16.1.7")]})
+        )),
+        "ResourceNotFound"
+    );
+    assert_eq!(code(create(&mut s, json!([]))), "InvalidParameterValue");
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "CreateRoutes",
+            json!({"Routes": [route("10.244.2.0/24", "172.16.1.7")]})
+        )),
+        "MissingParameter"
+    );
+    assert_eq!(
+        code(create(
+            &mut s,
+            json!([{"DestinationCidrBlock": "10.244.2.0/24", "GatewayType": "NORMAL_CVM", "GatewayId": "172.16.1.7", "Bogus": 1}])
+        )),
+        "UnknownParameter"
+    );
+}
+
+#[test]
+fn quota_is_all_or_nothing() {
+    let mut s = lab();
+    s.route_quota = 5; // one route exists already (the VPN route)
+    let routes: Vec<Value> = (0..4)
+        .map(|i| route(&format!("10.244.{i}.0/24"), "172.16.1.7"))
+        .collect();
+    call(
+        &mut s,
+        "vpc",
+        "CreateRoutes",
+        json!({"RouteTableId": "rtb-main", "Routes": routes}),
+    )
+    .unwrap();
+    assert_eq!(s.route_tables[0].routes.len(), 5);
+    let two: Vec<Value> = (10..12)
+        .map(|i| route(&format!("10.244.{i}.0/24"), "172.16.1.7"))
+        .collect();
+    let e = call(
+        &mut s,
+        "vpc",
+        "CreateRoutes",
+        json!({"RouteTableId": "rtb-main", "Routes": two}),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, "LimitExceeded");
+    assert!(e.message.contains("5/5"), "{}", e.message);
+    assert_eq!(s.route_tables[0].routes.len(), 5, "nothing was created");
+    // Another table has its own quota.
+    call(
+        &mut s,
+        "vpc",
+        "CreateRoutes",
+        json!({"RouteTableId": "rtb-b", "Routes": [route("10.244.10.0/24", "172.16.2.7")]}),
+    )
+    .unwrap();
+}
+
+#[test]
+fn paging_types_and_filters() {
+    let mut s = lab();
+    let one = call(
+        &mut s,
+        "vpc",
+        "DescribeRouteTables",
+        json!({"Offset": "1", "Limit": "1"}),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            one["TotalCount"].as_u64(),
+            one["RouteTableSet"].as_array().unwrap().len()
+        ),
+        (Some(2), 1)
+    );
+    assert_eq!(one["RouteTableSet"][0]["RouteTableId"], "rtb-b");
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "DescribeRouteTables",
+            json!({"Offset": 0})
+        )),
+        "InvalidParameter"
+    );
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "DescribeRouteTables",
+            json!({"Limit": "101"})
+        )),
+        "InvalidParameterValue.LimitExceeded"
+    );
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "DescribeRouteTables",
+            json!({"RouteTableIds": ["rtb-b"], "Filters": []})
+        )),
+        "InvalidParameter.Coexist"
+    );
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "DescribeRouteTables",
+            json!({"Filters": [{"Name": "color", "Values": ["red"]}]})
+        )),
+        "InvalidParameter.FilterInvalidKey"
+    );
+    let main = call(
+        &mut s,
+        "vpc",
+        "DescribeRouteTables",
+        json!({"Filters": [{"Name": "association.main", "Values": ["true"]}]}),
+    )
+    .unwrap();
+    assert_eq!(main["RouteTableSet"][0]["RouteTableId"], "rtb-main");
+    let subnets = call(
+        &mut s,
+        "vpc",
+        "DescribeSubnets",
+        json!({"Filters": [{"Name": "vpc-id", "Values": ["vpc-lab"]}]}),
+    )
+    .unwrap();
+    assert_eq!(subnets["TotalCount"], 2);
+    assert_eq!(subnets["SubnetSet"][1]["RouteTableId"], "rtb-b");
+    let inst = call(&mut s, "cvm", "DescribeInstances", json!({"Filters": [{"Name": "private-ip-address", "Values": ["172.16.2.7"]}], "Offset": 0, "Limit": 10})).unwrap();
+    assert_eq!(inst["InstanceSet"][0]["InstanceId"], "ins-b1");
+    assert_eq!(
+        inst["InstanceSet"][0]["VirtualPrivateCloud"]["SubnetId"],
+        "subnet-b"
+    );
+    assert_eq!(
+        code(call(
+            &mut s,
+            "cvm",
+            "DescribeInstances",
+            json!({"Offset": "0"})
+        )),
+        "InvalidParameter"
+    );
+    assert_eq!(
+        code(call(&mut s, "vpc", "DescribeInstances", json!({}))),
+        "InvalidAction"
+    );
+    assert_eq!(
+        code(call(&mut s, "vpc", "ResetRoutes", json!({}))),
+        "InvalidAction"
+    );
+}
+
+#[test]
+fn system_routes_cannot_be_deleted_and_toggle_needs_one_selector() {
+    let mut s = lab();
+    s.route_tables[0].routes[0].route_type = "NETD".into();
+    let id = s.route_tables[0].routes[0].route_id;
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "DeleteRoutes",
+            json!({"RouteTableId": "rtb-main", "Routes": [{"RouteId": id}]})
+        )),
+        "UnsupportedOperation.SystemRoute"
+    );
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "EnableRoutes",
+            json!({"RouteTableId": "rtb-main"})
+        )),
+        "MissingParameter"
+    );
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "EnableRoutes",
+            json!({"RouteTableId": "rtb-main", "RouteIds": [id], "RouteItemIds": ["x"]})
+        )),
+        "InvalidParameter.Coexist"
+    );
+}
+
+#[test]
+fn scenario_errors_name_the_problem() {
+    let bad = include_str!("../scenarios/lab.json").replace("\"route_quota\"", "\"route_qouta\"");
+    assert!(Scenario::from_json(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("route_qouta"));
+    let bad = include_str!("../scenarios/lab.json").replace(
+        "\"private_ip\": \"172.16.2.7\"",
+        "\"private_ip\": \"10.9.9.9\"",
+    );
+    assert!(Scenario::from_json(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("instance ins-b1: 10.9.9.9 is outside subnet subnet-b"));
+}
