@@ -15,3 +15,12 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found (the machine's Rust toolchain is required)" >&2; exit 1; }
+
+# The official Tencent Cloud Python SDK (a client of our emulator in the conformance tests).
+if [ ! -x .venv/bin/pytest ]; then
+  echo "setup: python venv with the Tencent Cloud SDK and pytest"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check \
+    tencentcloud-sdk-python-common==3.1.195 tencentcloud-sdk-python-vpc==3.1.193 \
+    tencentcloud-sdk-python-cvm==3.1.178 pytest==9.2.0
+fi

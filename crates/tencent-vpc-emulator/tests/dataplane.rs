@@ -1,0 +1,227 @@
+//! The data plane in real network namespaces (needs root; CI runs as root): a router
+//! namespace mirrors the route tables, two hosts sit in two subnets with two tables.
+
+use std::process::Command;
+use tencent_vpc_emulator::scenario::Scenario;
+use tencent_vpc_emulator::{Emulator, EmulatorConfig};
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("running a command");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Three namespaces: router r, host a (subnet-a, 172.16.1.7), host b (subnet-b, 172.16.2.7)
+/// with pod address 10.244.2.1 on b. Removed on drop.
+struct Lab {
+    r: String,
+    a: String,
+    b: String,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let id = std::process::id();
+        let lab = Lab {
+            r: format!("emu-r-{id}"),
+            a: format!("emu-a-{id}"),
+            b: format!("emu-b-{id}"),
+        };
+        for ns in [&lab.r, &lab.a, &lab.b] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let r = lab.r.as_str();
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                r,
+                "sysctl",
+                "-qw",
+                &format!("{key}={value}"),
+            ]);
+        }
+        for (host, rif, hif, net) in [(&lab.a, "ra", "a0", "1"), (&lab.b, "rb", "b0", "2")] {
+            sh(&[
+                "ip", "-n", r, "link", "add", rif, "type", "veth", "peer", "name", hif, "netns",
+                host,
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                r,
+                "addr",
+                "add",
+                &format!("172.16.{net}.1/24"),
+                "dev",
+                rif,
+            ]);
+            sh(&["ip", "-n", r, "link", "set", rif, "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("172.16.{net}.7/24"),
+                "dev",
+                hif,
+            ]);
+            sh(&["ip", "-n", host, "link", "set", hif, "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                host,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("172.16.{net}.1"),
+            ]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &lab.b,
+            "addr",
+            "add",
+            "10.244.2.1/32",
+            "dev",
+            "lo",
+        ]);
+        lab
+    }
+
+    /// One ping from host a to b's pod address.
+    fn a_reaches_pod(&self) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.a,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "10.244.2.1",
+            ])
+            .output()
+            .expect("ping")
+            .status
+            .success()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.r, &self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[tokio::test]
+async fn pod_route_only_works_in_the_right_table() {
+    let lab = Lab::new();
+    let emu = Emulator::start(EmulatorConfig {
+        scenario: Scenario::from_json(include_str!("../scenarios/lab.json")).unwrap(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        metadata_listen: None,
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        state_file: None,
+        dataplane_netns: Some(lab.r.clone()),
+        metadata_default_instance: None,
+    })
+    .await
+    .unwrap();
+    let admin = |path: &str| format!("http://{}{path}", emu.admin.unwrap());
+    let http = reqwest::Client::new();
+    let route = serde_json::json!({"DestinationCidrBlock": "10.244.2.0/24", "GatewayType": "NORMAL_CVM", "GatewayId": "172.16.2.7"});
+
+    // The rule for subnet-a points at the main table's Linux table.
+    let rules = String::from_utf8(
+        Command::new("ip")
+            .args(["-n", &lab.r, "rule", "show"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        rules.contains("from 172.16.1.0/24 lookup 1000")
+            && rules.contains("from 172.16.2.0/24 lookup 1001"),
+        "{rules}"
+    );
+    assert!(!lab.a_reaches_pod(), "no route yet");
+
+    // In b's own table (rtb-b) only: a's traffic is looked up in rtb-main and blackholes.
+    let r = http
+        .post(admin("/route-tables/rtb-b/routes"))
+        .json(&route)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(
+        !lab.a_reaches_pod(),
+        "a route in the wrong table must not carry traffic"
+    );
+
+    // In a's table: reachable, as soon as the call has answered.
+    let r: serde_json::Value = http
+        .post(admin("/route-tables/rtb-main/routes"))
+        .json(&route)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = r["RouteTableSet"][0]["RouteSet"][0]["RouteId"]
+        .as_u64()
+        .unwrap();
+    let table = String::from_utf8(
+        Command::new("ip")
+            .args(["-n", &lab.r, "route", "show", "table", "1000"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(table.contains("10.244.2.0/24 via 172.16.2.7"), "{table}");
+    assert!(
+        lab.a_reaches_pod(),
+        "a route in the right table carries traffic"
+    );
+
+    // Disabled in the console: gone from the data plane.
+    let r = http
+        .post(admin(&format!(
+            "/route-tables/rtb-main/routes/{id}/disable"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!lab.a_reaches_pod(), "a disabled route carries nothing");
+    let r = http
+        .post(admin(&format!("/route-tables/rtb-main/routes/{id}/enable")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(lab.a_reaches_pod());
+}
