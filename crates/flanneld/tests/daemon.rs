@@ -2,29 +2,14 @@
 
 mod common;
 
-use common::{wait_until_async, FakeHost};
+use common::{daemon_config, wait_until_async, FakeHost};
 use flannel_core::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
 use flannel_core::NetConfig;
-use flanneld::daemon::{self, DaemonConfig, DaemonError, Exit};
+use flanneld::daemon::{self, DaemonError, Exit};
 use flanneld::health::Health;
 use flanneld::subnet::memory::MemoryManager;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn daemon_config(dir: &Path) -> DaemonConfig {
-    DaemonConfig {
-        subnet_file: dir.join("subnet.env"),
-        ip_masq: false,
-        ifaces: vec![],
-        iface_regexes: vec![],
-        iface_can_reach: None,
-        public_ip: None,
-        public_ipv6: None,
-        renew_margin: Duration::from_secs(3600),
-        resync_period: Duration::from_secs(30),
-    }
-}
 
 fn manager(config: &str) -> Arc<MemoryManager> {
     Arc::new(MemoryManager::new(

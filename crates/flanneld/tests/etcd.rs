@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{wait_until_async, FakeHost};
+use common::{daemon_config, wait_until_async, FakeHost};
 use flannel_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
 use flannel_core::watch::{LeaseWatcher, WatchUpdate};
-use flanneld::daemon::{self, DaemonConfig, DaemonError};
+use flanneld::daemon::{self, DaemonError};
 use flanneld::health::Health;
 use flanneld::subnet::etcd::{Election, EtcdManager, EtcdOptions};
 use flanneld::subnet::{AcquireRequest, LeaseStream, SubnetError, SubnetManager};
@@ -23,6 +23,10 @@ async fn manager(etcd: &EtcdServer) -> EtcdManager {
     EtcdManager::connect(&EtcdOptions::new(&etcd.endpoint(), PREFIX))
         .await
         .unwrap()
+}
+
+fn put_config(etcd: &EtcdServer, config: &str) {
+    etcd.etcdctl(&["put", "/coreos.com/network/config", config]);
 }
 
 fn req(ip: &str) -> AcquireRequest {
@@ -53,18 +57,13 @@ async fn config_missing_then_present_then_invalid() {
         e.to_string(),
         "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
     );
-    etcd.etcdctl(&[
-        "put",
-        "/coreos.com/network/config",
+    put_config(
+        &etcd,
         r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#,
-    ]);
+    );
     let c = m.network_config().await.unwrap();
     assert_eq!((c.subnet_len, c.backend_type.as_str()), (24, "host-gw"));
-    etcd.etcdctl(&[
-        "put",
-        "/coreos.com/network/config",
-        r#"{"Network":"10.5.0.0/16","SubnetLen":31}"#,
-    ]);
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16","SubnetLen":31}"#);
     assert_eq!(
         m.network_config().await.unwrap_err().to_string(),
         "/coreos.com/network/config: SubnetLen must be less than /31"
@@ -74,11 +73,10 @@ async fn config_missing_then_present_then_invalid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_agents_get_fifty_distinct_subnets_with_24h_ttl() {
     let etcd = EtcdServer::start();
-    etcd.etcdctl(&[
-        "put",
-        "/coreos.com/network/config",
+    put_config(
+        &etcd,
         r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.10.0","SubnetMax":"10.5.200.0"}"#,
-    ]);
+    );
     let mut tasks = Vec::new();
     for i in 0..50 {
         let endpoint = etcd.endpoint();
@@ -128,11 +126,10 @@ async fn fifty_agents_get_fifty_distinct_subnets_with_24h_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interop_with_upstream_keys_and_values() {
     let etcd = EtcdServer::start();
-    etcd.etcdctl(&[
-        "put",
-        "/coreos.com/network/config",
+    put_config(
+        &etcd,
         r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#,
-    ]);
+    );
     // An upstream node's lease, exactly as upstream writes it.
     let upstream = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
     let lease_id = etcd.etcdctl(&["lease", "grant", "86400"]);
@@ -196,11 +193,7 @@ async fn interop_with_upstream_keys_and_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_agent_keeps_its_subnet_by_public_ip_and_by_subnet_env() {
     let etcd = EtcdServer::start();
-    etcd.etcdctl(&[
-        "put",
-        "/coreos.com/network/config",
-        r#"{"Network":"10.5.0.0/16"}"#,
-    ]);
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
     let a = manager(&etcd)
         .await
         .acquire_lease(&req("172.16.0.7"))
@@ -225,11 +218,7 @@ async fn restarted_agent_keeps_its_subnet_by_public_ip_and_by_subnet_env() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_are_honoured_and_never_leased() {
     let etcd = EtcdServer::start();
-    etcd.etcdctl(&[
-        "put",
-        "/coreos.com/network/config",
-        r#"{"Network":"10.5.0.0/16"}"#,
-    ]);
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
     etcd.etcdctl(&[
         "put",
         "/coreos.com/network/subnets/10.5.42.0-24",
@@ -262,11 +251,7 @@ async fn reservations_are_honoured_and_never_leased() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_is_a_removed_event_and_garbage_is_ignored() {
     let etcd = EtcdServer::start();
-    etcd.etcdctl(&[
-        "put",
-        "/coreos.com/network/config",
-        r#"{"Network":"10.5.0.0/16"}"#,
-    ]);
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
     let m = manager(&etcd).await;
     let own = m.acquire_lease(&req("172.16.0.7")).await.unwrap();
     let mut stream = m.watch_leases().await.unwrap();
@@ -307,11 +292,7 @@ async fn expiry_is_a_removed_event_and_garbage_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_restart_keeps_leases_and_the_watch_resumes() {
     let mut etcd = EtcdServer::start();
-    etcd.etcdctl(&[
-        "put",
-        "/coreos.com/network/config",
-        r#"{"Network":"10.5.0.0/16"}"#,
-    ]);
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
     let m = manager(&etcd).await;
     let own = m.acquire_lease(&req("172.16.0.7")).await.unwrap();
     let before = etcd.etcdctl(&[
@@ -366,11 +347,7 @@ async fn etcd_restart_keeps_leases_and_the_watch_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_turns_into_a_fresh_snapshot() {
     let etcd = EtcdServer::start();
-    etcd.etcdctl(&[
-        "put",
-        "/coreos.com/network/config",
-        r#"{"Network":"10.5.0.0/16"}"#,
-    ]);
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
     let m = manager(&etcd).await;
     let (_, _, rev) = m.list().await.unwrap();
     etcd.etcdctl(&[
@@ -397,11 +374,7 @@ async fn compaction_turns_into_a_fresh_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_subnets() {
     let etcd = EtcdServer::start();
-    etcd.etcdctl(&[
-        "put",
-        "/coreos.com/network/config",
-        r#"{"Network":"10.0.0.0/28"}"#,
-    ]);
+    put_config(&etcd, r#"{"Network":"10.0.0.0/28"}"#);
     let m = manager(&etcd).await;
     for i in 0..3 {
         m.acquire_lease(&req(&format!("172.16.0.{i}")))
@@ -416,23 +389,12 @@ async fn out_of_subnets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_shuts_down_cleanly_when_its_lease_is_deleted() {
     let etcd = EtcdServer::start();
-    etcd.etcdctl(&[
-        "put",
-        "/coreos.com/network/config",
+    put_config(
+        &etcd,
         r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#,
-    ]);
+    );
     let dir = tempfile::tempdir().unwrap();
-    let cfg = DaemonConfig {
-        subnet_file: dir.path().join("subnet.env"),
-        ip_masq: false,
-        ifaces: vec![],
-        iface_regexes: vec![],
-        iface_can_reach: None,
-        public_ip: None,
-        public_ipv6: None,
-        renew_margin: Duration::from_secs(3600),
-        resync_period: Duration::from_secs(30),
-    };
+    let cfg = daemon_config(dir.path());
     let sm: Arc<dyn SubnetManager> = Arc::new(manager(&etcd).await);
     let health = Arc::new(Health::default());
     let h = health.clone();

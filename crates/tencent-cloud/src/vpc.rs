@@ -135,20 +135,13 @@ struct DescribeRequest<'a> {
     limit: String,
 }
 
+/// One page of a Describe call: the total and the items under `set_field`.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct DescribeRouteTablesResponse {
+struct DescribePage {
     total_count: u64,
-    #[serde(default)]
-    route_table_set: Option<Vec<RouteTable>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DescribeSubnetsResponse {
-    total_count: u64,
-    #[serde(default)]
-    subnet_set: Option<Vec<Subnet>>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -199,54 +192,56 @@ struct ToggleRoutesRequest<'a> {
 #[derive(Deserialize)]
 struct Empty {}
 
-/// Read every page of a Describe call.
-async fn read_all<T, Fut>(mut page: impl FnMut(usize) -> Fut) -> Result<Vec<T>, Error>
-where
-    Fut: std::future::Future<Output = Result<(u64, Vec<T>), Error>>,
-{
-    let mut all = Vec::new();
-    for _ in 0..MAX_PAGES {
-        let (total, items) = page(all.len()).await?;
-        let got = items.len();
-        all.extend(items);
-        if got == 0 || all.len() as u64 >= total {
-            break;
-        }
-    }
-    Ok(all)
-}
-
 impl Client {
+    /// Read every page of a Describe action whose items sit under `set_field`.
+    async fn describe_all<T: serde::de::DeserializeOwned>(
+        &self,
+        action: &'static str,
+        set_field: &str,
+        filters: &[Filter],
+    ) -> Result<Vec<T>, Error> {
+        let mut all: Vec<T> = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let req = DescribeRequest {
+                filters,
+                offset: all.len().to_string(),
+                limit: PAGE.to_string(),
+            };
+            let mut page: DescribePage = self.call(VPC, action, &req, true).await?;
+            let items: Vec<T> = match page.rest.remove(set_field) {
+                None | Some(serde_json::Value::Null) => Vec::new(),
+                Some(v) => serde_json::from_value(v).map_err(|e| Error::Decode {
+                    action: action.to_string(),
+                    message: format!("{set_field}: {e}"),
+                    request_id: page
+                        .rest
+                        .get("RequestId")
+                        .and_then(|r| r.as_str())
+                        .map(str::to_string),
+                })?,
+            };
+            let got = items.len();
+            all.extend(items);
+            if got == 0 || all.len() as u64 >= page.total_count {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
     /// Every route table matching `filters`, all pages read.
     pub async fn describe_route_tables(
         &self,
         filters: &[Filter],
     ) -> Result<Vec<RouteTable>, Error> {
-        read_all(|offset| async move {
-            let req = DescribeRequest {
-                filters,
-                offset: offset.to_string(),
-                limit: PAGE.to_string(),
-            };
-            let r: DescribeRouteTablesResponse =
-                self.call(VPC, "DescribeRouteTables", &req, true).await?;
-            Ok((r.total_count, r.route_table_set.unwrap_or_default()))
-        })
-        .await
+        self.describe_all("DescribeRouteTables", "RouteTableSet", filters)
+            .await
     }
 
     /// Every subnet matching `filters`, all pages read.
     pub async fn describe_subnets(&self, filters: &[Filter]) -> Result<Vec<Subnet>, Error> {
-        read_all(|offset| async move {
-            let req = DescribeRequest {
-                filters,
-                offset: offset.to_string(),
-                limit: PAGE.to_string(),
-            };
-            let r: DescribeSubnetsResponse = self.call(VPC, "DescribeSubnets", &req, true).await?;
-            Ok((r.total_count, r.subnet_set.unwrap_or_default()))
-        })
-        .await
+        self.describe_all("DescribeSubnets", "SubnetSet", filters)
+            .await
     }
 
     /// Create routes in one table, all or nothing.

@@ -167,6 +167,17 @@ impl EtcdManager {
         }
     }
 
+    /// Read one key (None when absent).
+    async fn get_one(&self, key: &str) -> Result<Option<KeyValue>, SubnetError> {
+        let k = key.to_string();
+        let resp = self
+            .rpc(&format!("reading {key}"), |mut c| async move {
+                c.get(k, None).await
+            })
+            .await?;
+        Ok(resp.kvs().first().cloned())
+    }
+
     /// Decode a key under `subnets/`; anything unparseable is logged and skipped.
     fn decode(&self, kv: &KeyValue) -> Option<(Lease, EtcdLeaseId)> {
         let key = String::from_utf8_lossy(kv.key());
@@ -454,13 +465,7 @@ impl SubnetManager for EtcdManager {
 
     async fn network_config(&self) -> Result<NetConfig, SubnetError> {
         let key = self.config_key();
-        let k = key.clone();
-        let resp = self
-            .rpc(&format!("reading {key}"), |mut c| async move {
-                c.get(k, None).await
-            })
-            .await?;
-        let Some(kv) = resp.kvs().first() else {
+        let Some(kv) = self.get_one(&key).await? else {
             return Err(SubnetError::ConfigMissing);
         };
         let config = NetConfig::parse_and_check(&String::from_utf8_lossy(kv.value()))
@@ -559,16 +564,10 @@ impl SubnetManager for EtcdManager {
 
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, SubnetError> {
         let key = self.subnet_key(&lease.key);
-        let k = key.clone();
-        let resp = self
-            .rpc(&format!("reading {key}"), |mut c| async move {
-                c.get(k, None).await
-            })
-            .await?;
-        let Some(kv) = resp.kvs().first() else {
+        let Some(kv) = self.get_one(&key).await? else {
             return Err(SubnetError::LeaseNotFound(lease.key.to_string()));
         };
-        let Some((current, id)) = self.decode(kv) else {
+        let Some((current, id)) = self.decode(&kv) else {
             return Err(store_err(
                 format!("renewing {key}"),
                 "the stored value is unparseable",
@@ -613,17 +612,8 @@ impl Election {
 
     /// The identity of the current leader, if any.
     pub async fn leader(&self) -> Result<Option<String>, SubnetError> {
-        let k = self.key.clone();
-        let resp = self
-            .mgr
-            .rpc("reading the leader key", |mut c| async move {
-                c.get(k, None).await
-            })
-            .await?;
-        Ok(resp
-            .kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        let kv = self.mgr.get_one(&self.key).await?;
+        Ok(kv.map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
     /// Wait until this process is the leader.

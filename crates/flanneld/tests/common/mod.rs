@@ -84,3 +84,18 @@ impl flanneld::iface::HostNetwork for FakeHost {
         Ok(self.0.parse().unwrap())
     }
 }
+
+/// A daemon configuration writing subnet.env into `dir`, with long periods (tests drive events).
+pub fn daemon_config(dir: &std::path::Path) -> flanneld::daemon::DaemonConfig {
+    flanneld::daemon::DaemonConfig {
+        subnet_file: dir.join("subnet.env"),
+        ip_masq: false,
+        ifaces: vec![],
+        iface_regexes: vec![],
+        iface_can_reach: None,
+        public_ip: None,
+        public_ipv6: None,
+        renew_margin: Duration::from_secs(3600),
+        resync_period: Duration::from_secs(30),
+    }
+}
