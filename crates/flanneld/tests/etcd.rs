@@ -531,3 +531,44 @@ async fn flannelctl_leases_list() {
         "{leased}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn username_and_password_auth_and_no_password_in_errors() {
+    let etcd = EtcdServer::start();
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
+    etcd.etcdctl(&["user", "add", "root:root-pw-123"]);
+    etcd.etcdctl(&["user", "add", "flannel:flannel-pw-456"]);
+    etcd.etcdctl(&["role", "add", "flannel"]);
+    etcd.etcdctl(&[
+        "role",
+        "grant-permission",
+        "flannel",
+        "--prefix=true",
+        "readwrite",
+        "/coreos.com/network/",
+    ]);
+    etcd.etcdctl(&["user", "grant-role", "flannel", "flannel"]);
+    etcd.etcdctl(&["auth", "enable"]);
+
+    let mut opts = EtcdOptions::new(&etcd.endpoint(), PREFIX);
+    opts.username = Some("flannel".into());
+    opts.password = Some(secrecy::SecretString::from("flannel-pw-456".to_string()));
+    assert!(!format!("{opts:?}").contains("flannel-pw-456"));
+    let m = EtcdManager::connect(&opts).await.unwrap();
+    m.network_config().await.unwrap();
+    m.acquire_lease(&req("172.16.0.7")).await.unwrap();
+
+    opts.password = Some(secrecy::SecretString::from("wrong-pw-789".to_string()));
+    let e = match EtcdManager::connect(&opts).await {
+        Err(e) => e,
+        Ok(m) => m.network_config().await.unwrap_err(),
+    };
+    let text = format!("{e} {e:?}");
+    assert!(text.contains("authentication failed"), "{text}");
+    assert!(!text.contains("wrong-pw-789"), "{text}");
+    // Without credentials nothing is readable.
+    let anon = EtcdManager::connect(&EtcdOptions::new(&etcd.endpoint(), PREFIX))
+        .await
+        .unwrap();
+    assert!(anon.network_config().await.is_err());
+}

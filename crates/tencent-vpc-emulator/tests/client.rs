@@ -420,3 +420,84 @@ async fn console_edits_and_state_survive_a_restart() {
         204
     );
 }
+
+#[tokio::test]
+async fn metadata_answers_for_the_callers_source_address() {
+    // A VPC on loopback so two "instances" can call from two source addresses.
+    let s = Scenario::from_json(
+        r#"{"region":"ap-guangzhou","vpcs":[{"vpc_id":"vpc-lo","cidr_block":"127.0.0.0/16"}],
+            "route_tables":[{"route_table_id":"rtb-lo","vpc_id":"vpc-lo","main":true}],
+            "subnets":[{"subnet_id":"subnet-lo","vpc_id":"vpc-lo","cidr_block":"127.0.0.0/24","zone":"ap-guangzhou-1"}],
+            "instances":[{"instance_id":"ins-one","private_ip":"127.0.0.1","subnet_id":"subnet-lo","mac":"52:54:00:00:00:01"},
+                         {"instance_id":"ins-two","private_ip":"127.0.0.2","subnet_id":"subnet-lo","mac":"52:54:00:00:00:02"}]}"#,
+    )
+    .unwrap();
+    let emu = Emulator::start(EmulatorConfig {
+        scenario: s,
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        metadata_listen: Some("127.0.0.1:0".parse().unwrap()),
+        admin_listen: None,
+        state_file: None,
+        dataplane_netns: None,
+        metadata_default_instance: None,
+    })
+    .await
+    .unwrap();
+    let get = |source: &str| {
+        let http = reqwest::Client::builder()
+            .local_address(source.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        let url = format!(
+            "http://{}/latest/meta-data/instance-id",
+            emu.metadata.unwrap()
+        );
+        async move { http.get(url).send().await.unwrap() }
+    };
+    assert_eq!(get("127.0.0.1").await.text().await.unwrap(), "ins-one");
+    assert_eq!(get("127.0.0.2").await.text().await.unwrap(), "ins-two");
+    assert_eq!(
+        get("127.0.0.3").await.status(),
+        404,
+        "no instance, no fallback: 404"
+    );
+}
+
+#[tokio::test]
+async fn signed_but_malformed_body_gets_invalid_parameter() {
+    let emu = start().await;
+    let host = emu.api.to_string();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for body in [&b"not json"[..], b"[1,2]"] {
+        let sig = tencent_cloud::signing::sign(&tencent_cloud::signing::SigningInput {
+            secret_id: ID,
+            secret_key: KEY,
+            service: "vpc",
+            host: &host,
+            method: "POST",
+            content_type: "application/json",
+            canonical_query: "",
+            payload: body,
+            timestamp: ts,
+        });
+        let v: serde_json::Value = reqwest::Client::new()
+            .post(format!("http://{host}/"))
+            .header("Content-Type", "application/json")
+            .header("X-TC-Action", "DescribeRouteTables")
+            .header("X-TC-Version", "2017-03-12")
+            .header("X-TC-Region", "ap-guangzhou")
+            .header("X-TC-Timestamp", ts.to_string())
+            .header("Authorization", sig.authorization)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["Response"]["Error"]["Code"], "InvalidParameter", "{v}");
+    }
+}
