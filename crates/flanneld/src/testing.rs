@@ -11,6 +11,106 @@ pub struct EtcdServer {
     pub client_port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
+    tls: Option<TlsFiles>,
+}
+
+/// Certificates for a TLS etcd (made with openssl): a CA, the server's pair and a client pair.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TlsFiles {
+    /// A throw-away CA and two leaf certificates for 127.0.0.1.
+    pub fn generate(dir: &std::path::Path) -> TlsFiles {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=flannel-test-ca",
+            ],
+        );
+        for (name, usage) in [
+            ("server", "serverAuth,clientAuth"),
+            ("client", "clientAuth"),
+        ] {
+            std::fs::write(
+                dir.join(format!("{name}.ext")),
+                format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"),
+            )
+            .expect("writing an openssl extension file");
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            );
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &format!("{name}.crt"),
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &format!("{name}.ext"),
+                ],
+            );
+        }
+        TlsFiles {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -23,18 +123,62 @@ fn free_port() -> u16 {
 impl EtcdServer {
     /// Start etcd and wait until it answers (panics after 20 s: a test cannot go on).
     pub fn start() -> EtcdServer {
+        Self::start_inner(false)
+    }
+
+    /// Start etcd serving TLS with client-certificate authentication.
+    pub fn start_tls() -> EtcdServer {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tls: bool) -> EtcdServer {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let tls = tls.then(|| TlsFiles::generate(dir.path()));
         let mut s = EtcdServer {
             child: None,
             client_port: free_port(),
             peer_port: free_port(),
-            dir: tempfile::tempdir().expect("a temporary directory"),
+            dir,
+            tls,
         };
         s.spawn();
         s
     }
 
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    fn tls_args(&self, server: bool) -> Vec<String> {
+        let Some(t) = &self.tls else {
+            return Vec::new();
+        };
+        let p = |p: &PathBuf| p.display().to_string();
+        if server {
+            vec![
+                "--cert-file".into(),
+                p(&t.server_cert),
+                "--key-file".into(),
+                p(&t.server_key),
+                "--trusted-ca-file".into(),
+                p(&t.ca),
+                "--client-cert-auth".into(),
+            ]
+        } else {
+            vec![
+                "--cacert".into(),
+                p(&t.ca),
+                "--cert".into(),
+                p(&t.client_cert),
+                "--key".into(),
+                p(&t.client_key),
+            ]
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -61,6 +205,7 @@ impl EtcdServer {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("t={peer}")])
+            .args(self.tls_args(true))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -72,26 +217,25 @@ impl EtcdServer {
     fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ok = Command::new("etcdctl")
+            let out = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
                 .args([
                     "--endpoints",
                     &self.endpoint(),
                     "--dial-timeout=1s",
                     "--command-timeout=2s",
-                    "endpoint",
-                    "health",
                 ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
+                .args(self.tls_args(false))
+                .args(["endpoint", "health"])
+                .output();
+            let last = match out {
+                Ok(o) if o.status.success() => return,
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
             assert!(
                 Instant::now() < deadline,
-                "etcd did not become healthy: {}",
+                "etcd did not become healthy: etcdctl: {last}\netcd log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -120,6 +264,7 @@ impl EtcdServer {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.endpoint()])
+            .args(self.tls_args(false))
             .args(args)
             .output()
             .expect("running etcdctl");

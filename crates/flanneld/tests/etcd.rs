@@ -572,3 +572,33 @@ async fn username_and_password_auth_and_no_password_in_errors() {
         .unwrap();
     assert!(anon.network_config().await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let etcd = EtcdServer::start_tls();
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
+    let t = etcd.tls().unwrap().clone();
+    let mut opts = EtcdOptions::new(&etcd.endpoint(), PREFIX);
+    opts.cafile = Some(t.ca.clone());
+    opts.certfile = Some(t.client_cert.clone());
+    opts.keyfile = Some(t.client_key.clone());
+    let m = EtcdManager::connect(&opts).await.unwrap();
+    assert_eq!(m.network_config().await.unwrap().subnet_len, 24);
+    let l = m.acquire_lease(&req("172.16.0.7")).await.unwrap();
+    assert!(etcd
+        .etcdctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/coreos.com/network/subnets/"
+        ])
+        .contains(&l.key.to_string()));
+    // Without a client certificate the server refuses us.
+    let mut no_cert = EtcdOptions::new(&etcd.endpoint(), PREFIX);
+    no_cert.cafile = Some(t.ca);
+    let refused = match EtcdManager::connect(&no_cert).await {
+        Err(_) => true,
+        Ok(m) => m.network_config().await.is_err(),
+    };
+    assert!(refused, "a client without a certificate was served");
+}
