@@ -145,9 +145,24 @@ pub async fn run(
         previous: subnet_env::previous_subnet(&previous),
         previous_ipv6: subnet_env::previous_ipv6_subnet(&previous),
     };
-    let mut own = match or_shutdown(sm.acquire_lease(&req), &mut shutdown).await {
-        None => return Ok(Exit::Shutdown),
-        Some(l) => l?,
+    let mut backoff = Duration::from_secs(1);
+    let mut own = loop {
+        match or_shutdown(sm.acquire_lease(&req), &mut shutdown).await {
+            None => return Ok(Exit::Shutdown),
+            Some(Ok(l)) => break l,
+            // The store is unreachable or busy: wait and try again (a restart would not help).
+            Some(Err(e @ (SubnetError::Store { .. } | SubnetError::RaceRetriesExhausted))) => {
+                warn!(error = %e, retry_in = ?backoff, "failed to acquire a lease");
+                if or_shutdown(tokio::time::sleep(backoff), &mut shutdown)
+                    .await
+                    .is_none()
+                {
+                    return Ok(Exit::Shutdown);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Some(Err(e)) => return Err(e.into()),
+        }
     };
     info!(subnet = %own.key, reservation = own.is_reservation(), "lease acquired");
     record_lease(&health, &own, backend.kind().name());

@@ -8,6 +8,7 @@ use flannel_core::NetConfig;
 use flanneld::daemon::{self, DaemonError, Exit};
 use flanneld::health::Health;
 use flanneld::subnet::memory::MemoryManager;
+use flanneld::subnet::{AcquireRequest, LeaseStream, SubnetError, SubnetManager};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -194,4 +195,92 @@ async fn readyz_503_then_200_acceptance_17() {
     let (status, body) = get("/metrics").await.unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("flannel_ready 1"), "{body}");
+}
+
+#[tokio::test]
+async fn lease_is_renewed_at_expiry_minus_margin() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = manager(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#);
+    let health = Arc::new(Health::default());
+    let mut cfg = daemon_config(dir.path());
+    // A 24 h lease with a margin of 24 h minus 1 s: due for renewal one second after acquiring.
+    cfg.renew_margin = Duration::from_secs(24 * 3600 - 1);
+    let run = tokio::spawn(daemon::run(
+        cfg,
+        sm.clone(),
+        &FakeHost("172.16.0.7"),
+        health.clone(),
+        std::future::pending(),
+    ));
+    wait_until_async("ready", Duration::from_secs(10), || health.is_ready()).await;
+    let first = sm.leases()[0].expiry;
+    let m = sm.clone();
+    wait_until_async("a renewal", Duration::from_secs(10), || {
+        m.leases()[0].expiry != first
+    })
+    .await;
+    let (Expiry::At(a), Expiry::At(b)) = (first, sm.leases()[0].expiry) else {
+        panic!("leases expire")
+    };
+    assert!(b > a, "renewal pushed the expiry forward");
+    assert_eq!(sm.leases().len(), 1, "renewal kept the same lease");
+    run.abort();
+}
+
+/// A store that is unreachable for its first `failures` acquisitions.
+struct Flaky {
+    inner: Arc<MemoryManager>,
+    failures: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl SubnetManager for Flaky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    async fn network_config(&self) -> Result<NetConfig, SubnetError> {
+        self.inner.network_config().await
+    }
+    async fn acquire_lease(&self, req: &AcquireRequest) -> Result<Lease, SubnetError> {
+        if self.failures.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.failures
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(SubnetError::Store {
+                manager: "flaky",
+                message: "connection refused".into(),
+            });
+        }
+        self.inner.acquire_lease(req).await
+    }
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, SubnetError> {
+        self.inner.renew_lease(lease).await
+    }
+    async fn watch_leases(&self) -> Result<LeaseStream, SubnetError> {
+        self.inner.watch_leases().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquisition_is_retried_while_the_store_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = manager(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#);
+    let flaky = Arc::new(Flaky {
+        inner: inner.clone(),
+        failures: std::sync::atomic::AtomicU32::new(2),
+    });
+    let health = Arc::new(Health::default());
+    let run = tokio::spawn(daemon::run(
+        daemon_config(dir.path()),
+        flaky.clone(),
+        &FakeHost("172.16.0.7"),
+        health.clone(),
+        std::future::pending(),
+    ));
+    wait_until_async("ready after two failures", Duration::from_secs(60), || {
+        health.is_ready()
+    })
+    .await;
+    assert_eq!(flaky.failures.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(inner.leases().len(), 1);
+    run.abort();
 }

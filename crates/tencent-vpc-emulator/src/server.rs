@@ -524,8 +524,16 @@ pub fn metadata_router(sh: std::sync::Arc<Shared>) -> Router {
 
 type Sh = State<std::sync::Arc<Shared>>;
 
+/// The account's state; secret keys and tokens are redacted (they stay in `--state`).
 async fn admin_state(State(sh): Sh) -> Json<Scenario> {
-    Json(sh.state.lock().unwrap().clone())
+    let mut s = sh.state.lock().unwrap().clone();
+    for c in &mut s.credentials {
+        c.secret_key = "<redacted>".into();
+        if c.token.is_some() {
+            c.token = Some("<redacted>".into());
+        }
+    }
+    Json(s)
 }
 
 async fn admin_calls(State(sh): Sh) -> Json<BTreeMap<String, BTreeMap<String, u64>>> {

@@ -253,6 +253,10 @@ async fn client_retries_through_injected_throttling() {
         6,
         "each create happened exactly once"
     );
+    assert!(
+        !state.to_string().contains(KEY),
+        "the admin API never shows secret keys"
+    );
     assert_eq!(
         admin(&emu, reqwest::Method::DELETE, "/faults", None)
             .await
