@@ -17,7 +17,8 @@ use serde_json::{Map, Value};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// A parsed (and, after [`NetConfig::check`], validated and defaulted) network config.
-#[derive(Debug, Clone, PartialEq)]
+/// `Debug` redacts secret-looking Backend fields (the raw section may hold AccessKeySecret).
+#[derive(Clone, PartialEq)]
 pub struct NetConfig {
     pub enable_ipv4: bool,
     pub enable_ipv6: bool,
@@ -35,6 +36,26 @@ pub struct NetConfig {
     pub backend_type: String,
     /// The Backend section, kept raw and typed per backend later.
     pub backend: Option<Value>,
+}
+
+impl std::fmt::Debug for NetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetConfig")
+            .field("enable_ipv4", &self.enable_ipv4)
+            .field("enable_ipv6", &self.enable_ipv6)
+            .field("enable_nftables", &self.enable_nftables)
+            .field("network", &self.network)
+            .field("ipv6_network", &self.ipv6_network)
+            .field("subnet_min", &self.subnet_min)
+            .field("subnet_max", &self.subnet_max)
+            .field("subnet_len", &self.subnet_len)
+            .field("ipv6_subnet_min", &self.ipv6_subnet_min)
+            .field("ipv6_subnet_max", &self.ipv6_subnet_max)
+            .field("ipv6_subnet_len", &self.ipv6_subnet_len)
+            .field("backend_type", &self.backend_type)
+            .field("backend", &self.backend.as_ref().map(redact_secrets))
+            .finish()
+    }
 }
 
 /// Everything that can be wrong with a network config.
@@ -621,5 +642,7 @@ mod tests {
             r#"{"EnableIPv4":true,"EnableIPv6":false,"EnableNFTables":false,"Network":"10.3.0.0/16","SubnetLen":24,"SubnetMin":"10.3.1.0","SubnetMax":"10.3.255.0","BackendType":"tencent-vpc","Backend":{"Type":"tencent-vpc","AccessKeyID":"AKID1","AccessKeySecret":"<redacted>"}}"#
         );
         assert!(!out.contains("s3cr3t"));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cr3t") && dbg.contains("AKID1"), "{dbg}");
     }
 }
