@@ -25,15 +25,7 @@ fn main() {
         let mut scenario = Scenario::from_json(include_str!("../scenarios/lab.json")).unwrap();
         scenario.rate_limit_per_second = 1e12;
         scenario.route_quota = 100_000;
-        let emu = Emulator::start(EmulatorConfig {
-            scenario,
-            api_listen: "127.0.0.1:0".parse().unwrap(),
-            metadata_listen: None,
-            admin_listen: None,
-            state_file: None,
-            dataplane_netns: None,
-            metadata_default_instance: None,
-        })
+        let emu = Emulator::start(EmulatorConfig::on_loopback(scenario))
         .await
         .unwrap();
         let mut cfg = ClientConfig::new("ap-guangzhou");

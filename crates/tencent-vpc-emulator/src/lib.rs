@@ -28,6 +28,21 @@ pub struct EmulatorConfig {
     pub metadata_default_instance: Option<String>,
 }
 
+impl EmulatorConfig {
+    /// The API on a free loopback port; metadata, admin, state and data plane off.
+    pub fn on_loopback(scenario: Scenario) -> EmulatorConfig {
+        EmulatorConfig {
+            scenario,
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metadata_listen: None,
+            admin_listen: None,
+            state_file: None,
+            dataplane_netns: None,
+            metadata_default_instance: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("binding {what} on {addr}: {source}")]

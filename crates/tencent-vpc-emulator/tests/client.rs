@@ -20,13 +20,11 @@ fn scenario() -> Scenario {
 
 async fn start_with(s: Scenario, state_file: Option<std::path::PathBuf>) -> Emulator {
     Emulator::start(EmulatorConfig {
-        scenario: s,
-        api_listen: "127.0.0.1:0".parse().unwrap(),
         metadata_listen: Some("127.0.0.1:0".parse().unwrap()),
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         state_file,
-        dataplane_netns: None,
         metadata_default_instance: Some("ins-a1".into()),
+        ..EmulatorConfig::on_loopback(s)
     })
     .await
     .unwrap()
@@ -451,13 +449,8 @@ async fn metadata_answers_for_the_callers_source_address() {
     )
     .unwrap();
     let emu = Emulator::start(EmulatorConfig {
-        scenario: s,
-        api_listen: "127.0.0.1:0".parse().unwrap(),
         metadata_listen: Some("127.0.0.1:0".parse().unwrap()),
-        admin_listen: None,
-        state_file: None,
-        dataplane_netns: None,
-        metadata_default_instance: None,
+        ..EmulatorConfig::on_loopback(s)
     })
     .await
     .unwrap();

@@ -137,13 +137,11 @@ impl Drop for Lab {
 async fn pod_route_only_works_in_the_right_table() {
     let lab = Lab::new();
     let emu = Emulator::start(EmulatorConfig {
-        scenario: Scenario::from_json(include_str!("../scenarios/lab.json")).unwrap(),
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        metadata_listen: None,
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
-        state_file: None,
         dataplane_netns: Some(lab.r.clone()),
-        metadata_default_instance: None,
+        ..EmulatorConfig::on_loopback(
+            Scenario::from_json(include_str!("../scenarios/lab.json")).unwrap(),
+        )
     })
     .await
     .unwrap();
