@@ -602,3 +602,25 @@ async fn tls_with_client_certificates() {
     };
     assert!(refused, "a client without a certificate was served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_in_the_list_is_failed_over() {
+    // Upstream's default endpoint list starts with 127.0.0.1:4001, which is usually dead.
+    let etcd = EtcdServer::start();
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoints = format!("http://127.0.0.1:{dead},{}", etcd.endpoint());
+    let m = EtcdManager::connect(&EtcdOptions::new(&endpoints, PREFIX))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        m.network_config()
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+    }
+    m.acquire_lease(&req("172.16.0.7")).await.unwrap();
+}

@@ -79,6 +79,7 @@ pub struct EtcdManager {
     prefix: String,
     requests: Arc<AtomicU64>,
     config: Arc<Mutex<Option<NetConfig>>>,
+    endpoints: usize,
 }
 
 fn store_err(op: impl std::fmt::Display, e: impl std::fmt::Display) -> SubnetError {
@@ -131,6 +132,7 @@ impl EtcdManager {
             prefix: opts.prefix.trim_end_matches('/').to_string(),
             requests: Arc::new(AtomicU64::new(0)),
             config: Arc::new(Mutex::new(None)),
+            endpoints: opts.endpoints.len(),
         })
     }
 
@@ -156,14 +158,27 @@ impl EtcdManager {
         self.client.clone()
     }
 
-    async fn rpc<T, Fut>(&self, op: &str, f: impl FnOnce(Client) -> Fut) -> Result<T, SubnetError>
+    /// One unary request with a deadline. A gRPC `Unavailable` (an endpoint down, as
+    /// upstream's default `127.0.0.1:4001` usually is) is retried at once, up to once per
+    /// endpoint, so the balancer fails over like Go's clientv3; every operation here is safe
+    /// to repeat (create-if-absent re-checks its compare).
+    async fn rpc<T, Fut>(&self, op: &str, f: impl Fn(Client) -> Fut) -> Result<T, SubnetError>
     where
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(RPC_TIMEOUT, f(self.client.clone())).await {
-            Err(_) => Err(store_err(op, format!("timed out after {RPC_TIMEOUT:?}"))),
-            Ok(r) => r.map_err(|e| store_err(op, e)),
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            match tokio::time::timeout(RPC_TIMEOUT, f(self.client.clone())).await {
+                Err(_) => return Err(store_err(op, format!("timed out after {RPC_TIMEOUT:?}"))),
+                Ok(Err(etcd_client::Error::GRpcStatus(s)))
+                    if s.code() == tonic::Code::Unavailable && attempt <= self.endpoints =>
+                {
+                    debug!(op, attempt, error = %s.message(), "etcd endpoint unavailable; trying another");
+                }
+                Ok(r) => return r.map_err(|e| store_err(op, e)),
+            }
         }
     }
 
@@ -171,8 +186,9 @@ impl EtcdManager {
     async fn get_one(&self, key: &str) -> Result<Option<KeyValue>, SubnetError> {
         let k = key.to_string();
         let resp = self
-            .rpc(&format!("reading {key}"), |mut c| async move {
-                c.get(k, None).await
+            .rpc(&format!("reading {key}"), |mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
             })
             .await?;
         Ok(resp.kvs().first().cloned())
@@ -230,8 +246,9 @@ impl EtcdManager {
     ) -> Result<(Vec<Lease>, HashMap<SubnetKey, EtcdLeaseId>, i64), SubnetError> {
         let prefix = self.subnets_prefix();
         let resp = self
-            .rpc("listing subnets", |mut c| async move {
-                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            .rpc("listing subnets", |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
             })
             .await?;
         let rev = resp.header().map_or(0, |h| h.revision());
@@ -295,9 +312,12 @@ impl EtcdManager {
 
     async fn put(&self, key: String, value: String, lease: Option<i64>) -> Result<(), SubnetError> {
         let op = format!("writing {key}");
-        self.rpc(&op, |mut c| async move {
-            c.put(key, value, lease.map(|id| PutOptions::new().with_lease(id)))
-                .await
+        self.rpc(&op, |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(key, value, lease.map(|id| PutOptions::new().with_lease(id)))
+                    .await
+            }
         })
         .await?;
         Ok(())
@@ -513,8 +533,9 @@ impl SubnetManager for EtcdManager {
                     if let Some(s) = stale {
                         info!(subnet = %s.key, "this node's lease no longer fits the network config; deleting it");
                         let k = self.subnet_key(&s.key);
-                        self.rpc(&format!("deleting {k}"), |mut c| async move {
-                            c.delete(k, None).await
+                        self.rpc(&format!("deleting {k}"), |mut c| {
+                            let k = k.clone();
+                            async move { c.delete(k, None).await }
                         })
                         .await?;
                     }
@@ -535,8 +556,9 @@ impl SubnetManager for EtcdManager {
                             Some(GetOptions::new().with_prefix()),
                         )]);
                     let resp = self
-                        .rpc(&format!("creating {etcd_key}"), |mut c| async move {
-                            c.txn(txn).await
+                        .rpc(&format!("creating {etcd_key}"), |mut c| {
+                            let txn = txn.clone();
+                            async move { c.txn(txn).await }
                         })
                         .await?;
                     if resp.succeeded() {
@@ -641,7 +663,10 @@ impl Election {
                 .or_else([TxnOp::get(self.key.clone(), None)]);
             let resp = self
                 .mgr
-                .rpc("campaigning", |mut c| async move { c.txn(txn).await })
+                .rpc("campaigning", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
                 .await?;
             if resp.succeeded() {
                 info!(key = %self.key, identity = %self.identity, "became leader");
