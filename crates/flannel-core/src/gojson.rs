@@ -129,6 +129,14 @@ pub fn go_escape(json: &str) -> String {
     out
 }
 
+/// Malformed JSON, with the position serde_json reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonSyntaxError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
 impl fmt::Display for JsonSyntaxError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -137,14 +145,6 @@ impl fmt::Display for JsonSyntaxError {
             self.line, self.column, self.message
         )
     }
-}
-
-/// Malformed JSON, with the position serde_json reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JsonSyntaxError {
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
 }
 
 impl std::error::Error for JsonSyntaxError {}
