@@ -206,14 +206,6 @@ impl Client {
         }
     }
 
-    pub fn region(&self) -> &str {
-        &self.cfg.region
-    }
-
-    pub fn config(&self) -> &ClientConfig {
-        &self.cfg
-    }
-
     fn backoff(&self, attempt: u32) -> Duration {
         let exp = self
             .cfg

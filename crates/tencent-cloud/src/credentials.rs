@@ -141,7 +141,6 @@ pub struct CvmRoleProvider {
     metadata: MetadataClient,
     role: String,
     cached: Mutex<Option<(Credentials, i64)>>,
-    now: fn() -> i64,
 }
 
 impl fmt::Debug for CvmRoleProvider {
@@ -174,14 +173,7 @@ impl CvmRoleProvider {
             metadata,
             role: role.into(),
             cached: Mutex::new(None),
-            now: unix_now,
         }
-    }
-
-    #[doc(hidden)]
-    pub fn with_clock(mut self, now: fn() -> i64) -> Self {
-        self.now = now;
-        self
     }
 
     async fn fetch(&self) -> Result<(Credentials, i64), CredentialError> {
@@ -230,7 +222,7 @@ impl CvmRoleProvider {
 impl CredentialProvider for CvmRoleProvider {
     async fn credentials(&self) -> Result<Credentials, CredentialError> {
         let mut cached = self.cached.lock().await;
-        let now = (self.now)();
+        let now = unix_now();
         if let Some((c, expires)) = cached.as_ref() {
             if now < expires - ROLE_REFRESH_MARGIN_SECS {
                 return Ok(c.clone());

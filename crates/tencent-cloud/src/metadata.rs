@@ -68,10 +68,6 @@ impl MetadataClient {
         self
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
-    }
-
     /// GET one path, trimmed. 404 is final at once; transport errors and 5xx are retried.
     pub async fn get(&self, path: &str) -> Result<String, MetadataError> {
         let url = format!("{}{}", self.base, path);

@@ -153,11 +153,6 @@ impl EtcdManager {
         format!("{}{key}", self.subnets_prefix())
     }
 
-    /// The underlying client, for tools and tests.
-    pub fn client(&self) -> Client {
-        self.client.clone()
-    }
-
     /// One unary request with a deadline. A gRPC `Unavailable` (an endpoint down, as
     /// upstream's default `127.0.0.1:4001` usually is) is retried at once, up to once per
     /// endpoint, so the balancer fails over like Go's clientv3; every operation here is safe

@@ -57,8 +57,6 @@ pub enum SubnetError {
         manager: &'static str,
         message: String,
     },
-    #[error("{0} is not supported yet by flannel-rs")]
-    NotSupported(String),
 }
 
 /// A stream of watch updates: a snapshot first, then deltas (or fresh snapshots after a
