@@ -67,6 +67,11 @@ async fn or_shutdown<T>(
     }
 }
 
+/// Sleep for `d`; false when `shutdown` completed first.
+async fn pause(d: Duration, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> bool {
+    or_shutdown(tokio::time::sleep(d), shutdown).await.is_some()
+}
+
 fn jittered(period: Duration) -> Duration {
     let f = rand::thread_rng().gen_range(0.9..1.1);
     period.mul_f64(f)
@@ -107,10 +112,7 @@ pub async fn run(
             }
             Some(Err(e)) => {
                 warn!(error = %e, "failed to retrieve network config, retrying in 1s");
-                if or_shutdown(tokio::time::sleep(Duration::from_secs(1)), &mut shutdown)
-                    .await
-                    .is_none()
-                {
+                if !pause(Duration::from_secs(1), &mut shutdown).await {
                     return Ok(Exit::Shutdown);
                 }
             }
@@ -153,10 +155,7 @@ pub async fn run(
             // The store is unreachable or busy: wait and try again (a restart would not help).
             Some(Err(e @ (SubnetError::Store { .. } | SubnetError::RaceRetriesExhausted))) => {
                 warn!(error = %e, retry_in = ?backoff, "failed to acquire a lease");
-                if or_shutdown(tokio::time::sleep(backoff), &mut shutdown)
-                    .await
-                    .is_none()
-                {
+                if !pause(backoff, &mut shutdown).await {
                     return Ok(Exit::Shutdown);
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -187,10 +186,7 @@ pub async fn run(
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, retry_in = ?watch_backoff, "watching leases failed");
-                    if or_shutdown(tokio::time::sleep(watch_backoff), &mut shutdown)
-                        .await
-                        .is_none()
-                    {
+                    if !pause(watch_backoff, &mut shutdown).await {
                         return Ok(Exit::Shutdown);
                     }
                     watch_backoff = (watch_backoff * 2).min(Duration::from_secs(5));

@@ -23,7 +23,7 @@ use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tracing::{debug, trace, warn};
 
 /// A Tencent Cloud product and its API version.
@@ -146,12 +146,6 @@ impl fmt::Debug for Client {
             .field("credentials", &self.creds.source())
             .finish_non_exhaustive()
     }
-}
-
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Parse a response body: the `Response` object, its `Error`, or the typed payload.
@@ -289,7 +283,7 @@ impl Client {
                 action: action.to_string(),
                 source,
             })?;
-        let timestamp = now_unix();
+        let timestamp = crate::unix_now();
         let content_type = "application/json";
         let sig = sign(&SigningInput {
             secret_id: &creds.secret_id,

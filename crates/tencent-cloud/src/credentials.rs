@@ -14,7 +14,6 @@ use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
 /// One set of credentials. The id/key/token triple is always replaced as a whole.
@@ -151,12 +150,6 @@ impl fmt::Debug for CvmRoleProvider {
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct RoleCredentialsResponse {
@@ -222,7 +215,7 @@ impl CvmRoleProvider {
 impl CredentialProvider for CvmRoleProvider {
     async fn credentials(&self) -> Result<Credentials, CredentialError> {
         let mut cached = self.cached.lock().await;
-        let now = unix_now();
+        let now = crate::unix_now();
         if let Some((c, expires)) = cached.as_ref() {
             if now < expires - ROLE_REFRESH_MARGIN_SECS {
                 return Ok(c.clone());

@@ -18,3 +18,10 @@ pub use client::{Client, ClientConfig, Endpoint};
 pub use credentials::{CredentialProvider, Credentials};
 pub use error::{ApiError, Error, ErrorClass};
 pub use metadata::MetadataClient;
+
+/// Unix seconds now (0 if the clock is before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

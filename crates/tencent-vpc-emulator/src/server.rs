@@ -18,15 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tencent_cloud::signing::{parse_authorization, sign, SigningInput};
 use tracing::{debug, info, warn};
-
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 /// Maximum clock skew accepted (5 minutes, as the real API).
 pub const MAX_SKEW_SECS: i64 = 300;
@@ -151,12 +145,7 @@ impl Shared {
 
     /// Verify TC3 authentication; returns the service named in the credential scope.
     fn authenticate(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<String, ApiErr> {
-        let h = |k: &str| {
-            headers
-                .get(k)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-        };
+        let h = |k: &str| header(headers, k);
         let auth = parse_authorization(h("authorization")).ok_or_else(|| {
             err(
                 "AuthFailure.InvalidAuthorization",
@@ -279,16 +268,23 @@ impl Shared {
             .cloned()
             .expect("minted above");
         let exp = c.expires_at.unwrap_or(now);
-        let secs = exp.rem_euclid(86_400);
         json!({
             "TmpSecretId": id,
             "TmpSecretKey": c.secret_key,
             "Token": c.token,
             "ExpiredTime": exp,
-            "Expiration": format!("{}T{:02}:{:02}:{:02}Z", tencent_cloud::signing::utc_date(exp), secs / 3600, secs % 3600 / 60, secs % 60),
+            "Expiration": format!("{}Z", ops::created_time(exp).replacen(' ', "T", 1)),
             "Code": "Success",
         })
     }
+}
+
+/// A request header as text ("" when absent or not UTF-8).
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
 }
 
 fn envelope(request_id: &str, result: Result<Value, ApiErr>) -> Response {
@@ -310,12 +306,8 @@ async fn api(
     body: Bytes,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let action = headers
-        .get("x-tc-action")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let now = now_unix();
+    let action = header(&headers, "x-tc-action").to_string();
+    let now = tencent_cloud::unix_now();
     let result = handle(&sh, &action, &headers, &body, now).await;
     let outcome = match &result {
         Ok(_) => "Success".to_string(),
@@ -380,12 +372,7 @@ async fn handle(
     if action.is_empty() {
         return Err(err("MissingParameter", "The X-TC-Action header is missing.").into());
     }
-    let h = |k: &str| {
-        headers
-            .get(k)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    };
+    let h = |k: &str| header(headers, k);
     if h("x-tc-version") != "2017-03-12" {
         return Err(err(
             "NoSuchVersion",
@@ -507,7 +494,7 @@ async fn metadata(
             if inst.role.as_deref() != Some(role) {
                 return not_found();
             }
-            return Json(sh.role_credentials(role, now_unix())).into_response();
+            return Json(sh.role_credentials(role, tencent_cloud::unix_now())).into_response();
         }
         _ => return not_found(),
     };
@@ -640,7 +627,7 @@ async fn admin_add_route(
             json!({"RouteTableId": rtb, "Routes": [route]})
                 .as_object()
                 .unwrap(),
-            now_unix(),
+            tencent_cloud::unix_now(),
         )
     })
     .await

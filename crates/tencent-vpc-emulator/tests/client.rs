@@ -283,7 +283,7 @@ async fn rate_limit_answers_request_limit_exceeded() {
     cfg.burst = 100;
     let c = Client::new(cfg, creds(ID, KEY, None));
     let (mut served, calls) = (0, 30);
-    let first_window = unix_now();
+    let first_window = tencent_cloud::unix_now();
     for _ in 0..calls {
         match c.describe_subnets(&[]).await {
             Ok(_) => served += 1,
@@ -291,7 +291,7 @@ async fn rate_limit_answers_request_limit_exceeded() {
         }
     }
     // The limit is per one-second window: at most 3 per window the calls touched.
-    let windows = unix_now() - first_window + 1;
+    let windows = tencent_cloud::unix_now() - first_window + 1;
     assert!(
         served <= 3 * windows,
         "{served} served in {windows} window(s)"
@@ -504,13 +504,6 @@ async fn signed_post(host: &str, action: &str, body: &[u8], ts: i64) -> serde_js
         .unwrap()
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 #[tokio::test]
 async fn signed_but_malformed_body_gets_invalid_parameter() {
     let emu = start().await;
@@ -519,7 +512,7 @@ async fn signed_but_malformed_body_gets_invalid_parameter() {
             &emu.api.to_string(),
             "DescribeRouteTables",
             body,
-            unix_now(),
+            tencent_cloud::unix_now(),
         )
         .await;
         assert_eq!(v["Response"]["Error"]["Code"], "InvalidParameter", "{v}");
@@ -529,7 +522,7 @@ async fn signed_but_malformed_body_gets_invalid_parameter() {
 #[tokio::test]
 async fn timestamps_older_than_five_minutes_are_refused() {
     let emu = start().await;
-    let now = unix_now();
+    let now = tencent_cloud::unix_now();
     for (ts, expected) in [
         (now - 600, Some("AuthFailure.SignatureExpire")),
         (now + 600, Some("AuthFailure.SignatureExpire")),

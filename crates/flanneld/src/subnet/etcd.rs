@@ -37,6 +37,8 @@ use tracing::{debug, info, warn};
 
 /// Upstream's `raceRetries`.
 pub const RACE_RETRIES: u32 = 10;
+/// Upstream's 24 h lease TTL in etcd's unit.
+const LEASE_TTL_SECS: i64 = LEASE_TTL.as_secs() as i64;
 /// Deadline of one unary etcd request.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -274,8 +276,8 @@ impl EtcdManager {
         Ok(leases)
     }
 
-    async fn grant(&self) -> Result<(i64, i64), SubnetError> {
-        let ttl = LEASE_TTL.as_secs() as i64;
+    /// Grant an etcd lease of `ttl` seconds: (id, granted TTL).
+    async fn grant(&self, ttl: i64) -> Result<(i64, i64), SubnetError> {
         let r = self
             .rpc("granting an etcd lease", |mut c| async move {
                 c.lease_grant(ttl, None).await
@@ -341,7 +343,7 @@ impl EtcdManager {
         let mut lease_id = id;
         if ttl <= 0 {
             // The etcd lease ran out between listing and now: bind the key to a new one.
-            (lease_id, ttl) = self.grant().await?;
+            (lease_id, ttl) = self.grant(LEASE_TTL_SECS).await?;
             self.put(key, attrs.to_json(), Some(lease_id)).await?;
         } else if existing.attrs != *attrs {
             self.put(key, attrs.to_json(), Some(lease_id)).await?;
@@ -536,7 +538,7 @@ impl SubnetManager for EtcdManager {
                     }
                     let (lease_id, ttl) = match granted {
                         Some(g) => g,
-                        None => *granted.insert(self.grant().await?),
+                        None => *granted.insert(self.grant(LEASE_TTL_SECS).await?),
                     };
                     let etcd_key = self.subnet_key(&key);
                     let txn = Txn::new()
@@ -636,14 +638,7 @@ impl Election {
     /// Wait until this process is the leader.
     pub async fn campaign(&self) -> Result<Leadership, SubnetError> {
         loop {
-            let ttl = self.ttl_secs;
-            let grant = self
-                .mgr
-                .rpc("granting the election lease", |mut c| async move {
-                    c.lease_grant(ttl, None).await
-                })
-                .await?;
-            let lease_id = grant.id();
+            let (lease_id, _) = self.mgr.grant(self.ttl_secs).await?;
             let txn = Txn::new()
                 .when([Compare::create_revision(
                     self.key.clone(),

@@ -148,7 +148,7 @@ pub async fn metadata_server(expires_in: i64) -> (MetadataClient, Arc<AtomicUsiz
             "/latest/meta-data/cam/security-credentials/" => (200, "flannel-role\n".into()),
             "/latest/meta-data/cam/security-credentials/flannel-role" => {
                 let n = f.fetch_add(1, Ordering::SeqCst) + 1;
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+                let now = tencent_cloud::unix_now();
                 (200, format!(
                     r#"{{"TmpSecretId":"AKIDtmp{n}","TmpSecretKey":"{SECRET_KEY}{n}","Token":"{TOKEN}{n}","ExpiredTime":{},"Expiration":"x","Code":"Success"}}"#,
                     now + expires_in
