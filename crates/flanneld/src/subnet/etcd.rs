@@ -39,6 +39,8 @@ use tracing::{debug, info, warn};
 pub const RACE_RETRIES: u32 = 10;
 /// Upstream's 24 h lease TTL in etcd's unit.
 const LEASE_TTL_SECS: i64 = LEASE_TTL.as_secs() as i64;
+/// How long a request keeps retrying `Unavailable` before reporting it.
+const FAILOVER_WINDOW: Duration = Duration::from_secs(2);
 /// Deadline of one unary etcd request.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -81,7 +83,6 @@ pub struct EtcdManager {
     prefix: String,
     requests: Arc<AtomicU64>,
     config: Arc<Mutex<Option<NetConfig>>>,
-    endpoints: usize,
 }
 
 fn store_err(op: impl std::fmt::Display, e: impl std::fmt::Display) -> SubnetError {
@@ -134,7 +135,6 @@ impl EtcdManager {
             prefix: opts.prefix.trim_end_matches('/').to_string(),
             requests: Arc::new(AtomicU64::new(0)),
             config: Arc::new(Mutex::new(None)),
-            endpoints: opts.endpoints.len(),
         })
     }
 
@@ -156,23 +156,27 @@ impl EtcdManager {
     }
 
     /// One unary request with a deadline. A gRPC `Unavailable` (an endpoint down, as
-    /// upstream's default `127.0.0.1:4001` usually is) is retried at once, up to once per
-    /// endpoint, so the balancer fails over like Go's clientv3; every operation here is safe
-    /// to repeat (create-if-absent re-checks its compare).
+    /// upstream's default `127.0.0.1:4001` usually is) is retried with short, doubling pauses
+    /// for up to [`FAILOVER_WINDOW`], so the balancer can mark the dead endpoint and fail over
+    /// like Go's clientv3. Every operation here is safe to repeat (create-if-absent re-checks
+    /// its compare).
     async fn rpc<T, Fut>(&self, op: &str, f: impl Fn(Client) -> Fut) -> Result<T, SubnetError>
     where
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let mut attempt = 0;
+        let give_up = tokio::time::Instant::now() + FAILOVER_WINDOW;
+        let mut pause = Duration::from_millis(10);
         loop {
-            attempt += 1;
             self.requests.fetch_add(1, Ordering::Relaxed);
             match tokio::time::timeout(RPC_TIMEOUT, f(self.client.clone())).await {
                 Err(_) => return Err(store_err(op, format!("timed out after {RPC_TIMEOUT:?}"))),
                 Ok(Err(etcd_client::Error::GRpcStatus(s)))
-                    if s.code() == tonic::Code::Unavailable && attempt <= self.endpoints =>
+                    if s.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() + pause < give_up =>
                 {
-                    debug!(op, attempt, error = %s.message(), "etcd endpoint unavailable; trying another");
+                    debug!(op, error = %s.message(), retry_in = ?pause, "etcd endpoint unavailable; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
                 }
                 Ok(r) => return r.map_err(|e| store_err(op, e)),
             }
