@@ -107,9 +107,11 @@ pub async fn run(
         match or_shutdown(sm.network_config(), &mut shutdown).await {
             None => return Ok(Exit::Shutdown),
             Some(Ok(c)) => break c,
-            Some(Err(e @ (SubnetError::Config(_) | SubnetError::ConfigFile { .. }))) => {
-                return Err(e.into())
-            }
+            Some(Err(
+                e @ (SubnetError::Config(_)
+                | SubnetError::ConfigFile { .. }
+                | SubnetError::RemoteConfig { .. }),
+            )) => return Err(e.into()),
             Some(Err(e)) => {
                 warn!(error = %e, "failed to retrieve network config, retrying in 1s");
                 if !pause(Duration::from_secs(1), &mut shutdown).await {

@@ -624,3 +624,37 @@ async fn a_dead_endpoint_in_the_list_is_failed_over() {
     }
     m.acquire_lease(&req("172.16.0.7")).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_config_in_etcd_is_fatal_before_any_lease() {
+    let etcd = EtcdServer::start();
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16","SubnetLen":31}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(dir.path());
+    let sm: Arc<dyn SubnetManager> = Arc::new(manager(&etcd).await);
+    let run = daemon::run(
+        cfg.clone(),
+        sm,
+        &FakeHost("172.16.0.7"),
+        Arc::new(Health::default()),
+        std::future::pending(),
+    );
+    let err = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("a bad config ends the daemon instead of being retried")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/coreos.com/network/config: SubnetLen must be less than /31"
+    );
+    assert!(!cfg.subnet_file.exists());
+    assert!(etcd
+        .etcdctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/coreos.com/network/subnets/"
+        ])
+        .trim()
+        .is_empty());
+}
