@@ -168,7 +168,12 @@ fn flanneld_bad_inputs_leave_no_subnet_file() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--ip-masq is not supported yet"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--ip-masq is not supported yet"));
+    assert!(
+        !stderr.contains('\x1b'),
+        "plain logs to a pipe carry no colour codes: {stderr:?}"
+    );
 }
 
 #[test]
