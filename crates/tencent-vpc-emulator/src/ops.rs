@@ -790,9 +790,14 @@ pub fn toggle_routes(s: &mut Scenario, req: &Map<String, Value>, enable: bool) -
     let r = Req(req);
     r.only(&["RouteTableId", "RouteIds", "RouteItemIds"])?;
     let ti = table_index(s, r.str_req("RouteTableId")?)?;
-    let by_id = req.get("RouteIds").is_some_and(|v| !v.is_null());
-    let by_item = req.get("RouteItemIds").is_some_and(|v| !v.is_null());
-    let targets: Vec<usize> = match (by_id, by_item) {
+    let routes = &s.route_tables[ti].routes;
+    let find = |matches: &dyn Fn(&RouteSpec) -> bool, id: &dyn std::fmt::Display| {
+        routes
+            .iter()
+            .position(matches)
+            .ok_or_else(|| err("ResourceNotFound", format!("Route {id} does not exist.")))
+    };
+    let targets: Vec<usize> = match (r.has("RouteIds"), r.has("RouteItemIds")) {
         (true, true) => {
             return Err(err(
                 "InvalidParameter.Coexist",
@@ -805,35 +810,16 @@ pub fn toggle_routes(s: &mut Scenario, req: &Map<String, Value>, enable: bool) -
                 "One of `RouteIds` or `RouteItemIds` is required.",
             ))
         }
-        (true, false) => {
-            let ids = route_ids(&r, "RouteIds")?;
-            ids.iter()
-                .map(|id| {
-                    s.route_tables[ti]
-                        .routes
-                        .iter()
-                        .position(|x| x.route_id == *id)
-                        .ok_or_else(|| {
-                            err("ResourceNotFound", format!("Route {id} does not exist."))
-                        })
-                })
-                .collect::<Result<_, _>>()?
-        }
-        (false, true) => {
-            let items = r.strings_opt("RouteItemIds")?.unwrap_or_default();
-            items
-                .iter()
-                .map(|id| {
-                    s.route_tables[ti]
-                        .routes
-                        .iter()
-                        .position(|x| x.route_item_id == *id)
-                        .ok_or_else(|| {
-                            err("ResourceNotFound", format!("Route {id} does not exist."))
-                        })
-                })
-                .collect::<Result<_, _>>()?
-        }
+        (true, false) => route_ids(&r, "RouteIds")?
+            .iter()
+            .map(|id| find(&|x| x.route_id == *id, id))
+            .collect::<Result<_, _>>()?,
+        (false, true) => r
+            .strings_opt("RouteItemIds")?
+            .unwrap_or_default()
+            .iter()
+            .map(|id| find(&|x| x.route_item_id == *id, id))
+            .collect::<Result<_, _>>()?,
     };
     if targets.len() > 100 {
         return Err(err(
