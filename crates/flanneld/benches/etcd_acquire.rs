@@ -7,7 +7,7 @@
 use flannel_core::lease::LeaseAttrs;
 use flanneld::subnet::etcd::{EtcdManager, EtcdOptions};
 use flanneld::subnet::{AcquireRequest, SubnetManager};
-use flanneld::testing::EtcdServer;
+use flanneld_testing::EtcdServer;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 

@@ -1,11 +1,8 @@
-//! flannelctl's commands that need more than a few lines: rendering route tables, building a
-//! cloud client from flags and the credential chain.
+//! flannelctl's renderers: route tables and leases as tables or JSON. The cloud client comes
+//! from [`crate::cloud`], shared with the tencent-vpc backend.
 
 use std::fmt::Write;
-use std::sync::Arc;
-use tencent_cloud::credentials::{resolve_chain, ChainInput};
 use tencent_cloud::vpc::RouteTable;
-use tencent_cloud::{Client, ClientConfig, Endpoint, MetadataClient};
 
 /// Route tables as a human-readable table, one block per route table.
 pub fn render_route_tables(tables: &[RouteTable]) -> String {
@@ -110,54 +107,6 @@ pub fn leases_json(leases: &[flannel_core::Lease]) -> serde_json::Value {
             })
             .collect(),
     )
-}
-
-/// Why a cloud command could not even start.
-#[derive(Debug, thiserror::Error)]
-pub enum CloudSetupError {
-    #[error("invalid --endpoint: {0}")]
-    Endpoint(String),
-    #[error("{0}")]
-    Credentials(#[from] tencent_cloud::credentials::CredentialError),
-    #[error("no region: pass --region or set TENCENTCLOUD_REGION ({0})")]
-    Region(#[source] tencent_cloud::metadata::MetadataError),
-}
-
-/// A client from flags and the environment: region from the flag, `TENCENTCLOUD_REGION` or
-/// the metadata service; credentials from the chain.
-pub async fn cloud_client(
-    region: Option<String>,
-    endpoint: Option<String>,
-    metadata_url: &str,
-) -> Result<Client, CloudSetupError> {
-    let endpoint: Endpoint = endpoint
-        .as_deref()
-        .unwrap_or("public")
-        .parse()
-        .map_err(CloudSetupError::Endpoint)?;
-    let metadata = MetadataClient::new(metadata_url);
-    let env = |k: &str| std::env::var(k).ok();
-    let region = match region
-        .or_else(|| env("TENCENTCLOUD_REGION"))
-        .filter(|r| !r.is_empty())
-    {
-        Some(r) => r,
-        None => metadata.region().await.map_err(CloudSetupError::Region)?,
-    };
-    let creds = resolve_chain(ChainInput {
-        explicit_id: None,
-        explicit_key: None,
-        env: &env,
-        home: std::env::var_os("HOME").map(Into::into),
-        metadata: Some(metadata),
-    })
-    .await?;
-    let mut cfg = ClientConfig::new(region);
-    cfg.endpoint = endpoint;
-    Ok(Client::new(
-        cfg,
-        Arc::<dyn tencent_cloud::CredentialProvider>::clone(&creds),
-    ))
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ async fn pause(d: Duration, shutdown: &mut (impl Future<Output = ()> + Unpin)) -
 }
 
 fn jittered(period: Duration) -> Duration {
-    let f = rand::thread_rng().gen_range(0.9..1.1);
+    let f = rand::rng().random_range(0.9..1.1);
     period.mul_f64(f)
 }
 

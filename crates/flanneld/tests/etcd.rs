@@ -10,7 +10,7 @@ use flanneld::daemon::{self, DaemonError};
 use flanneld::health::Health;
 use flanneld::subnet::etcd::{Election, EtcdManager, EtcdOptions};
 use flanneld::subnet::{AcquireRequest, LeaseStream, SubnetError, SubnetManager};
-use flanneld::testing::EtcdServer;
+use flanneld_testing::EtcdServer;
 use futures::StreamExt;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;

@@ -98,5 +98,8 @@ async fn auth_errors_exit_2_with_the_code_and_no_secret() {
 async fn bad_endpoint_exits_2() {
     let out = run("ftp://nope".into(), &[]).await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --endpoint"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "flannelctl: endpoint \"ftp://nope\" is not public, regional, internal, a host name or an http(s) URL\n"
+    );
 }

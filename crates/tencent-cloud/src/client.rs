@@ -16,8 +16,9 @@ use crate::credentials::CredentialProvider;
 use crate::error::{ApiError, Error, ErrorClass};
 use crate::ratelimit::RateLimiter;
 use crate::signing::{sign, SigningInput};
-use rand::Rng;
+use backoff::Backoff;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
@@ -185,30 +186,19 @@ pub fn parse_envelope<T: DeserializeOwned>(action: &str, body: &[u8]) -> Result<
 }
 
 impl Client {
-    pub fn new(cfg: ClientConfig, creds: Arc<dyn CredentialProvider>) -> Self {
+    pub fn new(cfg: ClientConfig, creds: Arc<dyn CredentialProvider>) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
             .no_proxy()
             .build()
-            .expect("a client with only timeouts set always builds");
+            .map_err(Error::HttpClient)?;
         let limiter = RateLimiter::new(cfg.rate_per_second, cfg.burst);
-        Client {
+        Ok(Client {
             cfg,
             creds,
             http,
             limiter,
-        }
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .cfg
-            .backoff_base
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.cfg.backoff_max);
-        // Equal jitter: half fixed, half random, so a fleet does not retry in lockstep.
-        let half = exp / 2;
-        half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
+        })
     }
 
     /// Call `action` of `service`. `idempotent` says whether the request may be re-sent after
@@ -230,6 +220,7 @@ impl Client {
             .url_and_host(service.name, &self.cfg.region);
         let mut refreshed = false;
         let mut attempt = 0u32;
+        let mut pauses = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max).delays();
         loop {
             attempt += 1;
             self.limiter.acquire(action).await;
@@ -245,7 +236,7 @@ impl Client {
             let may_resend = idempotent || err.not_processed();
             match err.class() {
                 ErrorClass::Retryable if may_resend && attempt < self.cfg.max_attempts => {
-                    let wait = self.backoff(attempt - 1);
+                    let wait = pauses.next_delay();
                     debug!(action, attempt, code = err.code(), request_id = err.request_id(), error = %err, retry_in = ?wait, "retrying");
                     tokio::time::sleep(wait).await;
                 }
@@ -287,7 +278,7 @@ impl Client {
         let content_type = "application/json";
         let sig = sign(&SigningInput {
             secret_id: &creds.secret_id,
-            secret_key: creds.secret_key(),
+            secret_key: creds.secret_key().expose_secret(),
             service: service.name,
             host,
             method: "POST",

@@ -36,8 +36,9 @@ impl Credentials {
             token,
         }
     }
-    pub fn secret_key(&self) -> &str {
-        self.secret_key.expose_secret()
+    /// The secret key, readable only through `expose_secret()` so every read is greppable.
+    pub fn secret_key(&self) -> &SecretString {
+        &self.secret_key
     }
     pub fn token(&self) -> Option<&str> {
         self.token.as_ref().map(|t| t.expose_secret())
@@ -464,7 +465,11 @@ mod tests {
         .unwrap();
         let c = p.credentials().await.unwrap();
         assert_eq!(
-            (c.secret_id.as_str(), c.secret_key(), p.source().as_str()),
+            (
+                c.secret_id.as_str(),
+                c.secret_key().expose_secret(),
+                p.source().as_str()
+            ),
             ("AKIDcfg", "cfgkey", "config")
         );
     }

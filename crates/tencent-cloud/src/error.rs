@@ -93,6 +93,8 @@ pub enum Error {
     },
     #[error("{action}: cannot encode request: {message}")]
     Encode { action: String, message: String },
+    #[error("building the HTTP client")]
+    HttpClient(#[source] reqwest::Error),
 }
 
 impl Error {
@@ -103,9 +105,10 @@ impl Error {
                 ErrorClass::Retryable
             }
             Error::Credentials { source, .. } if source.is_transient() => ErrorClass::Retryable,
-            Error::Decode { .. } | Error::Credentials { .. } | Error::Encode { .. } => {
-                ErrorClass::Fatal
-            }
+            Error::Decode { .. }
+            | Error::Credentials { .. }
+            | Error::Encode { .. }
+            | Error::HttpClient(_) => ErrorClass::Fatal,
         }
     }
 

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-pub const DEFAULT_BASE_URL: &str = "http://metadata.tencentyun.com/latest/meta-data/";
+/// The metadata service at its link-local address. The name `metadata.tencentyun.com` is not
+/// used: on a node whose DNS runs as a pod it cannot resolve before the pod network exists,
+/// and a lab or test must never send a DNS query out.
+pub const DEFAULT_BASE_URL: &str = "http://169.254.0.23/latest/meta-data/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -20,6 +23,8 @@ pub enum MetadataError {
     },
     #[error("metadata {path}: {message}")]
     Invalid { path: String, message: String },
+    #[error("building the metadata HTTP client")]
+    HttpClient(#[source] reqwest::Error),
 }
 
 impl MetadataError {
@@ -43,7 +48,7 @@ pub struct MetadataClient {
 
 impl MetadataClient {
     /// `base` ends with `meta-data/` (a trailing slash is added if missing).
-    pub fn new(base: &str) -> Self {
+    pub fn new(base: &str) -> Result<Self, MetadataError> {
         let mut base = base.to_string();
         if !base.ends_with('/') {
             base.push('/');
@@ -53,13 +58,13 @@ impl MetadataClient {
             .connect_timeout(Duration::from_secs(1))
             .no_proxy()
             .build()
-            .expect("a client with only timeouts set always builds");
-        MetadataClient {
+            .map_err(MetadataError::HttpClient)?;
+        Ok(MetadataClient {
             base,
             http,
             attempts: 3,
             retry_delay: Duration::from_millis(200),
-        }
+        })
     }
 
     pub fn with_retries(mut self, attempts: u32, delay: Duration) -> Self {

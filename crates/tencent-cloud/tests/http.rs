@@ -243,6 +243,7 @@ async fn timeouts_are_typed_and_retried() {
     cfg.max_attempts = 2;
     cfg.backoff_base = Duration::from_millis(1);
     let e = Client::new(cfg, static_creds(None))
+        .unwrap()
         .describe_subnets(&[])
         .await
         .unwrap_err();
@@ -363,6 +364,7 @@ async fn metadata_errors_name_path_and_status() {
     );
     let (url, _) = start(|_, _| (500, "boom".into()), Duration::ZERO).await;
     let md = MetadataClient::new(&format!("{url}/latest/meta-data"))
+        .unwrap()
         .with_retries(2, Duration::from_millis(1));
     assert_eq!(
         md.instance_id().await.unwrap_err().to_string(),
@@ -378,7 +380,7 @@ async fn metadata_errors_name_path_and_status() {
         Duration::ZERO,
     )
     .await;
-    let md = MetadataClient::new(&format!("{url}/latest/meta-data/"));
+    let md = MetadataClient::new(&format!("{url}/latest/meta-data/")).unwrap();
     let e = CvmRoleProvider::new(md, "r")
         .credentials()
         .await

@@ -37,7 +37,7 @@ fn main() {
             Credentials::new("AKIDlab0000000000000000000000000000", SecretString::from("lab-secret-key-0000000000000000".to_string()), None),
             "bench",
         ));
-        let client = Arc::new(Client::new(cfg, creds));
+        let client = Arc::new(Client::new(cfg, creds).unwrap());
 
         let per_task = requests / CONCURRENCY;
         let start = Instant::now();

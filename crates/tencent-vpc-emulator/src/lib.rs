@@ -54,6 +54,8 @@ pub enum StartError {
     },
     #[error("state file {path}: {message}")]
     StateFile { path: String, message: String },
+    #[error("{0}")]
+    Scenario(#[source] scenario::ScenarioError),
     #[error("data plane in netns {netns}: {message}")]
     Dataplane { netns: String, message: String },
 }
@@ -97,7 +99,11 @@ async fn serve(
 
 impl Emulator {
     pub async fn start(cfg: EmulatorConfig) -> Result<Emulator, StartError> {
-        let mut state = cfg.scenario.clone();
+        // A scenario given as a value has not been through `from_json`: validate it here so
+        // every handler can rely on its cross-references.
+        let mut initial = cfg.scenario.clone();
+        initial.validate().map_err(StartError::Scenario)?;
+        let mut state = initial.clone();
         if let Some(path) = &cfg.state_file {
             if path.exists() {
                 let err = |message: String| StartError::StateFile {
@@ -124,7 +130,7 @@ impl Emulator {
         };
         let shared = Arc::new(Shared::new(
             state,
-            cfg.scenario.clone(),
+            initial,
             cfg.state_file.clone(),
             dataplane,
             cfg.metadata_default_instance.clone(),

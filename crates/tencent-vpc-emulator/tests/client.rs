@@ -1,6 +1,6 @@
 //! The Rust client of the tencent-cloud crate against the running emulator.
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::Duration;
 use tencent_cloud::credentials::{
@@ -53,7 +53,7 @@ fn client(emu: &Emulator, c: Arc<dyn CredentialProvider>) -> Client {
     cfg.max_attempts = 8;
     cfg.rate_per_second = 1000.0;
     cfg.burst = 100;
-    Client::new(cfg, c)
+    Client::new(cfg, c).unwrap()
 }
 
 fn cvm_route(dest: &str, gw: &str) -> NewRoute {
@@ -188,7 +188,8 @@ async fn role_credentials_from_the_metadata_service() {
     let md = MetadataClient::new(&format!(
         "http://{}/latest/meta-data/",
         emu.metadata.unwrap()
-    ));
+    ))
+    .unwrap();
     assert_eq!(md.region().await.unwrap(), "ap-guangzhou");
     assert_eq!(md.instance_id().await.unwrap(), "ins-a1");
     let mac = md.mac().await.unwrap();
@@ -203,10 +204,13 @@ async fn role_credentials_from_the_metadata_service() {
     assert!(c.is_temporary());
     // Temporary credentials minted by metadata authenticate against the API, token checked.
     client(&emu, role).describe_route_tables(&[]).await.unwrap();
-    let e = client(&emu, creds(&c.secret_id, c.secret_key(), Some("forged")))
-        .describe_route_tables(&[])
-        .await
-        .unwrap_err();
+    let e = client(
+        &emu,
+        creds(&c.secret_id, c.secret_key().expose_secret(), Some("forged")),
+    )
+    .describe_route_tables(&[])
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Some("AuthFailure.TokenFailure"));
 }
 
@@ -223,7 +227,7 @@ async fn client_retries_through_injected_throttling() {
     cfg.max_attempts = 30;
     cfg.rate_per_second = 1000.0;
     cfg.burst = 100;
-    let c = Client::new(cfg, creds(ID, KEY, None));
+    let c = Client::new(cfg, creds(ID, KEY, None)).unwrap();
     for _ in 0..10 {
         assert_eq!(c.describe_route_tables(&[]).await.unwrap().len(), 2);
     }
@@ -281,7 +285,7 @@ async fn rate_limit_answers_request_limit_exceeded() {
     cfg.max_attempts = 1;
     cfg.rate_per_second = 1000.0;
     cfg.burst = 100;
-    let c = Client::new(cfg, creds(ID, KEY, None));
+    let c = Client::new(cfg, creds(ID, KEY, None)).unwrap();
     let (mut served, calls) = (0, 30);
     let first_window = tencent_cloud::unix_now();
     for _ in 0..calls {
@@ -314,6 +318,7 @@ async fn dropped_connections_are_transport_errors() {
     cfg.max_attempts = 2;
     cfg.backoff_base = Duration::from_millis(1);
     let e = Client::new(cfg, creds(ID, KEY, None))
+        .unwrap()
         .describe_subnets(&[])
         .await
         .unwrap_err();

@@ -140,10 +140,17 @@ async fn routes_list(
     output: Output,
 ) -> ExitCode {
     use tencent_cloud::ErrorClass;
-    let client = match flanneld::ctl::cloud_client(region, endpoint, &metadata_url).await {
-        Ok(c) => c,
+    let env = |k: &str| std::env::var(k).ok();
+    let setup = flanneld::cloud::CloudSetup {
+        region,
+        endpoint,
+        metadata_url: Some(metadata_url),
+        ..Default::default()
+    };
+    let client = match flanneld::cloud::connect(setup, &env).await {
+        Ok(c) => c.client,
         Err(e) => {
-            eprintln!("flannelctl: {e}");
+            eprintln!("flannelctl: {}", flanneld::report(&e));
             return ExitCode::from(EXIT_INVALID);
         }
     };

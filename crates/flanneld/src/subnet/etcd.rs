@@ -400,7 +400,7 @@ async fn watch_task(
             .await;
         match opened {
             Err(e) => warn!(error = %e, retry_in = ?backoff, "opening the etcd watch failed"),
-            Ok((_watcher, mut stream)) => loop {
+            Ok(mut stream) => loop {
                 let msg = tokio::select! {
                     m = stream.message() => m,
                     _ = tx.closed() => return,
@@ -513,7 +513,7 @@ impl SubnetManager for EtcdManager {
                     previous_ipv6: req.previous_ipv6,
                     candidates: alloc::candidates_for_attempt(attempt),
                 },
-                &mut |n| rand::thread_rng().gen_range(0..n),
+                &mut |n| rand::rng().random_range(0..n),
             )
             .map_err(SubnetError::Alloc)?;
             match plan {
@@ -684,7 +684,7 @@ impl Election {
                 Some(WatchOptions::new().with_start_revision(from_rev)),
             )
             .await;
-        let Ok((_watcher, mut stream)) = opened else {
+        let Ok(mut stream) = opened else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             return;
         };

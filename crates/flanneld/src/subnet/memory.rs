@@ -74,7 +74,7 @@ impl SubnetManager for MemoryManager {
                 previous_ipv6: req.previous_ipv6,
                 candidates: alloc::CANDIDATES,
             },
-            &mut |n| rand::thread_rng().gen_range(0..n),
+            &mut |n| rand::rng().random_range(0..n),
         )
         .map_err(SubnetError::Alloc)?;
         let expiry = Expiry::At(SystemTime::now() + LEASE_TTL);

@@ -107,7 +107,7 @@ pub fn client(url: &str, creds: Arc<dyn CredentialProvider>) -> Client {
     cfg.backoff_max = Duration::from_millis(5);
     cfg.rate_per_second = 10_000.0;
     cfg.burst = 100;
-    Client::new(cfg, creds)
+    Client::new(cfg, creds).unwrap()
 }
 
 /// Recompute the signature from what the server received, with the key we know.
@@ -162,6 +162,7 @@ pub async fn metadata_server(expires_in: i64) -> (MetadataClient, Arc<AtomicUsiz
     .await;
     (
         MetadataClient::new(&format!("{url}/latest/meta-data/"))
+            .unwrap()
             .with_retries(2, Duration::from_millis(1)),
         fetches,
     )

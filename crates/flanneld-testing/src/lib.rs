@@ -1,4 +1,4 @@
-//! Test support: a real etcd server (Debian's `etcd-server`) on free loopback ports with a
+//! Test support for flannel-rs (a dev-dependency only; never in a release binary): a real etcd server (Debian's `etcd-server`) on free loopback ports with a
 //! temporary data directory, stopped on drop. Used by the integration tests and benches.
 
 use std::net::TcpListener;

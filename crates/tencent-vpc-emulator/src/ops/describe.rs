@@ -1,0 +1,195 @@
+//! The read-only actions: DescribeRouteTables, DescribeSubnets, DescribeInstances.
+
+use super::render::table_json;
+use super::request::{check_filters, filter_match, page, Req};
+use super::{err, OpResult};
+use crate::scenario::Scenario;
+use serde_json::{json, Map, Value};
+
+pub fn describe_route_tables(s: &Scenario, req: &Map<String, Value>) -> OpResult {
+    let r = Req(req);
+    r.only(&[
+        "RouteTableIds",
+        "Filters",
+        "Offset",
+        "Limit",
+        "NeedRouterInfo",
+    ])?;
+    let ids = r.strings_opt("RouteTableIds")?;
+    let filters = r.filters()?;
+    if ids.is_some() && r.has("Filters") {
+        return Err(err(
+            "InvalidParameter.Coexist",
+            "`RouteTableIds` and `Filters` cannot be specified together.",
+        ));
+    }
+    check_filters(
+        &filters,
+        &[
+            "route-table-id",
+            "route-table-name",
+            "vpc-id",
+            "association.main",
+            "tag-key",
+            "next-hop-type",
+        ],
+    )?;
+    let (offset, limit) = r.paging(true)?;
+    let tables: Vec<Value> = s
+        .route_tables
+        .iter()
+        .filter(|t| {
+            ids.as_ref()
+                .is_none_or(|ids| ids.contains(&t.route_table_id.as_str()))
+        })
+        .filter(|t| {
+            filter_match(&filters, |name| match name {
+                "route-table-id" => Some(t.route_table_id.clone()),
+                "route-table-name" => Some(t.name.clone()),
+                "vpc-id" => Some(t.vpc_id.clone()),
+                "association.main" => Some(t.main.to_string()),
+                "next-hop-type" => None,
+                _ => None,
+            })
+        })
+        .map(|t| table_json(s, t, None))
+        .collect();
+    if let Some(ids) = &ids {
+        if let Some(missing) = ids
+            .iter()
+            .find(|id| !s.route_tables.iter().any(|t| t.route_table_id == **id))
+        {
+            return Err(err(
+                "ResourceNotFound",
+                format!("The route table `{missing}` does not exist."),
+            ));
+        }
+    }
+    let (total, set) = page(tables, offset, limit);
+    Ok(json!({"TotalCount": total, "RouteTableSet": set}))
+}
+
+pub fn describe_subnets(s: &Scenario, req: &Map<String, Value>) -> OpResult {
+    let r = Req(req);
+    r.only(&["SubnetIds", "Filters", "Offset", "Limit"])?;
+    let ids = r.strings_opt("SubnetIds")?;
+    let filters = r.filters()?;
+    if ids.is_some() && r.has("Filters") {
+        return Err(err(
+            "InvalidParameter.Coexist",
+            "`SubnetIds` and `Filters` cannot be specified together.",
+        ));
+    }
+    check_filters(
+        &filters,
+        &[
+            "subnet-id",
+            "vpc-id",
+            "cidr-block",
+            "is-default",
+            "subnet-name",
+            "zone",
+            "route-table-id",
+        ],
+    )?;
+    let (offset, limit) = r.paging(true)?;
+    let subnets: Vec<Value> = s
+        .subnets
+        .iter()
+        .filter(|sn| {
+            ids.as_ref()
+                .is_none_or(|ids| ids.contains(&sn.subnet_id.as_str()))
+        })
+        .filter(|sn| {
+            filter_match(&filters, |name| match name {
+                "subnet-id" => Some(sn.subnet_id.clone()),
+                "vpc-id" => Some(sn.vpc_id.clone()),
+                "cidr-block" => Some(sn.cidr_block.to_string()),
+                "is-default" => Some("false".into()),
+                "subnet-name" => Some(sn.name.clone()),
+                "zone" => Some(sn.zone.clone()),
+                "route-table-id" => sn.route_table_id.clone(),
+                _ => None,
+            })
+        })
+        .map(|sn| {
+            let used = s
+                .instances
+                .iter()
+                .filter(|i| i.subnet_id == sn.subnet_id)
+                .count() as u64;
+            let size = 1u64 << (32 - u32::from(sn.cidr_block.prefix_len()));
+            json!({
+                "VpcId": sn.vpc_id,
+                "SubnetId": sn.subnet_id,
+                "SubnetName": sn.name,
+                "CidrBlock": sn.cidr_block.to_string(),
+                "IsDefault": false,
+                "EnableBroadcast": false,
+                "Zone": sn.zone,
+                "RouteTableId": sn.route_table_id,
+                "CreatedTime": "2020-01-01 00:00:00",
+                "AvailableIpAddressCount": size.saturating_sub(3 + used),
+                "Ipv6CidrBlock": "",
+                "NetworkAclId": "",
+                "IsRemoteVpcSnat": false,
+                "TotalIpAddressCount": size,
+                "TagSet": [],
+            })
+        })
+        .collect();
+    let (total, set) = page(subnets, offset, limit);
+    Ok(json!({"TotalCount": total, "SubnetSet": set}))
+}
+
+pub fn describe_instances(s: &Scenario, req: &Map<String, Value>) -> OpResult {
+    let r = Req(req);
+    r.only(&["InstanceIds", "Filters", "Offset", "Limit"])?;
+    let ids = r.strings_opt("InstanceIds")?;
+    let filters = r.filters()?;
+    if ids.is_some() && r.has("Filters") {
+        return Err(err(
+            "InvalidParameterValue",
+            "`InstanceIds` and `Filters` cannot be specified together.",
+        ));
+    }
+    check_filters(
+        &filters,
+        &[
+            "private-ip-address",
+            "instance-id",
+            "vpc-id",
+            "instance-name",
+            "zone",
+        ],
+    )?;
+    let (offset, limit) = r.paging(false)?;
+    let found: Vec<Value> = s
+        .instances
+        .iter()
+        .filter(|i| ids.as_ref().is_none_or(|ids| ids.contains(&i.instance_id.as_str())))
+        .filter_map(|i| {
+            let sn = s.subnets.iter().find(|sn| sn.subnet_id == i.subnet_id)?;
+            filter_match(&filters, |name| match name {
+                "private-ip-address" => Some(i.private_ip.to_string()),
+                "instance-id" => Some(i.instance_id.clone()),
+                "vpc-id" => Some(sn.vpc_id.clone()),
+                "instance-name" => Some(i.name.clone()),
+                "zone" => Some(sn.zone.clone()),
+                _ => None,
+            })
+            .then(|| {
+                json!({
+                    "InstanceId": i.instance_id,
+                    "InstanceName": i.name,
+                    "InstanceState": "RUNNING",
+                    "PrivateIpAddresses": [i.private_ip.to_string()],
+                    "VirtualPrivateCloud": {"VpcId": sn.vpc_id, "SubnetId": sn.subnet_id, "AsVpcGateway": false},
+                    "Placement": {"Zone": sn.zone},
+                })
+            })
+        })
+        .collect();
+    let (total, set) = page(found, offset, limit);
+    Ok(json!({"TotalCount": total, "InstanceSet": set}))
+}
