@@ -4,7 +4,7 @@
 //! same public IP, else the previous subnet if it is free and compatible, else a uniformly
 //! random pick among the first (at most) 100 free subnets.
 
-use crate::config::NetConfig;
+use crate::config::{Ipv4Pool, Ipv6Pool, ValidatedNetConfig};
 use crate::ip;
 use crate::lease::{Lease, SubnetKey};
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -16,7 +16,7 @@ pub const CANDIDATES: usize = 100;
 /// What a node asks for.
 #[derive(Debug, Clone, Copy)]
 pub struct AcquireRequest<'a> {
-    pub config: &'a NetConfig,
+    pub config: &'a ValidatedNetConfig,
     pub leases: &'a [Lease],
     pub public_ip: Ipv4Addr,
     pub public_ipv6: Option<Ipv6Addr>,
@@ -63,35 +63,33 @@ pub enum AllocError {
     OutOfSubnets,
 }
 
-fn v4_compatible(c: &NetConfig, sn: Option<Ipv4Net>) -> bool {
-    if !c.enable_ipv4 {
-        return sn.is_none();
-    }
-    match (sn, c.subnet_min, c.subnet_max) {
-        (Some(sn), Some(min), Some(max)) => {
-            sn.network() >= min && sn.network() <= max && u64::from(sn.prefix_len()) == c.subnet_len
+fn v4_compatible(pool: Option<&Ipv4Pool>, sn: Option<Ipv4Net>) -> bool {
+    match (pool, sn) {
+        (None, sn) => sn.is_none(),
+        (Some(p), Some(sn)) => {
+            sn.network() >= p.subnet_min
+                && sn.network() <= p.subnet_max
+                && sn.prefix_len() == p.subnet_len
         }
-        _ => false,
+        (Some(_), None) => false,
     }
 }
 
-fn v6_compatible(c: &NetConfig, sn: Option<Ipv6Net>) -> bool {
-    if !c.enable_ipv6 {
-        return sn.is_none();
-    }
-    match (sn, c.ipv6_subnet_min, c.ipv6_subnet_max) {
-        (Some(sn), Some(min), Some(max)) => {
-            sn.network() >= min
-                && sn.network() <= max
-                && u64::from(sn.prefix_len()) == c.ipv6_subnet_len
+fn v6_compatible(pool: Option<&Ipv6Pool>, sn: Option<Ipv6Net>) -> bool {
+    match (pool, sn) {
+        (None, sn) => sn.is_none(),
+        (Some(p), Some(sn)) => {
+            sn.network() >= p.subnet_min
+                && sn.network() <= p.subnet_max
+                && sn.prefix_len() == p.subnet_len
         }
-        _ => false,
+        (Some(_), None) => false,
     }
 }
 
 /// The lease fits the current config (range and length, both families).
-pub fn is_compatible(c: &NetConfig, key: &SubnetKey) -> bool {
-    v4_compatible(c, key.ipv4_subnet()) && v6_compatible(c, key.ipv6)
+pub fn is_compatible(c: &ValidatedNetConfig, key: &SubnetKey) -> bool {
+    v4_compatible(c.ipv4.as_ref(), key.ipv4_subnet()) && v6_compatible(c.ipv6.as_ref(), key.ipv6)
 }
 
 /// Decide how to acquire a lease. `pick(n)` returns an index in `0..n` (random in
@@ -102,7 +100,7 @@ pub fn plan_acquire(
 ) -> Result<AcquirePlan, AllocError> {
     let c = req.config;
     let mine = req.leases.iter().find(|l| {
-        if c.enable_ipv4 {
+        if c.enable_ipv4() {
             l.attrs.public_ip == req.public_ip
         } else {
             req.public_ipv6.is_some() && l.attrs.public_ipv6 == req.public_ipv6
@@ -146,8 +144,8 @@ pub fn plan_acquire(
         }
     }
 
-    let v4 = if c.enable_ipv4 {
-        let cand = free_v4(c, req.leases, req.candidates);
+    let v4 = if let Some(pool) = &c.ipv4 {
+        let cand = free_v4(pool, req.leases, req.candidates);
         if cand.is_empty() {
             return Err(AllocError::OutOfSubnets);
         }
@@ -155,8 +153,8 @@ pub fn plan_acquire(
     } else {
         Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap()
     };
-    let v6 = if c.enable_ipv6 {
-        let cand = free_v6(c, req.leases, req.candidates);
+    let v6 = if let Some(pool) = &c.ipv6 {
+        let cand = free_v6(pool, req.leases, req.candidates);
         if cand.is_empty() {
             return Err(AllocError::OutOfSubnets);
         }
@@ -172,11 +170,8 @@ pub fn plan_acquire(
 }
 
 /// Walk SubnetMin..=SubnetMax and collect up to `limit` subnets that overlap no lease.
-pub fn free_v4(c: &NetConfig, leases: &[Lease], limit: usize) -> Vec<Ipv4Net> {
-    let (Some(min), Some(max)) = (c.subnet_min, c.subnet_max) else {
-        return Vec::new();
-    };
-    let len = c.subnet_prefix();
+pub fn free_v4(pool: &Ipv4Pool, leases: &[Lease], limit: usize) -> Vec<Ipv4Net> {
+    let (min, max, len) = (pool.subnet_min, pool.subnet_max, pool.subnet_len);
     let size = ip::v4_size(len);
     let mut taken: Vec<Ipv4Net> = leases.iter().filter_map(Lease::subnet).collect();
     taken.sort_by_key(|t| t.network());
@@ -205,11 +200,8 @@ pub fn free_v4(c: &NetConfig, leases: &[Lease], limit: usize) -> Vec<Ipv4Net> {
     out
 }
 
-pub fn free_v6(c: &NetConfig, leases: &[Lease], limit: usize) -> Vec<Ipv6Net> {
-    let (Some(min), Some(max)) = (c.ipv6_subnet_min, c.ipv6_subnet_max) else {
-        return Vec::new();
-    };
-    let len = c.ipv6_subnet_prefix();
+pub fn free_v6(pool: &Ipv6Pool, leases: &[Lease], limit: usize) -> Vec<Ipv6Net> {
+    let (min, max, len) = (pool.subnet_min, pool.subnet_max, pool.subnet_len);
     let size = ip::v6_size(len);
     let taken: Vec<Ipv6Net> = leases.iter().filter_map(Lease::ipv6_subnet).collect();
     let mut out = Vec::new();
@@ -233,8 +225,8 @@ mod tests {
     use crate::lease::{Expiry, LeaseAttrs};
     use std::time::{Duration, UNIX_EPOCH};
 
-    fn cfg(text: &str) -> NetConfig {
-        NetConfig::parse_and_check(text).unwrap()
+    fn cfg(text: &str) -> ValidatedNetConfig {
+        crate::config::parse_and_check(text).unwrap()
     }
 
     fn lease(sn: &str, ip: &str) -> Lease {
@@ -245,7 +237,7 @@ mod tests {
         }
     }
 
-    fn req<'a>(c: &'a NetConfig, leases: &'a [Lease], ip: &str) -> AcquireRequest<'a> {
+    fn req<'a>(c: &'a ValidatedNetConfig, leases: &'a [Lease], ip: &str) -> AcquireRequest<'a> {
         AcquireRequest {
             config: c,
             leases,
@@ -312,7 +304,7 @@ mod tests {
             .enumerate()
             .map(|(i, s)| lease(s, &format!("9.9.9.{i}")))
             .collect();
-        let free = free_v4(&c, &leases, CANDIDATES);
+        let free = free_v4(c.ipv4.as_ref().unwrap(), &leases, CANDIDATES);
         assert_eq!(free.len(), 21);
         for i in 0..free.len() {
             let AcquirePlan::Create { key, .. } =
@@ -358,7 +350,10 @@ mod tests {
     #[test]
     fn at_most_100_candidates() {
         let c = cfg(r#"{"Network":"10.0.0.0/8"}"#);
-        assert_eq!(free_v4(&c, &[], CANDIDATES).len(), CANDIDATES);
+        assert_eq!(
+            free_v4(c.ipv4.as_ref().unwrap(), &[], CANDIDATES).len(),
+            CANDIDATES
+        );
         assert_eq!(candidates_for_attempt(0), 100);
         assert_eq!(candidates_for_attempt(3), 800);
     }
@@ -372,7 +367,7 @@ mod tests {
             lease("10.0.4.0/22", "1.1.1.4"),
             lease("10.0.1.0/24", "1.1.1.1"),
         ];
-        let free: Vec<String> = free_v4(&c, &leases, 8)
+        let free: Vec<String> = free_v4(c.ipv4.as_ref().unwrap(), &leases, 8)
             .iter()
             .map(|n| n.to_string())
             .collect();

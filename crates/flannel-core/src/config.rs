@@ -2,13 +2,16 @@
 //! `<prefix>/config` in etcd mode.
 //!
 //! Parsing follows Go's `encoding/json` into upstream's `subnet.Config` (case-insensitive
-//! keys, unknown keys ignored, `EnableIPv4` defaulting to true). [`NetConfig::check`] mirrors
-//! upstream's `CheckNetworkConfig`: it fills SubnetLen/SubnetMin/SubnetMax (and the IPv6
-//! equivalents) and returns upstream's exact error strings.
+//! keys, unknown keys ignored, `EnableIPv4` defaulting to true) gives a [`RawNetConfig`].
+//! [`RawNetConfig::check`] mirrors upstream's `CheckNetworkConfig`: it fills
+//! SubnetLen/SubnetMin/SubnetMax (and the IPv6 equivalents), returns upstream's exact error
+//! strings, and yields a [`ValidatedNetConfig`] whose address pools are complete.
 //!
 //! Deliberate differences from upstream, each refusing a config upstream would silently
 //! misread: a CIDR with host bits set is an error naming the field (upstream masks it), and
-//! SubnetMin above SubnetMax is an error (upstream then fails later with "out of subnets").
+//! SubnetMin above SubnetMax is an error (upstream then fails later with "out of subnets"),
+//! and a config with both address families disabled is an error (upstream publishes a lease
+//! `0.0.0.0-0`).
 
 use crate::gojson::{self, FieldError, JsonSyntaxError};
 use crate::ip;
@@ -16,10 +19,12 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// A parsed (and, after [`NetConfig::check`], validated and defaulted) network config.
-/// `Debug` redacts secret-looking Backend fields (the raw section may hold AccessKeySecret).
+/// A network config as parsed, before validation: fields may be missing and SubnetLen may be
+/// 0. Only [`RawNetConfig::check`] turns it into a [`ValidatedNetConfig`], the one type that
+/// allocation, the daemon and the backends accept. `Debug` redacts secret-looking Backend
+/// fields (the raw section may hold AccessKeySecret).
 #[derive(Clone, PartialEq)]
-pub struct NetConfig {
+pub struct RawNetConfig {
     pub enable_ipv4: bool,
     pub enable_ipv6: bool,
     pub enable_nftables: bool,
@@ -27,7 +32,7 @@ pub struct NetConfig {
     pub ipv6_network: Option<Ipv6Net>,
     pub subnet_min: Option<Ipv4Addr>,
     pub subnet_max: Option<Ipv4Addr>,
-    /// 0 until [`NetConfig::check`] fills the default.
+    /// 0 when absent (the default is filled by `check`).
     pub subnet_len: u64,
     pub ipv6_subnet_min: Option<Ipv6Addr>,
     pub ipv6_subnet_max: Option<Ipv6Addr>,
@@ -38,9 +43,9 @@ pub struct NetConfig {
     pub backend: Option<Value>,
 }
 
-impl std::fmt::Debug for NetConfig {
+impl std::fmt::Debug for RawNetConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetConfig")
+        f.debug_struct("RawNetConfig")
             .field("enable_ipv4", &self.enable_ipv4)
             .field("enable_ipv6", &self.enable_ipv6)
             .field("enable_nftables", &self.enable_nftables)
@@ -71,6 +76,10 @@ pub enum ConfigError {
     Backend(String),
     #[error("please define a correct Network parameter in the flannel config")]
     NoNetwork,
+    #[error(
+        "EnableIPv4 and EnableIPv6 are both false: at least one address family must be enabled"
+    )]
+    NoAddressFamily,
     #[error("SubnetLen must be less than /31")]
     SubnetLenTooLong,
     #[error("network must be able to accommodate at least four subnets")]
@@ -144,9 +153,98 @@ fn parse_v6(field: &str, v: &Value) -> Result<Ipv6Addr, FieldError> {
         .map_err(|_| FieldError::new(field, format!("{s:?} is not an IPv6 address")))
 }
 
-impl NetConfig {
+/// The IPv4 pool of a validated config: every field present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Pool {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+}
+
+/// The IPv6 pool of a validated config: every field present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Pool {
+    pub network: Ipv6Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv6Addr,
+    pub subnet_max: Ipv6Addr,
+}
+
+/// A checked network config with every default filled. At least one of `ipv4` and `ipv6` is
+/// present (a family is enabled exactly when its pool is). `Debug` redacts secret-looking
+/// Backend fields.
+#[derive(Clone, PartialEq)]
+pub struct ValidatedNetConfig {
+    pub ipv4: Option<Ipv4Pool>,
+    pub ipv6: Option<Ipv6Pool>,
+    pub enable_nftables: bool,
+    /// `Backend.Type` as written; `"udp"` when Backend is absent (as upstream).
+    pub backend_type: String,
+    /// The Backend section, kept raw and typed per backend later.
+    pub backend: Option<Value>,
+}
+
+impl std::fmt::Debug for ValidatedNetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidatedNetConfig")
+            .field("ipv4", &self.ipv4)
+            .field("ipv6", &self.ipv6)
+            .field("enable_nftables", &self.enable_nftables)
+            .field("backend_type", &self.backend_type)
+            .field("backend", &self.backend.as_ref().map(redact_secrets))
+            .finish()
+    }
+}
+
+impl ValidatedNetConfig {
+    pub fn enable_ipv4(&self) -> bool {
+        self.ipv4.is_some()
+    }
+
+    pub fn enable_ipv6(&self) -> bool {
+        self.ipv6.is_some()
+    }
+
+    pub fn network(&self) -> Option<Ipv4Net> {
+        self.ipv4.map(|p| p.network)
+    }
+
+    pub fn ipv6_network(&self) -> Option<Ipv6Net> {
+        self.ipv6.map(|p| p.network)
+    }
+
+    /// The effective config as JSON with upstream's field names, every default filled.
+    /// Secret-looking Backend fields (secret, password, token) are replaced by `"<redacted>"`.
+    pub fn effective_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("EnableIPv4".into(), self.enable_ipv4().into());
+        m.insert("EnableIPv6".into(), self.enable_ipv6().into());
+        m.insert("EnableNFTables".into(), self.enable_nftables.into());
+        if let Some(p) = self.ipv4 {
+            m.insert("Network".into(), p.network.to_string().into());
+            m.insert("SubnetLen".into(), p.subnet_len.into());
+            m.insert("SubnetMin".into(), p.subnet_min.to_string().into());
+            m.insert("SubnetMax".into(), p.subnet_max.to_string().into());
+        }
+        if let Some(p) = self.ipv6 {
+            m.insert("IPv6Network".into(), p.network.to_string().into());
+            m.insert("IPv6SubnetLen".into(), p.subnet_len.into());
+            m.insert("IPv6SubnetMin".into(), p.subnet_min.to_string().into());
+            m.insert("IPv6SubnetMax".into(), p.subnet_max.to_string().into());
+        }
+        m.insert("BackendType".into(), self.backend_type.clone().into());
+        m.insert(
+            "Backend".into(),
+            self.backend.as_ref().map_or(Value::Null, redact_secrets),
+        );
+        Value::Object(m)
+    }
+}
+
+impl RawNetConfig {
     /// Parse a config document (no validation, no defaults beyond upstream's parse step).
-    pub fn parse(text: &str) -> Result<NetConfig, ConfigError> {
+    pub fn parse(text: &str) -> Result<RawNetConfig, ConfigError> {
         let value = gojson::parse(text).map_err(ConfigError::Syntax)?;
         let obj = value
             .as_object()
@@ -154,8 +252,8 @@ impl NetConfig {
         Self::from_object(obj)
     }
 
-    fn from_object(obj: &Map<String, Value>) -> Result<NetConfig, ConfigError> {
-        let mut c = NetConfig {
+    fn from_object(obj: &Map<String, Value>) -> Result<RawNetConfig, ConfigError> {
+        let mut c = RawNetConfig {
             enable_ipv4: true,
             enable_ipv6: false,
             enable_nftables: false,
@@ -236,34 +334,38 @@ impl NetConfig {
 
     /// Validate and fill defaults, as upstream's `CheckNetworkConfig` (etcd and local
     /// modes; upstream skips it in Kubernetes mode).
-    pub fn check(&mut self) -> Result<(), ConfigError> {
-        if self.enable_ipv4 {
-            self.check_ipv4()?;
+    pub fn check(&self) -> Result<ValidatedNetConfig, ConfigError> {
+        if !self.enable_ipv4 && !self.enable_ipv6 {
+            return Err(ConfigError::NoAddressFamily);
         }
-        if self.enable_ipv6 {
-            self.check_ipv6()?;
-        }
-        Ok(())
+        Ok(ValidatedNetConfig {
+            ipv4: self.enable_ipv4.then(|| self.check_ipv4()).transpose()?,
+            ipv6: self.enable_ipv6.then(|| self.check_ipv6()).transpose()?,
+            enable_nftables: self.enable_nftables,
+            backend_type: self.backend_type.clone(),
+            backend: self.backend.clone(),
+        })
     }
 
-    fn check_ipv4(&mut self) -> Result<(), ConfigError> {
+    fn check_ipv4(&self) -> Result<Ipv4Pool, ConfigError> {
         let network = self.network.ok_or(ConfigError::NoNetwork)?;
         let prefix = u64::from(network.prefix_len());
-        if self.subnet_len > 0 {
+        let subnet_len = if self.subnet_len > 0 {
             if self.subnet_len > 30 {
                 return Err(ConfigError::SubnetLenTooLong);
             }
             if self.subnet_len < prefix + 2 {
                 return Err(ConfigError::FewerThanFourSubnets);
             }
+            self.subnet_len
         } else if prefix > 28 {
             return Err(ConfigError::NetworkTooSmall);
         } else if prefix <= 22 {
-            self.subnet_len = 24;
+            24
         } else {
-            self.subnet_len = prefix + 2;
-        }
-        let len = self.subnet_len as u8;
+            prefix + 2
+        };
+        let len = subnet_len as u8;
         let size = ip::v4_size(len);
         let min = match self.subnet_min {
             None => ip::v4_add(network.network(), size),
@@ -285,29 +387,33 @@ impl NetConfig {
         if min > max {
             return Err(ConfigError::SubnetMinAboveMax { min, max });
         }
-        self.subnet_min = Some(min);
-        self.subnet_max = Some(max);
-        Ok(())
+        Ok(Ipv4Pool {
+            network,
+            subnet_len: len,
+            subnet_min: min,
+            subnet_max: max,
+        })
     }
 
-    fn check_ipv6(&mut self) -> Result<(), ConfigError> {
+    fn check_ipv6(&self) -> Result<Ipv6Pool, ConfigError> {
         let network = self.ipv6_network.ok_or(ConfigError::NoIpv6Network)?;
         let prefix = u64::from(network.prefix_len());
-        if self.ipv6_subnet_len > 0 {
+        let subnet_len = if self.ipv6_subnet_len > 0 {
             if self.ipv6_subnet_len > 126 {
                 return Err(ConfigError::Ipv6SubnetLenTooLong);
             }
             if self.ipv6_subnet_len < prefix + 2 {
                 return Err(ConfigError::FewerThanFourSubnets);
             }
+            self.ipv6_subnet_len
         } else if prefix > 124 {
             return Err(ConfigError::Ipv6NetworkTooSmall);
         } else if prefix <= 62 {
-            self.ipv6_subnet_len = 64;
+            64
         } else {
-            self.ipv6_subnet_len = prefix + 2;
-        }
-        let len = self.ipv6_subnet_len as u8;
+            prefix + 2
+        };
+        let len = subnet_len as u8;
         let size = ip::v6_size(len);
         let min = match self.ipv6_subnet_min {
             None => ip::v6_add(network.network(), size),
@@ -329,70 +435,18 @@ impl NetConfig {
         if min > max {
             return Err(ConfigError::Ipv6SubnetMinAboveMax { min, max });
         }
-        self.ipv6_subnet_min = Some(min);
-        self.ipv6_subnet_max = Some(max);
-        Ok(())
+        Ok(Ipv6Pool {
+            network,
+            subnet_len: len,
+            subnet_min: min,
+            subnet_max: max,
+        })
     }
+}
 
-    /// Parse then [`check`](Self::check): what etcd and local modes use.
-    pub fn parse_and_check(text: &str) -> Result<NetConfig, ConfigError> {
-        let mut c = Self::parse(text)?;
-        c.check()?;
-        Ok(c)
-    }
-
-    /// The subnet length as a prefix (valid after `check`).
-    pub fn subnet_prefix(&self) -> u8 {
-        self.subnet_len.min(32) as u8
-    }
-
-    pub fn ipv6_subnet_prefix(&self) -> u8 {
-        self.ipv6_subnet_len.min(128) as u8
-    }
-
-    /// The effective config as JSON with upstream's field names, every default filled.
-    /// Secret-looking Backend fields (secret, password, token) are replaced by `"<redacted>"`.
-    pub fn effective_json(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("EnableIPv4".into(), self.enable_ipv4.into());
-        m.insert("EnableIPv6".into(), self.enable_ipv6.into());
-        m.insert("EnableNFTables".into(), self.enable_nftables.into());
-        if self.enable_ipv4 {
-            let s = |v: Option<String>| v.map_or(Value::Null, Value::String);
-            m.insert("Network".into(), s(self.network.map(|n| n.to_string())));
-            m.insert("SubnetLen".into(), self.subnet_len.into());
-            m.insert(
-                "SubnetMin".into(),
-                s(self.subnet_min.map(|a| a.to_string())),
-            );
-            m.insert(
-                "SubnetMax".into(),
-                s(self.subnet_max.map(|a| a.to_string())),
-            );
-        }
-        if self.enable_ipv6 {
-            let s = |v: Option<String>| v.map_or(Value::Null, Value::String);
-            m.insert(
-                "IPv6Network".into(),
-                s(self.ipv6_network.map(|n| n.to_string())),
-            );
-            m.insert("IPv6SubnetLen".into(), self.ipv6_subnet_len.into());
-            m.insert(
-                "IPv6SubnetMin".into(),
-                s(self.ipv6_subnet_min.map(|a| a.to_string())),
-            );
-            m.insert(
-                "IPv6SubnetMax".into(),
-                s(self.ipv6_subnet_max.map(|a| a.to_string())),
-            );
-        }
-        m.insert("BackendType".into(), self.backend_type.clone().into());
-        m.insert(
-            "Backend".into(),
-            self.backend.as_ref().map_or(Value::Null, redact_secrets),
-        );
-        Value::Object(m)
-    }
+/// Parse then [`RawNetConfig::check`]: what etcd and local modes use.
+pub fn parse_and_check(text: &str) -> Result<ValidatedNetConfig, ConfigError> {
+    RawNetConfig::parse(text)?.check()
 }
 
 /// Replace the values of keys that look like secrets, recursively.
@@ -425,8 +479,16 @@ pub fn redact_secrets(v: &Value) -> Value {
 mod tests {
     use super::*;
 
-    fn check(text: &str) -> Result<NetConfig, ConfigError> {
-        NetConfig::parse_and_check(text)
+    fn check(text: &str) -> Result<ValidatedNetConfig, ConfigError> {
+        parse_and_check(text)
+    }
+
+    fn v4(text: &str) -> Ipv4Pool {
+        check(text).unwrap().ipv4.unwrap()
+    }
+
+    fn v6(text: &str) -> Ipv6Pool {
+        check(text).unwrap().ipv6.unwrap()
     }
 
     fn err(text: &str) -> String {
@@ -436,20 +498,21 @@ mod tests {
     #[test]
     fn acceptance_1_lowercase_keys_defaults_and_udp() {
         let c = check(r#"{"network":"10.3.0.0/16"}"#).unwrap();
-        assert_eq!(c.subnet_len, 24);
-        assert_eq!(c.subnet_min, Some("10.3.1.0".parse().unwrap()));
-        assert_eq!(c.subnet_max, Some("10.3.255.0".parse().unwrap()));
+        let p = c.ipv4.unwrap();
+        assert_eq!(p.subnet_len, 24);
+        assert_eq!(p.subnet_min, "10.3.1.0".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(p.subnet_max, "10.3.255.0".parse::<Ipv4Addr>().unwrap());
         assert_eq!(c.backend_type, "udp");
-        assert!(c.enable_ipv4);
-        assert!(!c.enable_ipv6);
+        assert!(c.enable_ipv4());
+        assert!(!c.enable_ipv6());
     }
 
     #[test]
     fn acceptance_2_small_network_splits_in_four() {
-        let c = check(r#"{"Network":"10.0.0.0/24"}"#).unwrap();
-        assert_eq!(c.subnet_len, 26);
-        assert_eq!(c.subnet_min, Some("10.0.0.64".parse().unwrap()));
-        assert_eq!(c.subnet_max, Some("10.0.0.192".parse().unwrap()));
+        let p = v4(r#"{"Network":"10.0.0.0/24"}"#);
+        assert_eq!(p.subnet_len, 26);
+        assert_eq!(p.subnet_min, "10.0.0.64".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(p.subnet_max, "10.0.0.192".parse::<Ipv4Addr>().unwrap());
     }
 
     #[test]
@@ -459,10 +522,7 @@ mod tests {
             "network is too small. Minimum useful network prefix is /28"
         );
         // /28 is the smallest accepted: four /30s.
-        assert_eq!(
-            check(r#"{"Network":"10.0.0.0/28"}"#).unwrap().subnet_len,
-            30
-        );
+        assert_eq!(v4(r#"{"Network":"10.0.0.0/28"}"#).subnet_len, 30);
     }
 
     #[test]
@@ -476,9 +536,7 @@ mod tests {
             "SubnetLen must be less than /31"
         );
         assert_eq!(
-            check(r#"{"Network":"10.0.0.0/16","SubnetLen":18}"#)
-                .unwrap()
-                .subnet_len,
+            v4(r#"{"Network":"10.0.0.0/16","SubnetLen":18}"#).subnet_len,
             18
         );
     }
@@ -507,13 +565,11 @@ mod tests {
     fn acceptance_6_ipv6_only() {
         let c =
             check(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#).unwrap();
-        assert_eq!(c.ipv6_subnet_len, 64);
-        assert_eq!(c.ipv6_subnet_min, Some("fc00:0:0:1::".parse().unwrap()));
-        assert_eq!(c.ipv6_subnet_max, Some("fc00:0:0:ffff::".parse().unwrap()));
-        assert_eq!(
-            c.subnet_min, None,
-            "IPv4 defaults stay empty when IPv4 is off"
-        );
+        let p = c.ipv6.unwrap();
+        assert_eq!(p.subnet_len, 64);
+        assert_eq!(p.subnet_min, "fc00:0:0:1::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(p.subnet_max, "fc00:0:0:ffff::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(c.ipv4, None, "no IPv4 pool when IPv4 is off");
     }
 
     #[test]
@@ -559,8 +615,10 @@ mod tests {
             )),
             "IPv6SubnetMax is not on a SubnetLen boundary: fc00:0:0:1::8"
         );
-        let c = check(&format!(r#"{{{base},"IPv6Network":"fc00::/120"}}"#)).unwrap();
-        assert_eq!(c.ipv6_subnet_len, 122);
+        assert_eq!(
+            v6(&format!(r#"{{{base},"IPv6Network":"fc00::/120"}}"#)).subnet_len,
+            122
+        );
     }
 
     #[test]
@@ -627,7 +685,15 @@ mod tests {
     #[test]
     fn unknown_keys_ignored_and_null_keeps_default() {
         let c = check(r#"{"Network":"10.0.0.0/8","Whatever":[1],"EnableIPv4":null}"#).unwrap();
-        assert!(c.enable_ipv4);
+        assert!(c.enable_ipv4());
+    }
+
+    #[test]
+    fn both_address_families_off_is_an_error() {
+        assert_eq!(
+            err(r#"{"EnableIPv4":false,"EnableIPv6":false,"Network":"10.0.0.0/8"}"#),
+            "EnableIPv4 and EnableIPv6 are both false: at least one address family must be enabled"
+        );
     }
 
     #[test]

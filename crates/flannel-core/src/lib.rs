@@ -14,5 +14,5 @@ pub mod lease;
 pub mod subnet_env;
 pub mod watch;
 
-pub use config::NetConfig;
+pub use config::{RawNetConfig, ValidatedNetConfig};
 pub use lease::{Lease, LeaseAttrs, LeaseEvent, SubnetKey};

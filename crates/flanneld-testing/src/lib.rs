@@ -282,3 +282,53 @@ impl Drop for EtcdServer {
         self.stop();
     }
 }
+
+/// A TCP proxy on a free loopback port in front of `target` that a test can cut, to partition
+/// one client (say, a leader) from a server while others still reach it directly.
+pub struct TcpProxy {
+    pub addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: std::net::SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut cut_rx = cut_rx.clone();
+                if *cut_rx.borrow() {
+                    continue; // partitioned: drop new connections at once
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, cut, task }
+    }
+
+    /// Drop every connection through the proxy and refuse new ones.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -3,19 +3,19 @@
 //! subnet.env (then ready), then the watch loop. The daemon, not the backend, owns the loop:
 //! lease events, a jittered resync tick and lease renewal all end up as calls on the backend.
 
-use crate::backend::{self, Backend, BackendError};
+use crate::backend::{Backend, BackendContext, BackendError, BackendFactory};
 use crate::health::Health;
 use crate::iface::{self, ExternalInterface, HostNetwork, IfaceError, Selection};
 use crate::metrics::{EventLabels, LeaseLabels, ResultLabels};
 use crate::subnet::{AcquireRequest, SubnetError, SubnetManager};
 use crate::subnet_file;
+use backoff::Backoff;
 use flannel_core::backend_config::BackendConfig;
 use flannel_core::lease::{Expiry, Lease, LeaseEvent};
 use flannel_core::subnet_env::{self, SubnetEnv};
 use flannel_core::watch::{LeaseWatcher, WatchUpdate};
-use flannel_core::NetConfig;
+use flannel_core::ValidatedNetConfig;
 use futures::StreamExt;
-use rand::Rng;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -39,11 +39,11 @@ pub struct DaemonConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("{0}")]
+    #[error(transparent)]
     Subnet(#[from] SubnetError),
-    #[error("{0}")]
+    #[error(transparent)]
     Iface(#[from] IfaceError),
-    #[error("{0}")]
+    #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("Lease has been revoked. Shutting down daemon.")]
     LeaseRevoked,
@@ -72,21 +72,19 @@ async fn pause(d: Duration, shutdown: &mut (impl Future<Output = ()> + Unpin)) -
     or_shutdown(tokio::time::sleep(d), shutdown).await.is_some()
 }
 
+/// Retry pacing of the daemon's loops (see the `backoff` crate: capped doubling, jittered).
+const CONFIG_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+const ACQUIRE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+const WATCH_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
 fn jittered(period: Duration) -> Duration {
-    let f = rand::rng().random_range(0.9..1.1);
-    period.mul_f64(f)
+    backoff::spread(period, 0.1)
 }
 
-fn subnet_env(config: &NetConfig, lease: &Lease, mtu: u32, ip_masq: bool) -> SubnetEnv {
+fn subnet_env(config: &ValidatedNetConfig, lease: &Lease, mtu: u32, ip_masq: bool) -> SubnetEnv {
     SubnetEnv {
-        ipv4: config
-            .enable_ipv4
-            .then(|| config.network.zip(lease.subnet()))
-            .flatten(),
-        ipv6: config
-            .enable_ipv6
-            .then(|| config.ipv6_network.zip(lease.ipv6_subnet()))
-            .flatten(),
+        ipv4: config.network().zip(lease.subnet()),
+        ipv6: config.ipv6_network().zip(lease.ipv6_subnet()),
         mtu,
         ip_masq,
     }
@@ -96,6 +94,7 @@ fn subnet_env(config: &NetConfig, lease: &Lease, mtu: u32, ip_masq: bool) -> Sub
 pub async fn run(
     cfg: DaemonConfig,
     sm: Arc<dyn SubnetManager>,
+    backends: &dyn BackendFactory,
     host: &dyn HostNetwork,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
@@ -103,24 +102,22 @@ pub async fn run(
     let mut shutdown = Box::pin(shutdown);
 
     // 1. Network config, retried while the store is unreachable; a bad config is fatal.
+    let mut pauses = CONFIG_RETRY.delays();
     let config = loop {
         match or_shutdown(sm.network_config(), &mut shutdown).await {
             None => return Ok(Exit::Shutdown),
             Some(Ok(c)) => break c,
-            Some(Err(
-                e @ (SubnetError::Config(_)
-                | SubnetError::ConfigFile { .. }
-                | SubnetError::RemoteConfig { .. }),
-            )) => return Err(e.into()),
-            Some(Err(e)) => {
-                warn!(error = %e, "failed to retrieve network config, retrying in 1s");
-                if !pause(Duration::from_secs(1), &mut shutdown).await {
+            Some(Err(e)) if e.is_retryable() => {
+                let wait = pauses.next_delay();
+                warn!(error = %crate::report(&e), retry_in = ?wait, "failed to retrieve network config");
+                if !pause(wait, &mut shutdown).await {
                     return Ok(Exit::Shutdown);
                 }
             }
+            Some(Err(e)) => return Err(e.into()),
         }
     };
-    info!(backend = %config.backend_type, network = ?config.network.map(|n| n.to_string()), ipv6_network = ?config.ipv6_network.map(|n| n.to_string()), "network config");
+    info!(backend = %config.backend_type, network = ?config.network().map(|n| n.to_string()), ipv6_network = ?config.ipv6_network().map(|n| n.to_string()), "network config");
 
     // 2. Interface.
     let ext: ExternalInterface = iface::select(
@@ -130,8 +127,8 @@ pub async fn run(
             can_reach: cfg.iface_can_reach,
             public_ip: cfg.public_ip,
             public_ipv6: cfg.public_ipv6,
-            ipv4: config.enable_ipv4,
-            ipv6: config.enable_ipv6,
+            ipv4: config.enable_ipv4(),
+            ipv6: config.enable_ipv6(),
         },
         host,
     )?;
@@ -140,7 +137,13 @@ pub async fn run(
     // 3. Backend (before the lease, so a bad or unsupported backend leaves no lease behind).
     let backend_config = BackendConfig::parse(&config.backend_type, config.backend.as_ref())
         .map_err(BackendError::from)?;
-    let backend: Box<dyn Backend> = backend::build(&backend_config, &ext)?;
+    let backend: Box<dyn Backend> = backends
+        .build(&BackendContext {
+            config: &backend_config,
+            network: &config,
+            ext: &ext,
+        })
+        .await?;
 
     // 4. Lease.
     let previous = subnet_file::read_previous(&cfg.subnet_file);
@@ -149,18 +152,18 @@ pub async fn run(
         previous: subnet_env::previous_subnet(&previous),
         previous_ipv6: subnet_env::previous_ipv6_subnet(&previous),
     };
-    let mut backoff = Duration::from_secs(1);
+    let mut pauses = ACQUIRE_RETRY.delays();
     let mut own = loop {
         match or_shutdown(sm.acquire_lease(&req), &mut shutdown).await {
             None => return Ok(Exit::Shutdown),
             Some(Ok(l)) => break l,
             // The store is unreachable or busy: wait and try again (a restart would not help).
-            Some(Err(e @ (SubnetError::Store { .. } | SubnetError::RaceRetriesExhausted))) => {
-                warn!(error = %e, retry_in = ?backoff, "failed to acquire a lease");
-                if !pause(backoff, &mut shutdown).await {
+            Some(Err(e)) if e.is_retryable() => {
+                let wait = pauses.next_delay();
+                warn!(error = %crate::report(&e), retry_in = ?wait, "failed to acquire a lease");
+                if !pause(wait, &mut shutdown).await {
                     return Ok(Exit::Shutdown);
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Some(Err(e)) => return Err(e.into()),
         }
@@ -176,7 +179,7 @@ pub async fn run(
     // 6. The loop.
     let mut watcher = LeaseWatcher::new(Some(own.key));
     let mut stream = None;
-    let mut watch_backoff = Duration::from_millis(100);
+    let mut watch_pauses = WATCH_RETRY.delays();
     let mut resync_at = tokio::time::Instant::now() + jittered(cfg.resync_period);
     loop {
         if stream.is_none() {
@@ -184,14 +187,14 @@ pub async fn run(
                 None => return Ok(Exit::Shutdown),
                 Some(Ok(s)) => {
                     stream = Some(s);
-                    watch_backoff = Duration::from_millis(100);
+                    watch_pauses.reset();
                 }
                 Some(Err(e)) => {
-                    warn!(error = %e, retry_in = ?watch_backoff, "watching leases failed");
-                    if !pause(watch_backoff, &mut shutdown).await {
+                    let wait = watch_pauses.next_delay();
+                    warn!(error = %crate::report(&e), retry_in = ?wait, "watching leases failed");
+                    if !pause(wait, &mut shutdown).await {
                         return Ok(Exit::Shutdown);
                     }
-                    watch_backoff = (watch_backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             }
@@ -210,7 +213,7 @@ pub async fn run(
                     stream = None;
                 }
                 Some(Err(e)) => {
-                    warn!(error = %e, "lease watch error; reopening");
+                    warn!(error = %crate::report(&e), "lease watch error; reopening");
                     stream = None;
                 }
                 Some(Ok(update)) => {
@@ -230,7 +233,7 @@ pub async fn run(
                         let r = backend.handle(&own, &events).await;
                         record_sync(&health, &r);
                         if let Err(e) = r {
-                            warn!(error = %e, "backend failed to apply lease events; the next resync retries");
+                            warn!(error = %crate::report(&e), "backend failed to apply lease events; the next resync retries");
                         }
                     }
                 }
@@ -242,7 +245,7 @@ pub async fn run(
                 let r = backend.resync(&own, &peers).await;
                 record_sync(&health, &r);
                 if let Err(e) = r {
-                    warn!(error = %e, "backend resync failed");
+                    warn!(error = %crate::report(&e), "backend resync failed");
                 }
             }
             _ = tokio::time::sleep(renew_in) => {
@@ -258,7 +261,7 @@ pub async fn run(
                         return Err(DaemonError::LeaseRevoked);
                     }
                     Err(e) => {
-                        warn!(error = %e, "lease renewal failed, retrying in 1 minute");
+                        warn!(error = %crate::report(&e), "lease renewal failed, retrying in 1 minute");
                         // Push the lease's own deadline forward locally so the retry waits 1 min.
                         own.expiry = Expiry::At(SystemTime::now() + cfg.renew_margin + Duration::from_secs(60));
                     }

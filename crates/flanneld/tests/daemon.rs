@@ -4,7 +4,7 @@ mod common;
 
 use common::{daemon_config, wait_until_async, FakeHost};
 use flannel_core::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
-use flannel_core::NetConfig;
+use flannel_core::ValidatedNetConfig;
 use flanneld::daemon::{self, DaemonError, Exit};
 use flanneld::health::Health;
 use flanneld::subnet::memory::MemoryManager;
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 fn manager(config: &str) -> Arc<MemoryManager> {
     Arc::new(MemoryManager::new(
-        NetConfig::parse_and_check(config).unwrap(),
+        flannel_core::config::parse_and_check(config).unwrap(),
     ))
 }
 
@@ -35,6 +35,7 @@ async fn writes_subnet_env_becomes_ready_follows_peers_and_stops_when_revoked() 
     let run = tokio::spawn(daemon::run(
         cfg.clone(),
         sm.clone(),
+        &flanneld::backend::Builtin,
         &FakeHost("172.16.0.7"),
         health.clone(),
         std::future::pending(),
@@ -115,6 +116,7 @@ async fn restart_keeps_the_subnet_via_subnet_env() {
         let run = tokio::spawn(daemon::run(
             cfg.clone(),
             sm.clone(),
+            &flanneld::backend::Builtin,
             &FakeHost("172.16.0.7"),
             health.clone(),
             async {
@@ -137,13 +139,14 @@ async fn unknown_backend_fails_before_any_lease_or_file() {
     let err = daemon::run(
         cfg.clone(),
         sm.clone(),
+        &flanneld::backend::Builtin,
         &FakeHost("172.16.0.7"),
         Arc::new(Health::default()),
         std::future::pending(),
     )
     .await
     .unwrap_err();
-    assert_eq!(err.to_string(), "unknown backend type: udp");
+    assert_eq!(flanneld::report(&err), "unknown backend type: udp");
     assert!(sm.leases().is_empty());
     assert!(!cfg.subnet_file.exists());
 }
@@ -155,16 +158,16 @@ async fn recognised_but_unimplemented_backend_says_so() {
     let err = daemon::run(
         daemon_config(dir.path()),
         sm.clone(),
+        &flanneld::backend::Builtin,
         &FakeHost("172.16.0.7"),
         Arc::new(Health::default()),
         std::future::pending(),
     )
     .await
     .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("host-gw is recognised but not supported yet"),
-        "{err}"
+    assert_eq!(
+        flanneld::report(&err),
+        "backend type host-gw is recognised but not supported yet by flannel-rs (supported now: alloc)"
     );
     assert!(sm.leases().is_empty());
 }
@@ -208,6 +211,7 @@ async fn lease_is_renewed_at_expiry_minus_margin() {
     let run = tokio::spawn(daemon::run(
         cfg,
         sm.clone(),
+        &flanneld::backend::Builtin,
         &FakeHost("172.16.0.7"),
         health.clone(),
         std::future::pending(),
@@ -238,22 +242,30 @@ impl SubnetManager for Flaky {
     fn name(&self) -> &'static str {
         "flaky"
     }
-    async fn network_config(&self) -> Result<NetConfig, SubnetError> {
+    async fn network_config(&self) -> Result<ValidatedNetConfig, SubnetError> {
         self.inner.network_config().await
     }
     async fn acquire_lease(&self, req: &AcquireRequest) -> Result<Lease, SubnetError> {
         if self.failures.load(std::sync::atomic::Ordering::SeqCst) > 0 {
             self.failures
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            return Err(SubnetError::Store {
-                manager: "flaky",
-                message: "connection refused".into(),
-            });
+            return Err(SubnetError::store(
+                "flaky",
+                "acquiring",
+                "connection refused",
+            ));
         }
         self.inner.acquire_lease(req).await
     }
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, SubnetError> {
         self.inner.renew_lease(lease).await
+    }
+    fn leader_election(
+        &self,
+        name: &str,
+        identity: &str,
+    ) -> Box<dyn flanneld::subnet::election::LeaderElection> {
+        self.inner.leader_election(name, identity)
     }
     async fn watch_leases(&self) -> Result<LeaseStream, SubnetError> {
         self.inner.watch_leases().await
@@ -272,6 +284,7 @@ async fn acquisition_is_retried_while_the_store_is_unreachable() {
     let run = tokio::spawn(daemon::run(
         daemon_config(dir.path()),
         flaky.clone(),
+        &flanneld::backend::Builtin,
         &FakeHost("172.16.0.7"),
         health.clone(),
         std::future::pending(),
@@ -282,5 +295,126 @@ async fn acquisition_is_retried_while_the_store_is_unreachable() {
     .await;
     assert_eq!(flaky.failures.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert_eq!(inner.leases().len(), 1);
+    run.abort();
+}
+
+/// A backend that records what the daemon asks of it.
+#[derive(Default)]
+struct Recorder {
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+struct FakeBackend(Arc<Recorder>);
+
+#[async_trait::async_trait]
+impl flanneld::backend::Backend for FakeBackend {
+    fn kind(&self) -> flannel_core::backend_config::BackendKind {
+        flannel_core::backend_config::BackendKind::Vxlan
+    }
+    async fn lease_attrs(&self) -> Result<LeaseAttrs, flanneld::backend::BackendError> {
+        let mut a = LeaseAttrs::new("172.16.0.7".parse().unwrap());
+        a.backend_type = "vxlan".into();
+        a.backend_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:ff"}));
+        Ok(a)
+    }
+    async fn activate(&self, own: &Lease) -> Result<(), flanneld::backend::BackendError> {
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("activate {}", own.key));
+        Ok(())
+    }
+    async fn handle(
+        &self,
+        _own: &Lease,
+        events: &[flannel_core::LeaseEvent],
+    ) -> Result<(), flanneld::backend::BackendError> {
+        for e in events {
+            let what = match e {
+                flannel_core::LeaseEvent::Added(_) => "added",
+                flannel_core::LeaseEvent::Removed(_) => "removed",
+            };
+            self.0
+                .calls
+                .lock()
+                .unwrap()
+                .push(format!("{what} {}", e.lease().key));
+        }
+        Ok(())
+    }
+    async fn resync(
+        &self,
+        _own: &Lease,
+        _peers: &[Lease],
+    ) -> Result<(), flanneld::backend::BackendError> {
+        Ok(())
+    }
+    fn mtu(&self) -> u32 {
+        1400
+    }
+}
+
+struct FakeFactory(Arc<Recorder>);
+
+#[async_trait::async_trait]
+impl flanneld::backend::BackendFactory for FakeFactory {
+    async fn build(
+        &self,
+        ctx: &flanneld::backend::BackendContext<'_>,
+    ) -> Result<Box<dyn flanneld::backend::Backend>, flanneld::backend::BackendError> {
+        assert_eq!(ctx.network.network().unwrap().to_string(), "10.5.0.0/16");
+        Ok(Box::new(FakeBackend(self.0.clone())))
+    }
+}
+
+#[tokio::test]
+async fn an_injected_backend_gets_its_lease_attrs_published_and_peer_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = manager(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    let health = Arc::new(Health::default());
+    let cfg = daemon_config(dir.path());
+    let rec = Arc::new(Recorder::default());
+    let factory: &'static FakeFactory = Box::leak(Box::new(FakeFactory(rec.clone())));
+    let run = tokio::spawn(daemon::run(
+        cfg.clone(),
+        sm.clone(),
+        factory,
+        &FakeHost("172.16.0.7"),
+        health.clone(),
+        std::future::pending(),
+    ));
+    wait_until_async("ready", Duration::from_secs(10), || health.is_ready()).await;
+    let own = sm.leases().into_iter().next().unwrap();
+    assert_eq!(
+        own.attrs.to_json(),
+        r#"{"PublicIP":"172.16.0.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}"#
+    );
+    let env = std::fs::read_to_string(&cfg.subnet_file).unwrap();
+    assert!(env.contains("FLANNEL_MTU=1400\n"), "{env}");
+
+    sm.put_lease(peer("10.5.9.0/24", "172.16.0.9"));
+    wait_until_async("peer event", Duration::from_secs(10), || {
+        rec.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c == "added 10.5.9.0-24")
+    })
+    .await;
+    sm.delete_lease(&SubnetKey::v4("10.5.9.0/24".parse().unwrap()));
+    wait_until_async("removal", Duration::from_secs(10), || {
+        rec.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c == "removed 10.5.9.0-24")
+    })
+    .await;
+    assert_eq!(
+        rec.calls.lock().unwrap()[0],
+        format!("activate {}", own.key),
+        "activation comes before any peer event"
+    );
     run.abort();
 }

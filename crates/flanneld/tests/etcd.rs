@@ -8,6 +8,7 @@ use flannel_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
 use flannel_core::watch::{LeaseWatcher, WatchUpdate};
 use flanneld::daemon::{self, DaemonError};
 use flanneld::health::Health;
+use flanneld::subnet::election::LeaderElection;
 use flanneld::subnet::etcd::{Election, EtcdManager, EtcdOptions};
 use flanneld::subnet::{AcquireRequest, LeaseStream, SubnetError, SubnetManager};
 use flanneld_testing::EtcdServer;
@@ -62,10 +63,13 @@ async fn config_missing_then_present_then_invalid() {
         r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#,
     );
     let c = m.network_config().await.unwrap();
-    assert_eq!((c.subnet_len, c.backend_type.as_str()), (24, "host-gw"));
+    assert_eq!(
+        (c.ipv4.unwrap().subnet_len, c.backend_type.as_str()),
+        (24, "host-gw")
+    );
     put_config(&etcd, r#"{"Network":"10.5.0.0/16","SubnetLen":31}"#);
     assert_eq!(
-        m.network_config().await.unwrap_err().to_string(),
+        flanneld::report(&m.network_config().await.unwrap_err()),
         "/coreos.com/network/config: SubnetLen must be less than /31"
     );
 }
@@ -399,7 +403,15 @@ async fn daemon_shuts_down_cleanly_when_its_lease_is_deleted() {
     let health = Arc::new(Health::default());
     let h = health.clone();
     let run = tokio::spawn(async move {
-        daemon::run(cfg, sm, &FakeHost("172.16.0.7"), h, std::future::pending()).await
+        daemon::run(
+            cfg,
+            sm,
+            &flanneld::backend::Builtin,
+            &FakeHost("172.16.0.7"),
+            h,
+            std::future::pending(),
+        )
+        .await
     });
     wait_until_async("ready", Duration::from_secs(15), || health.is_ready()).await;
     let keys = etcd.etcdctl(&[
@@ -583,7 +595,10 @@ async fn tls_with_client_certificates() {
     opts.certfile = Some(t.client_cert.clone());
     opts.keyfile = Some(t.client_key.clone());
     let m = EtcdManager::connect(&opts).await.unwrap();
-    assert_eq!(m.network_config().await.unwrap().subnet_len, 24);
+    assert_eq!(
+        m.network_config().await.unwrap().ipv4.unwrap().subnet_len,
+        24
+    );
     let l = m.acquire_lease(&req("172.16.0.7")).await.unwrap();
     assert!(etcd
         .etcdctl(&[
@@ -635,6 +650,7 @@ async fn an_invalid_config_in_etcd_is_fatal_before_any_lease() {
     let run = daemon::run(
         cfg.clone(),
         sm,
+        &flanneld::backend::Builtin,
         &FakeHost("172.16.0.7"),
         Arc::new(Health::default()),
         std::future::pending(),
@@ -644,7 +660,7 @@ async fn an_invalid_config_in_etcd_is_fatal_before_any_lease() {
         .expect("a bad config ends the daemon instead of being retried")
         .unwrap_err();
     assert_eq!(
-        err.to_string(),
+        flanneld::report(&err),
         "/coreos.com/network/config: SubnetLen must be less than /31"
     );
     assert!(!cfg.subnet_file.exists());
@@ -657,4 +673,65 @@ async fn an_invalid_config_in_etcd_is_fatal_before_any_lease() {
         ])
         .trim()
         .is_empty());
+}
+
+/// The leader is cut off from etcd (its keep-alives fail) while a second candidate reaches
+/// etcd directly: at no instant do both claim leadership, and the second takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_steps_down_before_anyone_else_leads() {
+    let etcd = EtcdServer::start();
+    let ttl = 2;
+    let target: std::net::SocketAddr = etcd
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = flanneld_testing::TcpProxy::start(target).await;
+    let via_proxy =
+        EtcdManager::connect(&EtcdOptions::new(&format!("http://{}", proxy.addr), PREFIX))
+            .await
+            .unwrap();
+    let direct = manager(&etcd).await;
+
+    let a = Election::new(&via_proxy, "gc", "a", ttl)
+        .campaign()
+        .await
+        .unwrap();
+    assert!(a.is_leader());
+    let b_election = Election::new(&direct, "gc", "b", ttl);
+    let b_task = tokio::spawn(async move { b_election.campaign().await.unwrap() });
+
+    proxy.cut();
+    // Watch both claims every millisecond until b leads, and for a while after.
+    let started = std::time::Instant::now();
+    let mut a_stepped_down = None;
+    let b = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "b never took over"
+        );
+        if a_stepped_down.is_none() && !a.is_leader() {
+            a_stepped_down = Some(std::time::Instant::now());
+        }
+        if b_task.is_finished() {
+            let b = b_task.await.unwrap();
+            assert!(
+                !(a.is_leader() && b.is_leader()),
+                "two leaders at the moment b won"
+            );
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let a_down = a_stepped_down.expect("a stepped down before b won");
+    assert!(b.is_leader());
+    for _ in 0..200 {
+        assert!(!(a.is_leader() && b.is_leader()), "two leaders");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!a.is_leader(), "a never claims leadership again");
+    assert!(
+        a_down.duration_since(started) <= Duration::from_secs(ttl as u64),
+        "a stepped down within the TTL of its last renewal"
+    );
 }

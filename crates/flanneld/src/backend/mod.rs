@@ -8,11 +8,26 @@ use crate::iface::ExternalInterface;
 use async_trait::async_trait;
 use flannel_core::backend_config::{BackendConfig, BackendConfigError, BackendKind};
 use flannel_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use flannel_core::ValidatedNetConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] BackendConfigError),
+    /// A cloud API call failed (after the client's own retries).
+    #[error("{op}")]
+    Cloud {
+        op: String,
+        #[source]
+        source: Box<tencent_cloud::Error>,
+    },
+    /// A kernel operation (netlink, iptables) failed.
+    #[error("{op}")]
+    Kernel {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "backend type {0} is recognised but not supported yet by flannel-rs (supported now: alloc)"
     )]
@@ -49,13 +64,29 @@ pub fn base_attrs(kind: BackendKind, ext: &ExternalInterface) -> Result<LeaseAtt
     Ok(attrs)
 }
 
-/// Build the backend named by the config.
-pub fn build(
-    config: &BackendConfig,
-    ext: &ExternalInterface,
-) -> Result<Box<dyn Backend>, BackendError> {
-    match config {
-        BackendConfig::Alloc => Ok(Box::new(alloc::AllocBackend::new(ext.clone()))),
-        other => Err(BackendError::NotSupportedYet(other.kind())),
+/// What a backend is built from.
+pub struct BackendContext<'a> {
+    pub config: &'a BackendConfig,
+    pub network: &'a ValidatedNetConfig,
+    pub ext: &'a ExternalInterface,
+}
+
+/// Makes the backend the network config names. The daemon is given one, so tests can inject
+/// a fake backend the same way they inject a fake subnet manager.
+#[async_trait]
+pub trait BackendFactory: Send + Sync {
+    async fn build(&self, ctx: &BackendContext<'_>) -> Result<Box<dyn Backend>, BackendError>;
+}
+
+/// The backends built into flanneld.
+pub struct Builtin;
+
+#[async_trait]
+impl BackendFactory for Builtin {
+    async fn build(&self, ctx: &BackendContext<'_>) -> Result<Box<dyn Backend>, BackendError> {
+        match ctx.config {
+            BackendConfig::Alloc => Ok(Box::new(alloc::AllocBackend::new(ctx.ext.clone()))),
+            other => Err(BackendError::NotSupportedYet(other.kind())),
+        }
     }
 }

@@ -2,7 +2,6 @@
 //! flanneld would and prints the effective config; `routes list` shows a VPC's route tables.
 
 use clap::{Parser, Subcommand};
-use flannel_core::NetConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -193,7 +192,7 @@ fn config_check(file: &PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    match NetConfig::parse_and_check(&text) {
+    match flannel_core::config::parse_and_check(&text) {
         Ok(c) => {
             let pretty = serde_json::to_string_pretty(&c.effective_json())
                 .expect("a Value always serialises");

@@ -2,7 +2,7 @@
 //! run the daemon until a signal.
 
 use anyhow::{bail, Context};
-use flannel_core::NetConfig;
+use flanneld::backend::Builtin;
 use flanneld::cli::Options;
 use flanneld::daemon::{self, DaemonConfig, DaemonError};
 use flanneld::health::{self, Health};
@@ -70,7 +70,7 @@ async fn subnet_manager(opts: &Options) -> anyhow::Result<Arc<dyn SubnetManager>
             path: path.display().to_string(),
             source,
         })?;
-        let config = NetConfig::parse_and_check(&text)
+        let config = flannel_core::config::parse_and_check(&text)
             .with_context(|| format!("network config {}", path.display()))?;
         return Ok(Arc::new(MemoryManager::new(config)));
     }
@@ -131,7 +131,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         renew_margin: Duration::from_secs(opts.subnet_lease_renew_margin as u64 * 60),
         resync_period: Duration::from_secs(opts.resync_period),
     };
-    match daemon::run(cfg, sm, &SystemNetwork, health, shutdown_signal()).await {
+    match daemon::run(cfg, sm, &Builtin, &SystemNetwork, health, shutdown_signal()).await {
         Ok(_) => Ok(()),
         Err(DaemonError::LeaseRevoked) => bail!("Lease has been revoked. Shutting down daemon."),
         Err(e) => Err(e.into()),

@@ -3,32 +3,39 @@
 //! `--local-subnet-mgr` and as the fake store in daemon and backend tests; tests can add and
 //! remove peer leases to drive the watch.
 
+use super::election::{InProcessElections, LeaderElection};
 use super::{AcquireRequest, LeaseStream, SubnetError, SubnetManager, LEASE_TTL};
 use async_trait::async_trait;
 use flannel_core::alloc::{self, AcquirePlan};
 use flannel_core::lease::{Expiry, Lease, LeaseEvent, SubnetKey};
 use flannel_core::watch::WatchUpdate;
-use flannel_core::NetConfig;
+use flannel_core::ValidatedNetConfig;
 use futures::StreamExt;
 use rand::Rng;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::broadcast;
 
 pub struct MemoryManager {
-    config: NetConfig,
-    leases: Mutex<BTreeMap<SubnetKey, Lease>>,
+    config: ValidatedNetConfig,
+    leases: Arc<Mutex<BTreeMap<SubnetKey, Lease>>>,
     changes: broadcast::Sender<LeaseEvent>,
+    elections: Arc<InProcessElections>,
 }
 
 impl MemoryManager {
-    /// `config` must already be checked (`NetConfig::parse_and_check`).
-    pub fn new(config: NetConfig) -> Self {
+    pub fn new(config: ValidatedNetConfig) -> Self {
+        Self::with_event_capacity(config, 1024)
+    }
+
+    /// `capacity` events may queue per watcher before it lags (and gets a fresh snapshot).
+    pub fn with_event_capacity(config: ValidatedNetConfig, capacity: usize) -> Self {
         MemoryManager {
             config,
-            leases: Mutex::new(BTreeMap::new()),
-            changes: broadcast::channel(1024).0,
+            leases: Arc::new(Mutex::new(BTreeMap::new())),
+            changes: broadcast::channel(capacity.max(1)).0,
+            elections: Arc::default(),
         }
     }
 
@@ -58,7 +65,7 @@ impl SubnetManager for MemoryManager {
         "local"
     }
 
-    async fn network_config(&self) -> Result<NetConfig, SubnetError> {
+    async fn network_config(&self) -> Result<ValidatedNetConfig, SubnetError> {
         Ok(self.config.clone())
     }
 
@@ -121,20 +128,30 @@ impl SubnetManager for MemoryManager {
         Ok(l)
     }
 
+    fn leader_election(&self, name: &str, identity: &str) -> Box<dyn LeaderElection> {
+        Box::new(self.elections.election(name, identity))
+    }
+
     async fn watch_leases(&self) -> Result<LeaseStream, SubnetError> {
         // Subscribe before taking the snapshot so no change falls between the two.
         let rx = self.changes.subscribe();
         let snapshot = self.leases();
-        let deltas = futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(e) => return Some((Ok(WatchUpdate::Events(vec![e])), rx)),
-                    // A slow consumer missed events: it gets nothing wrong, only late; the
-                    // daemon's periodic resync repairs from the full state.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
+        let store = Arc::clone(&self.leases);
+        let deltas = futures::stream::unfold((rx, store), |(mut rx, store)| async move {
+            let update = match rx.recv().await {
+                Ok(e) => WatchUpdate::Events(vec![e]),
+                // A slow consumer missed events: hand it the whole current state instead, so
+                // nothing it missed stays missed. Events queued behind the snapshot are
+                // already in it and re-apply harmlessly.
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "lease watcher lagged; sending a fresh snapshot");
+                    let leases = store.lock().unwrap().values().cloned().collect();
+                    rx = rx.resubscribe();
+                    WatchUpdate::Snapshot(leases)
                 }
-            }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok(update), (rx, store)))
         });
         Ok(
             futures::stream::once(async move { Ok(WatchUpdate::Snapshot(snapshot)) })
@@ -147,10 +164,33 @@ impl SubnetManager for MemoryManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_lagging_watcher_gets_a_fresh_snapshot_instead_of_losing_events() {
+        let m = MemoryManager::with_event_capacity(
+            flannel_core::config::parse_and_check(r#"{"Network":"10.5.0.0/16"}"#).unwrap(),
+            2,
+        );
+        let mut w = m.watch_leases().await.unwrap();
+        assert!(matches!(w.next().await, Some(Ok(WatchUpdate::Snapshot(s))) if s.is_empty()));
+        for i in 1..=10u8 {
+            m.put_lease(Lease {
+                key: SubnetKey::v4(format!("10.5.{i}.0/24").parse().unwrap()),
+                attrs: LeaseAttrs::new(std::net::Ipv4Addr::new(172, 16, 0, i)),
+                expiry: Expiry::Never,
+            });
+        }
+        match w.next().await {
+            Some(Ok(WatchUpdate::Snapshot(s))) => assert_eq!(s.len(), 10, "every lease, none lost"),
+            other => panic!("expected a fresh snapshot after lagging, got {other:?}"),
+        }
+    }
     use flannel_core::lease::LeaseAttrs;
 
     fn mgr() -> MemoryManager {
-        MemoryManager::new(NetConfig::parse_and_check(r#"{"Network":"10.5.0.0/16"}"#).unwrap())
+        MemoryManager::new(
+            flannel_core::config::parse_and_check(r#"{"Network":"10.5.0.0/16"}"#).unwrap(),
+        )
     }
 
     fn req(ip: &str) -> AcquireRequest {

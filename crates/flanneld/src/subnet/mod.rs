@@ -2,6 +2,7 @@
 //! implementations are `memory` (in-process: tests and `--local-subnet-mgr`) and, in later
 //! modules, etcd and Kubernetes.
 
+pub mod election;
 pub mod etcd;
 pub mod memory;
 
@@ -10,6 +11,7 @@ use flannel_core::alloc::AllocError;
 use flannel_core::config::ConfigError;
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::watch::WatchUpdate;
+use flannel_core::ValidatedNetConfig;
 use futures::stream::BoxStream;
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::time::Duration;
@@ -28,35 +30,61 @@ pub struct AcquireRequest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetError {
-    #[error("{0}")]
-    Config(#[source] ConfigError),
+    #[error(transparent)]
+    Config(ConfigError),
     #[error(
         "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
     )]
     ConfigMissing,
-    #[error("{key}: {source}")]
+    #[error("{key}")]
     RemoteConfig {
         key: String,
         #[source]
         source: ConfigError,
     },
-    #[error("reading network config {path}: {source}")]
+    #[error("reading network config {path}")]
     ConfigFile {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Alloc(#[source] AllocError),
+    #[error(transparent)]
+    Alloc(AllocError),
     #[error("max retries reached trying to acquire a subnet")]
     RaceRetriesExhausted,
     #[error("lease {0} not found")]
     LeaseNotFound(String),
-    #[error("{manager} store: {message}")]
+    /// The store could not be reached or answered with an error.
+    #[error("{manager} store: {op}")]
     Store {
         manager: &'static str,
-        message: String,
+        op: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl SubnetError {
+    /// Worth trying again later (the store is unreachable or busy; a restart would not help).
+    /// Every retry loop over a subnet manager asks this, and only this.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            SubnetError::Store { .. } | SubnetError::RaceRetriesExhausted
+        )
+    }
+
+    pub fn store(
+        manager: &'static str,
+        op: impl std::fmt::Display,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> SubnetError {
+        SubnetError::Store {
+            manager,
+            op: op.to_string(),
+            source: source.into(),
+        }
+    }
 }
 
 /// A stream of watch updates: a snapshot first, then deltas (or fresh snapshots after a
@@ -66,10 +94,13 @@ pub type LeaseStream = BoxStream<'static, Result<WatchUpdate, SubnetError>>;
 #[async_trait]
 pub trait SubnetManager: Send + Sync {
     fn name(&self) -> &'static str;
-    /// The network config (already checked in etcd and local modes).
-    async fn network_config(&self) -> Result<flannel_core::NetConfig, SubnetError>;
+    /// The network config, checked.
+    async fn network_config(&self) -> Result<ValidatedNetConfig, SubnetError>;
     async fn acquire_lease(&self, req: &AcquireRequest) -> Result<Lease, SubnetError>;
     /// Extend the lease's TTL (a reservation stays a reservation).
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, SubnetError>;
     async fn watch_leases(&self) -> Result<LeaseStream, SubnetError>;
+    /// An election among the holders of this store (for cluster-wide jobs such as route
+    /// garbage collection). `identity` names this candidate.
+    fn leader_election(&self, name: &str, identity: &str) -> Box<dyn election::LeaderElection>;
 }

@@ -1,0 +1,222 @@
+//! Leader election, a capability of the subnet manager: etcd (a lease plus create-if-absent),
+//! in-process for the in-memory store (tests, benchmarks, one-node setups), a Kubernetes
+//! Lease later. Whoever holds leadership runs the cluster-wide jobs (route garbage collection,
+//! controller mode), so two holders must never overlap: [`Leadership::is_leader`] is true only
+//! until a local deadline (the last confirmed renewal plus the TTL, minus a margin), which
+//! passes before any other candidate can possibly win, whatever the network does.
+
+use super::SubnetError;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::time::Instant;
+
+#[async_trait]
+pub trait LeaderElection: Send + Sync {
+    /// Wait until this process leads.
+    async fn campaign(&self) -> Result<Box<dyn Leadership>, SubnetError>;
+    /// The identity of the current leader, if any.
+    async fn leader(&self) -> Result<Option<String>, SubnetError>;
+}
+
+#[async_trait]
+pub trait Leadership: Send + Sync {
+    /// True while leadership is certain; false for good once it may have passed on.
+    fn is_leader(&self) -> bool;
+    /// Resolves when leadership is lost (or may be).
+    async fn lost(&mut self);
+    /// Step down now so another candidate can take over at once.
+    async fn resign(self: Box<Self>);
+}
+
+/// Until when leadership is certain; `None` once it is lost. Shared by a holder's renewal
+/// task (writer) and its [`Leadership`] handle (reader).
+#[derive(Clone)]
+pub struct Deadline {
+    tx: Arc<tokio::sync::watch::Sender<Option<Instant>>>,
+}
+
+impl Deadline {
+    pub fn new(until: Instant) -> Deadline {
+        Deadline {
+            tx: Arc::new(tokio::sync::watch::channel(Some(until)).0),
+        }
+    }
+
+    /// Extend (or shorten) the deadline; ignored once lost.
+    pub fn extend(&self, until: Instant) {
+        self.tx.send_if_modified(|d| match d {
+            Some(old) if *old != until => {
+                *old = until;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    pub fn lose(&self) {
+        self.tx.send_replace(None);
+    }
+
+    pub fn holds(&self) -> bool {
+        self.tx.borrow().is_some_and(|d| Instant::now() < d)
+    }
+
+    /// The current deadline (None once lost).
+    pub fn until(&self) -> Option<Instant> {
+        *self.tx.borrow()
+    }
+
+    /// Resolves once the deadline passes or leadership is dropped.
+    pub async fn expired(&self) {
+        let mut rx = self.tx.subscribe();
+        loop {
+            let Some(until) = *rx.borrow_and_update() else {
+                return;
+            };
+            if Instant::now() >= until {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                changed = rx.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
+
+/// Elections among the tasks of one process (the in-memory subnet manager's).
+#[derive(Default)]
+pub struct InProcessElections {
+    holders: Mutex<HashMap<String, (String, u64)>>,
+    next_term: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+pub struct InProcessElection {
+    elections: Arc<InProcessElections>,
+    name: String,
+    identity: String,
+}
+
+impl InProcessElections {
+    pub fn election(self: &Arc<Self>, name: &str, identity: &str) -> InProcessElection {
+        InProcessElection {
+            elections: Arc::clone(self),
+            name: name.to_string(),
+            identity: identity.to_string(),
+        }
+    }
+
+    fn release(&self, name: &str, term: u64) {
+        let mut h = self.holders.lock().unwrap();
+        if h.get(name).is_some_and(|(_, t)| *t == term) {
+            h.remove(name);
+        }
+        drop(h);
+        self.changed.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl LeaderElection for InProcessElection {
+    async fn campaign(&self) -> Result<Box<dyn Leadership>, SubnetError> {
+        loop {
+            let notified = self.elections.changed.notified();
+            {
+                let mut h = self.elections.holders.lock().unwrap();
+                if !h.contains_key(&self.name) {
+                    let term = self
+                        .elections
+                        .next_term
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    h.insert(self.name.clone(), (self.identity.clone(), term));
+                    return Ok(Box::new(InProcessLeadership {
+                        elections: Arc::clone(&self.elections),
+                        name: self.name.clone(),
+                        term,
+                        held: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                    }));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    async fn leader(&self) -> Result<Option<String>, SubnetError> {
+        let h = self.elections.holders.lock().unwrap();
+        Ok(h.get(&self.name).map(|(id, _)| id.clone()))
+    }
+}
+
+struct InProcessLeadership {
+    elections: Arc<InProcessElections>,
+    name: String,
+    term: u64,
+    held: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl Leadership for InProcessLeadership {
+    fn is_leader(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn lost(&mut self) {
+        // In one process nothing can take leadership away: only resign or drop end it.
+        std::future::pending::<()>().await;
+    }
+
+    async fn resign(self: Box<Self>) {
+        // Dropping releases.
+    }
+}
+
+impl Drop for InProcessLeadership {
+    fn drop(&mut self) {
+        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.elections.release(&self.name, self.term);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn in_process_election_has_one_leader_and_hands_over_on_resign() {
+        let e = Arc::new(InProcessElections::default());
+        let a = e.election("gc", "a");
+        let b = e.election("gc", "b");
+        let la = a.campaign().await.unwrap();
+        assert!(la.is_leader());
+        assert_eq!(b.leader().await.unwrap().as_deref(), Some("a"));
+        let waiting = tokio::spawn(async move { b.campaign().await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "b must wait while a leads");
+        la.resign().await;
+        let lb = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("b takes over once a resigns")
+            .unwrap();
+        assert!(lb.is_leader());
+        assert_eq!(a.leader().await.unwrap().as_deref(), Some("b"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_expires_unless_extended() {
+        let d = Deadline::new(Instant::now() + Duration::from_secs(3));
+        assert!(d.holds());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        d.extend(Instant::now() + Duration::from_secs(3));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(d.holds(), "extended");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(!d.holds(), "past the deadline, leadership is not claimed");
+        d.expired().await;
+        d.lose();
+        d.extend(Instant::now() + Duration::from_secs(60));
+        assert!(!d.holds(), "a lost deadline stays lost");
+    }
+}
