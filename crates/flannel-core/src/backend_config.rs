@@ -52,7 +52,7 @@ pub enum BackendConfigError {
     #[error("unknown backend type: {0}")]
     UnknownType(String),
     #[error("Backend.{0}")]
-    Field(#[source] FieldError),
+    Field(FieldError),
     #[error("Backend.{field}: {problem}")]
     Invalid {
         field: &'static str,

@@ -67,11 +67,11 @@ impl std::fmt::Debug for RawNetConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("net config: {0}")]
-    Syntax(#[source] JsonSyntaxError),
+    Syntax(JsonSyntaxError),
     #[error("net config must be a JSON object, found {0}")]
     NotAnObject(&'static str),
     #[error("net config field {0}")]
-    Field(#[source] FieldError),
+    Field(FieldError),
     #[error("error decoding Backend property of config: {0}")]
     Backend(String),
     #[error("please define a correct Network parameter in the flannel config")]

@@ -109,11 +109,11 @@ pub struct LeaseAttrs {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseAttrsError {
     #[error("lease value: {0}")]
-    Syntax(#[source] JsonSyntaxError),
+    Syntax(JsonSyntaxError),
     #[error("lease value must be a JSON object, found {0}")]
     NotAnObject(&'static str),
     #[error("lease value field {0}")]
-    Field(#[source] FieldError),
+    Field(FieldError),
 }
 
 impl From<FieldError> for LeaseAttrsError {

@@ -9,6 +9,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod health;
 pub mod iface;
+pub mod kernel;
 pub mod logging;
 pub mod metrics;
 pub mod subnet;

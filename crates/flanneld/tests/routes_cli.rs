@@ -3,24 +3,42 @@
 use axum::http::HeaderMap;
 use axum::Router;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 const FLANNELCTL: &str = env!("CARGO_BIN_EXE_flannelctl");
 
-async fn serve(body: &'static str) -> String {
-    let app = Router::new().fallback(move |headers: HeaderMap| async move {
-        assert_eq!(headers.get("x-tc-action").unwrap(), "DescribeRouteTables");
-        assert!(headers
-            .get("authorization")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with("TC3-HMAC-SHA256 Credential=AKIDctl/"));
-        body
+/// The stand-in's URL and the headers of every request it received (asserted in the tests,
+/// not in the handler, so a wrong request fails the test with a clear message).
+type Seen = Arc<Mutex<Vec<HeaderMap>>>;
+
+async fn serve(body: &'static str) -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let app = Router::new().fallback(move |headers: HeaderMap| {
+        let record = record.clone();
+        async move {
+            record.lock().unwrap().push(headers);
+            body
+        }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
+    (format!("http://{addr}"), seen)
+}
+
+/// Every request was a signed DescribeRouteTables from AKIDctl.
+fn assert_signed_describes(seen: &Seen, count: usize) {
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), count, "requests received");
+    for h in seen.iter() {
+        assert_eq!(h.get("x-tc-action").unwrap(), "DescribeRouteTables");
+        let auth = h.get("authorization").unwrap().to_str().unwrap();
+        assert!(
+            auth.starts_with("TC3-HMAC-SHA256 Credential=AKIDctl/"),
+            "{auth}"
+        );
+    }
 }
 
 async fn run(url: String, extra: &[&str]) -> std::process::Output {
@@ -57,7 +75,7 @@ const TABLES: &str = r#"{"Response":{"TotalCount":2,"RouteTableSet":[
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lists_tables_as_table_and_json() {
-    let url = serve(TABLES).await;
+    let (url, seen) = serve(TABLES).await;
     let out = run(url.clone(), &[]).await;
     assert!(
         out.status.success(),
@@ -77,11 +95,12 @@ async fn lists_tables_as_table_and_json() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
     assert_eq!(v[0]["RouteSet"][0]["RouteId"], 11);
+    assert_signed_describes(&seen, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_errors_exit_2_with_the_code_and_no_secret() {
-    let url = serve(r#"{"Response":{"Error":{"Code":"AuthFailure.SignatureFailure","Message":"bad signature"},"RequestId":"r2"}}"#).await;
+    let (url, seen) = serve(r#"{"Response":{"Error":{"Code":"AuthFailure.SignatureFailure","Message":"bad signature"},"RequestId":"r2"}}"#).await;
     let out = run(url, &[]).await;
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -92,6 +111,7 @@ async fn auth_errors_exit_2_with_the_code_and_no_secret() {
         "{err}"
     );
     assert!(!err.contains("ctl-secret-key"));
+    assert_signed_describes(&seen, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -77,7 +77,7 @@ pub enum CredentialError {
     #[error("CVM role {role}: credentials response {message}")]
     RoleResponse { role: String, message: String },
     #[error("discovering the CVM role: {0}")]
-    RoleDiscovery(#[source] MetadataError),
+    RoleDiscovery(MetadataError),
     #[error("no Tencent Cloud credentials found (tried: {})", tried.join("; "))]
     NoneFound { tried: Vec<String> },
 }

@@ -58,7 +58,7 @@ pub fn classify_code(code: &str) -> ErrorClass {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
+    #[error(transparent)]
     Api(#[from] ApiError),
     #[error("{action}: HTTP status {status} from {host}")]
     HttpStatus {

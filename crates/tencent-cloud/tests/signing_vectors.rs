@@ -1,35 +1,7 @@
 //! Golden tests: every vector from the official docs and the official Python SDK.
 
-use base64_free::decode_b64;
+use base64::Engine;
 use tencent_cloud::signing::{sign, signing_key, utc_date, SigningInput};
-
-mod base64_free {
-    /// Minimal standard-alphabet base64 decoder for the vectors' `payload_b64`.
-    pub fn decode_b64(s: &str) -> Vec<u8> {
-        let val = |c: u8| -> u32 {
-            match c {
-                b'A'..=b'Z' => (c - b'A') as u32,
-                b'a'..=b'z' => (c - b'a' + 26) as u32,
-                b'0'..=b'9' => (c - b'0' + 52) as u32,
-                b'+' => 62,
-                b'/' => 63,
-                _ => panic!("bad base64 byte {c}"),
-            }
-        };
-        let bytes: Vec<u8> = s.bytes().filter(|b| *b != b'=').collect();
-        let mut out = Vec::new();
-        for chunk in bytes.chunks(4) {
-            let mut n = 0u32;
-            for (i, c) in chunk.iter().enumerate() {
-                n |= val(*c) << (18 - 6 * i);
-            }
-            for i in 0..chunk.len().saturating_sub(1) {
-                out.push((n >> (16 - 8 * i)) as u8);
-            }
-        }
-        out
-    }
-}
 
 #[test]
 fn every_vector_matches() {
@@ -42,12 +14,10 @@ fn every_vector_matches() {
         let i = &v["inputs"];
         let e = &v["expected"];
         let s = |x: &serde_json::Value| x.as_str().unwrap().to_string();
-        let payload = decode_b64(i["payload_b64"].as_str().unwrap());
-        assert_eq!(
-            payload,
-            i["payload"].as_str().unwrap().as_bytes(),
-            "{path:?}: payload_b64 decodes to payload"
-        );
+        // The exact body bytes the official tools signed.
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(i["payload_b64"].as_str().unwrap())
+            .unwrap();
         let input = SigningInput {
             secret_id: i["secret_id"].as_str().unwrap(),
             secret_key: i["secret_key"].as_str().unwrap(),

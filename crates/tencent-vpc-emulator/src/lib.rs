@@ -54,8 +54,8 @@ pub enum StartError {
     },
     #[error("state file {path}: {message}")]
     StateFile { path: String, message: String },
-    #[error("{0}")]
-    Scenario(#[source] scenario::ScenarioError),
+    #[error(transparent)]
+    Scenario(scenario::ScenarioError),
     #[error("data plane in netns {netns}: {message}")]
     Dataplane { netns: String, message: String },
 }

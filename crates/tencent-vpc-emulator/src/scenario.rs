@@ -78,6 +78,9 @@ pub struct RouteTableSpec {
     pub main: bool,
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// Resource tags (`TagSet`, the `tag-key` filter).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -78,6 +78,15 @@ fn create_describe_replace_delete() {
         json!({"RouteTableId": "rtb-main", "RouteIds": [id]}),
     )
     .unwrap();
+    assert!(
+        s.route_tables[0]
+            .routes
+            .iter()
+            .find(|r| r.route_id == id)
+            .unwrap()
+            .enabled,
+        "EnableRoutes enabled the route again"
+    );
 
     let del = call(
         &mut s,
@@ -379,4 +388,91 @@ fn scenario_errors_name_the_problem() {
         .unwrap_err()
         .to_string()
         .contains("instance ins-b1: 10.9.9.9 is outside subnet subnet-b"));
+}
+
+#[test]
+fn next_hop_type_and_tag_key_filters_match_tables() {
+    let mut s = lab();
+    s.route_tables[1]
+        .tags
+        .insert("cluster".into(), "lab".into());
+    let ids = |s: &mut Scenario, filter: Value| -> Vec<String> {
+        let d = call(
+            s,
+            "vpc",
+            "DescribeRouteTables",
+            json!({"Filters": [filter]}),
+        )
+        .unwrap();
+        d["RouteTableSet"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["RouteTableId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // rtb-main holds a VPN route; rtb-b holds none yet.
+    assert_eq!(
+        ids(&mut s, json!({"Name": "next-hop-type", "Values": ["VPN"]})),
+        ["rtb-main"]
+    );
+    assert!(ids(
+        &mut s,
+        json!({"Name": "next-hop-type", "Values": ["NORMAL_CVM"]})
+    )
+    .is_empty());
+    call(
+        &mut s,
+        "vpc",
+        "CreateRoutes",
+        json!({"RouteTableId": "rtb-b", "Routes": [route("10.244.2.0/24", "172.16.2.7")]}),
+    )
+    .unwrap();
+    assert_eq!(
+        ids(
+            &mut s,
+            json!({"Name": "next-hop-type", "Values": ["NORMAL_CVM", "NAT"]})
+        ),
+        ["rtb-b"]
+    );
+    assert_eq!(
+        ids(&mut s, json!({"Name": "tag-key", "Values": ["cluster"]})),
+        ["rtb-b"]
+    );
+    assert!(ids(&mut s, json!({"Name": "tag-key", "Values": ["other"]})).is_empty());
+    let d = call(
+        &mut s,
+        "vpc",
+        "DescribeRouteTables",
+        json!({"RouteTableIds": ["rtb-b"]}),
+    )
+    .unwrap();
+    assert_eq!(
+        d["RouteTableSet"][0]["TagSet"],
+        json!([{"Key": "cluster", "Value": "lab"}])
+    );
+}
+
+#[test]
+fn a_default_route_to_a_nat_gateway_is_accepted_but_not_a_destination_inside_the_vpc() {
+    let mut s = lab();
+    let nat =
+        json!({"DestinationCidrBlock": "0.0.0.0/0", "GatewayType": "NAT", "GatewayId": "nat-1"});
+    call(
+        &mut s,
+        "vpc",
+        "CreateRoutes",
+        json!({"RouteTableId": "rtb-main", "Routes": [nat]}),
+    )
+    .unwrap();
+    let inside = json!({"DestinationCidrBlock": "172.16.9.0/24", "GatewayType": "NAT", "GatewayId": "nat-1"});
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "CreateRoutes",
+            json!({"RouteTableId": "rtb-main", "Routes": [inside]})
+        )),
+        "InvalidParameterValue.VpcCidrConflict"
+    );
 }

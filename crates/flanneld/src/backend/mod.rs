@@ -81,10 +81,22 @@ pub trait BackendFactory: Send + Sync {
 /// The backends built into flanneld.
 pub struct Builtin;
 
+impl Builtin {
+    /// Type the Backend section and check this build supports it: what flanneld does before
+    /// taking a lease, and what `flannelctl config check` does, so they validate alike.
+    pub fn check(network: &ValidatedNetConfig) -> Result<BackendConfig, BackendError> {
+        let config = BackendConfig::parse(&network.backend_type, network.backend.as_ref())?;
+        match config {
+            BackendConfig::Alloc => Ok(config),
+            other => Err(BackendError::NotSupportedYet(other.kind())),
+        }
+    }
+}
+
 #[async_trait]
 impl BackendFactory for Builtin {
     async fn build(&self, ctx: &BackendContext<'_>) -> Result<Box<dyn Backend>, BackendError> {
-        match ctx.config {
+        match Builtin::check(ctx.network)? {
             BackendConfig::Alloc => Ok(Box::new(alloc::AllocBackend::new(ctx.ext.clone()))),
             other => Err(BackendError::NotSupportedYet(other.kind())),
         }

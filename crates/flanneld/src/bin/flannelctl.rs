@@ -192,15 +192,22 @@ fn config_check(file: &PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    match flannel_core::config::parse_and_check(&text) {
+    let checked = flannel_core::config::parse_and_check(&text)
+        .map_err(|e| flanneld::report(&e))
+        .and_then(|c| {
+            flanneld::backend::Builtin::check(&c)
+                .map(|_| c)
+                .map_err(|e| flanneld::report(&e))
+        });
+    match checked {
         Ok(c) => {
             let pretty = serde_json::to_string_pretty(&c.effective_json())
                 .expect("a Value always serialises");
             println!("{pretty}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("{e}");
+        Err(message) => {
+            eprintln!("{message}");
             ExitCode::from(EXIT_INVALID)
         }
     }

@@ -6,7 +6,7 @@ use flanneld::backend::Builtin;
 use flanneld::cli::Options;
 use flanneld::daemon::{self, DaemonConfig, DaemonError};
 use flanneld::health::{self, Health};
-use flanneld::iface::SystemNetwork;
+use flanneld::kernel::SystemNetwork;
 use flanneld::subnet::etcd::EtcdManager;
 use flanneld::subnet::memory::MemoryManager;
 use flanneld::subnet::{SubnetError, SubnetManager};
@@ -37,8 +37,9 @@ fn main() -> ExitCode {
     match rt.block_on(run(opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("flanneld: {e:#}");
+            let text = flanneld::report(e.as_ref());
+            error!("{text}");
+            eprintln!("flanneld: {text}");
             ExitCode::FAILURE
         }
     }

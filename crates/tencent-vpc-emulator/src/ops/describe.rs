@@ -43,13 +43,24 @@ pub fn describe_route_tables(s: &Scenario, req: &Map<String, Value>) -> OpResult
                 .is_none_or(|ids| ids.contains(&t.route_table_id.as_str()))
         })
         .filter(|t| {
-            filter_match(&filters, |name| match name {
-                "route-table-id" => Some(t.route_table_id.clone()),
-                "route-table-name" => Some(t.name.clone()),
-                "vpc-id" => Some(t.vpc_id.clone()),
-                "association.main" => Some(t.main.to_string()),
-                "next-hop-type" => None,
-                _ => None,
+            // Multi-valued fields (a table has many routes and tags) match when any value does.
+            filters.iter().all(|(name, values)| {
+                let any = |mut found: Box<dyn Iterator<Item = &str> + '_>| {
+                    found.any(|f| values.iter().any(|v| v.eq_ignore_ascii_case(f)))
+                };
+                match *name {
+                    "next-hop-type" => {
+                        any(Box::new(t.routes.iter().map(|r| r.gateway_type.as_str())))
+                    }
+                    "tag-key" => any(Box::new(t.tags.keys().map(String::as_str))),
+                    _ => filter_match(&[(name, values.clone())], |n| match n {
+                        "route-table-id" => Some(t.route_table_id.clone()),
+                        "route-table-name" => Some(t.name.clone()),
+                        "vpc-id" => Some(t.vpc_id.clone()),
+                        "association.main" => Some(t.main.to_string()),
+                        _ => None,
+                    }),
+                }
             })
         })
         .map(|t| table_json(s, t, None))

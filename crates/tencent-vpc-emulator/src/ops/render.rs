@@ -36,7 +36,7 @@ pub(crate) fn table_json(s: &Scenario, t: &RouteTableSpec, routes: Option<&[Rout
         "RouteSet": routes.iter().map(|r| route_json(r, &t.route_table_id)).collect::<Vec<_>>(),
         "Main": t.main,
         "CreatedTime": "2020-01-01 00:00:00",
-        "TagSet": [],
+        "TagSet": t.tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
         "LocalCidrForCcn": [],
     })
 }
