@@ -181,7 +181,12 @@ pub fn select(sel: &Selection, host: &dyn HostNetwork) -> Result<ExternalInterfa
         iface_addr,
         iface_v6_addr,
         ext_addr: sel.public_ip.or(iface_addr),
-        ext_v6_addr: sel.public_ipv6.or(iface_v6_addr),
+        // Upstream publishes PublicIPv6 only when IPv6 is enabled: an IPv4-only lease must be
+        // byte-identical to upstream's (no `"PublicIPv6":"::1"` from a node using `lo`).
+        ext_v6_addr: sel
+            .ipv6
+            .then(|| sel.public_ipv6.or(iface_v6_addr))
+            .flatten(),
     })
 }
 
@@ -344,6 +349,23 @@ mod tests {
         assert_eq!(e.name, "eth0");
         assert_eq!(e.iface_addr, Some("172.16.0.7".parse().unwrap()));
         assert_eq!(e.ext_addr, Some("203.0.113.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv4_only_publishes_no_ipv6_address() {
+        let e = select(&v4(), &host()).unwrap();
+        assert!(e.iface_v6_addr.is_some(), "the interface has one");
+        assert_eq!(
+            e.ext_v6_addr, None,
+            "but an IPv4-only lease does not carry it"
+        );
+        let attrs =
+            crate::backend::base_attrs(flannel_core::backend_config::BackendKind::Alloc, &e)
+                .unwrap();
+        assert_eq!(
+            attrs.to_json(),
+            r#"{"PublicIP":"172.16.0.7","PublicIPv6":null,"BackendType":"alloc"}"#
+        );
     }
 
     #[test]

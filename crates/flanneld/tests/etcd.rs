@@ -735,3 +735,28 @@ async fn a_partitioned_leader_steps_down_before_anyone_else_leads() {
         "a stepped down within the TTL of its last renewal"
     );
 }
+
+/// Upstream's client ignores credentials when etcd has authentication disabled; so do we.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_against_an_etcd_without_auth_are_ignored() {
+    let etcd = EtcdServer::start();
+    let mut opts = EtcdOptions::new(&etcd.endpoint(), PREFIX);
+    opts.username = Some("flannel".into());
+    opts.password = Some(secrecy::SecretString::from("unused-pw"));
+    let m = EtcdManager::connect(&opts)
+        .await
+        .expect("connects without auth");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#,
+    );
+    assert_eq!(
+        m.network_config()
+            .await
+            .unwrap()
+            .network()
+            .unwrap()
+            .to_string(),
+        "10.5.0.0/16"
+    );
+}

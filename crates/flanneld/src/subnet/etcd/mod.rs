@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Upstream's `raceRetries`.
 pub const RACE_RETRIES: u32 = 10;
@@ -90,14 +90,9 @@ pub struct EtcdManager {
 }
 
 impl EtcdManager {
-    /// Connect (lazily: the first request reaches the servers). TLS is used when both
-    /// `keyfile` and `certfile` are set, as upstream.
-    pub async fn connect(opts: &EtcdOptions) -> Result<EtcdManager, SubnetError> {
-        if opts.endpoints.is_empty() {
-            return Err(store_err("--etcd-endpoints", "no endpoint given"));
-        }
+    async fn open(opts: &EtcdOptions, with_user: bool) -> Result<Client, SubnetError> {
         let mut co = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
-        if let Some(user) = opts.username.as_ref().filter(|u| !u.is_empty()) {
+        if let Some(user) = opts.username.as_ref().filter(|_| with_user) {
             let password = opts
                 .password
                 .as_ref()
@@ -118,15 +113,30 @@ impl EtcdManager {
         } else {
             debug!("etcd TLS not configured (keyfile and certfile unset): this is insecure");
         }
-        let client = tokio::time::timeout(RPC_TIMEOUT, Client::connect(&opts.endpoints, Some(co)))
+        let target = format!("connecting to {}", opts.endpoints.join(","));
+        tokio::time::timeout(RPC_TIMEOUT, Client::connect(&opts.endpoints, Some(co)))
             .await
-            .map_err(|_| {
-                store_err(
-                    format!("connecting to {}", opts.endpoints.join(",")),
-                    "timed out",
-                )
-            })?
-            .map_err(|e| store_err(format!("connecting to {}", opts.endpoints.join(",")), e))?;
+            .map_err(|_| store_err(&target, "timed out"))?
+            .map_err(|e| store_err(&target, e))
+    }
+
+    /// Connect (lazily: the first request reaches the servers). TLS is used when both
+    /// `keyfile` and `certfile` are set, as upstream.
+    pub async fn connect(opts: &EtcdOptions) -> Result<EtcdManager, SubnetError> {
+        if opts.endpoints.is_empty() {
+            return Err(store_err("--etcd-endpoints", "no endpoint given"));
+        }
+        let with_user = opts.username.as_ref().is_some_and(|u| !u.is_empty());
+        let client = match Self::open(opts, with_user).await {
+            // Like upstream's client: credentials for an etcd without auth are not an error.
+            Err(SubnetError::Store { source, .. })
+                if with_user && source.to_string().contains("authentication is not enabled") =>
+            {
+                warn!("etcd credentials given but authentication is not enabled on the server; continuing without them");
+                Self::open(opts, false).await?
+            }
+            other => other?,
+        };
         Ok(EtcdManager {
             client,
             prefix: opts.prefix.trim_end_matches('/').to_string(),
