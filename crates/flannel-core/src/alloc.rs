@@ -63,33 +63,25 @@ pub enum AllocError {
     OutOfSubnets,
 }
 
-fn v4_compatible(pool: Option<&Ipv4Pool>, sn: Option<Ipv4Net>) -> bool {
+/// A subnet `(network, prefix)` fits a pool `(min, max, prefix)` of one address family: same
+/// length, network within min..=max. A family that is off (no pool) fits only no subnet.
+fn fits<A: PartialOrd>(pool: Option<(A, A, u8)>, sn: Option<(A, u8)>) -> bool {
     match (pool, sn) {
         (None, sn) => sn.is_none(),
-        (Some(p), Some(sn)) => {
-            sn.network() >= p.subnet_min
-                && sn.network() <= p.subnet_max
-                && sn.prefix_len() == p.subnet_len
-        }
-        (Some(_), None) => false,
-    }
-}
-
-fn v6_compatible(pool: Option<&Ipv6Pool>, sn: Option<Ipv6Net>) -> bool {
-    match (pool, sn) {
-        (None, sn) => sn.is_none(),
-        (Some(p), Some(sn)) => {
-            sn.network() >= p.subnet_min
-                && sn.network() <= p.subnet_max
-                && sn.prefix_len() == p.subnet_len
-        }
+        (Some((min, max, len)), Some((net, prefix))) => prefix == len && net >= min && net <= max,
         (Some(_), None) => false,
     }
 }
 
 /// The lease fits the current config (range and length, both families).
 pub fn is_compatible(c: &ValidatedNetConfig, key: &SubnetKey) -> bool {
-    v4_compatible(c.ipv4.as_ref(), key.ipv4_subnet()) && v6_compatible(c.ipv6.as_ref(), key.ipv6)
+    fits(
+        c.ipv4.map(|p| (p.subnet_min, p.subnet_max, p.subnet_len)),
+        key.ipv4_subnet().map(|s| (s.network(), s.prefix_len())),
+    ) && fits(
+        c.ipv6.map(|p| (p.subnet_min, p.subnet_max, p.subnet_len)),
+        key.ipv6.map(|s| (s.network(), s.prefix_len())),
+    )
 }
 
 /// Decide how to acquire a lease. `pick(n)` returns an index in `0..n` (random in

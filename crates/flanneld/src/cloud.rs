@@ -46,14 +46,6 @@ pub enum CloudSetupError {
     Client(#[source] tencent_cloud::Error),
 }
 
-impl CloudSetupError {
-    /// A wrong setting (exit 2 in tools) rather than something unreachable.
-    pub fn is_invalid_input(&self) -> bool {
-        matches!(self, CloudSetupError::Endpoint(_))
-            || matches!(self, CloudSetupError::Credentials(e) if !e.is_transient())
-    }
-}
-
 /// The metadata address: explicit, else [`METADATA_URL_ENV`], else the link-local default.
 pub fn metadata_url(explicit: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> String {
     explicit
@@ -121,7 +113,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn explicit_keys_win_and_a_bad_endpoint_is_invalid_input() {
+    async fn explicit_region_and_keys_build_a_client_and_a_bad_endpoint_is_refused() {
         let env = |_: &str| None;
         let cloud = connect(
             CloudSetup {
@@ -148,7 +140,7 @@ mod tests {
         .await
         .err()
         .unwrap();
-        assert!(e.is_invalid_input(), "{e}");
+        assert!(matches!(e, CloudSetupError::Endpoint(_)), "{e}");
         let secret = SecretString::from("s3cr3t");
         let dbg = format!(
             "{:?}",

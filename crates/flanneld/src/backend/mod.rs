@@ -83,11 +83,17 @@ pub struct Builtin;
 
 impl Builtin {
     /// Type the Backend section and check this build supports it: what flanneld does before
-    /// taking a lease, and what `flannelctl config check` does, so they validate alike.
+    /// taking a lease (the daemon types it, `build` refuses what is unsupported), and what
+    /// `flannelctl config check` does, so they validate alike.
     pub fn check(network: &ValidatedNetConfig) -> Result<BackendConfig, BackendError> {
         let config = BackendConfig::parse(&network.backend_type, network.backend.as_ref())?;
+        Self::supported(&config)?;
+        Ok(config)
+    }
+
+    fn supported(config: &BackendConfig) -> Result<(), BackendError> {
         match config {
-            BackendConfig::Alloc => Ok(config),
+            BackendConfig::Alloc => Ok(()),
             other => Err(BackendError::NotSupportedYet(other.kind())),
         }
     }
@@ -96,7 +102,8 @@ impl Builtin {
 #[async_trait]
 impl BackendFactory for Builtin {
     async fn build(&self, ctx: &BackendContext<'_>) -> Result<Box<dyn Backend>, BackendError> {
-        match Builtin::check(ctx.network)? {
+        Self::supported(ctx.config)?;
+        match ctx.config {
             BackendConfig::Alloc => Ok(Box::new(alloc::AllocBackend::new(ctx.ext.clone()))),
             other => Err(BackendError::NotSupportedYet(other.kind())),
         }

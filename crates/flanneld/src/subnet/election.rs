@@ -62,11 +62,6 @@ impl Deadline {
         self.tx.borrow().is_some_and(|d| Instant::now() < d)
     }
 
-    /// The current deadline (None once lost).
-    pub fn until(&self) -> Option<Instant> {
-        *self.tx.borrow()
-    }
-
     /// Resolves once the deadline passes or leadership is dropped.
     pub async fn expired(&self) {
         let mut rx = self.tx.subscribe();

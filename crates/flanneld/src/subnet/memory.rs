@@ -141,12 +141,13 @@ impl SubnetManager for MemoryManager {
             let update = match rx.recv().await {
                 Ok(e) => WatchUpdate::Events(vec![e]),
                 // A slow consumer missed events: hand it the whole current state instead, so
-                // nothing it missed stays missed. Events queued behind the snapshot are
-                // already in it and re-apply harmlessly.
+                // nothing it missed stays missed. Re-subscribe before reading the state (as
+                // `watch_leases` does) so no change falls between the two; one that lands in
+                // both re-applies harmlessly.
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "lease watcher lagged; sending a fresh snapshot");
-                    let leases = store.lock().unwrap().values().cloned().collect();
                     rx = rx.resubscribe();
+                    let leases = store.lock().unwrap().values().cloned().collect();
                     WatchUpdate::Snapshot(leases)
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,

@@ -18,7 +18,7 @@ mod election;
 mod rpc;
 mod watch;
 
-pub use election::{Election, EtcdLeadership, DEFAULT_TTL_SECS as DEFAULT_ELECTION_TTL_SECS};
+pub use election::Election;
 
 use super::{AcquireRequest, LeaseStream, SubnetError, SubnetManager, LEASE_TTL};
 use async_trait::async_trait;
