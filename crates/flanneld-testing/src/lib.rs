@@ -252,6 +252,14 @@ impl EtcdServer {
         self.spawn();
     }
 
+    /// Kill etcd, delete its data and start an empty store on the same ports: what a lost
+    /// disk or a careless re-provisioning does to a cluster.
+    pub fn wipe_and_restart(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(self.data_dir()).expect("deleting etcd's data directory");
+        self.spawn();
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -189,6 +189,11 @@ pub async fn run(
                     stream = Some(s);
                     watch_pauses.reset();
                 }
+                Some(Err(e)) if !e.is_retryable() => {
+                    error!(subnet = %own.key, error = %crate::report(&e), "lease lost. Shutting down daemon.");
+                    health.set_ready(false);
+                    return Err(e.into());
+                }
                 Some(Err(e)) => {
                     let wait = watch_pauses.next_delay();
                     warn!(error = %crate::report(&e), retry_in = ?wait, "watching leases failed");
@@ -212,15 +217,24 @@ pub async fn run(
                     warn!("lease watch ended; reopening");
                     stream = None;
                 }
-                Some(Err(e)) => {
+                Some(Err(e)) if e.is_retryable() => {
                     warn!(error = %crate::report(&e), "lease watch error; reopening");
                     stream = None;
                 }
+                // The store went backwards: our lease may already be another node's.
+                Some(Err(e)) => {
+                    error!(subnet = %own.key, error = %crate::report(&e), "lease lost. Shutting down daemon.");
+                    health.set_ready(false);
+                    return Err(e.into());
+                }
                 Some(Ok(update)) => {
-                    if revokes(&update, &own) {
-                        error!(subnet = %own.key, "Lease has been revoked. Shutting down daemon.");
+                    if let Some(lost) = loses(&update, &own) {
+                        match &lost {
+                            DaemonError::LeaseRevoked => error!(subnet = %own.key, "Lease has been revoked. Shutting down daemon."),
+                            other => error!(subnet = %own.key, error = %crate::report(other), "lease lost. Shutting down daemon."),
+                        }
                         health.set_ready(false);
-                        return Err(DaemonError::LeaseRevoked);
+                        return Err(lost);
                     }
                     let events = watcher.apply(update);
                     health.metrics.peers.set(watcher.peers().count() as i64);
@@ -260,6 +274,11 @@ pub async fn run(
                         health.set_ready(false);
                         return Err(DaemonError::LeaseRevoked);
                     }
+                    Err(e) if !e.is_retryable() => {
+                        error!(subnet = %own.key, error = %crate::report(&e), "lease lost. Shutting down daemon.");
+                        health.set_ready(false);
+                        return Err(e.into());
+                    }
                     Err(e) => {
                         warn!(error = %crate::report(&e), "lease renewal failed, retrying in 1 minute");
                         // Push the lease's own deadline forward locally so the retry waits 1 min.
@@ -284,13 +303,26 @@ fn renew_delay(own: &Lease, margin: Duration) -> Duration {
     }
 }
 
-/// Our own lease disappeared from the store.
-fn revokes(update: &WatchUpdate, own: &Lease) -> bool {
+/// Our own lease disappeared from the store (revoked), or another node wrote our key.
+fn loses(update: &WatchUpdate, own: &Lease) -> Option<DaemonError> {
+    let taken = |l: &Lease| {
+        (l.attrs.public_ip != own.attrs.public_ip).then(|| {
+            DaemonError::Subnet(SubnetError::LeaseTaken {
+                subnet: own.key.ipv4,
+                holder: l.attrs.public_ip,
+            })
+        })
+    };
     match update {
-        WatchUpdate::Events(events) => events
-            .iter()
-            .any(|e| matches!(e, LeaseEvent::Removed(l) if l.key == own.key)),
-        WatchUpdate::Snapshot(leases) => !leases.iter().any(|l| l.key == own.key),
+        WatchUpdate::Events(events) => events.iter().find_map(|e| match e {
+            LeaseEvent::Removed(l) if l.key == own.key => Some(DaemonError::LeaseRevoked),
+            LeaseEvent::Added(l) if l.key == own.key => taken(l),
+            _ => None,
+        }),
+        WatchUpdate::Snapshot(leases) => match leases.iter().find(|l| l.key == own.key) {
+            None => Some(DaemonError::LeaseRevoked),
+            Some(l) => taken(l),
+        },
     }
 }
 

@@ -324,11 +324,14 @@ async fn etcd_restart_keeps_leases_and_the_watch_resumes() {
         "no lease changed across the restart"
     );
 
-    // Events written after the restart reach the same stream, none missed.
-    for i in 0..3 {
+    // Events written after the restart reach the same stream, none missed (three subnets
+    // that are not ours: another node writing our key would take our lease).
+    let own_third = own.key.ipv4.network().octets()[2];
+    let others = (60..64).filter(|o| *o != own_third).take(3);
+    for third in others {
         etcd.etcdctl(&[
             "put",
-            &format!("/coreos.com/network/subnets/10.5.{}.0-24", 60 + i),
+            &format!("/coreos.com/network/subnets/10.5.{third}.0-24"),
             r#"{"PublicIP":"172.16.0.60","PublicIPv6":null}"#,
         ]);
     }
@@ -759,4 +762,144 @@ async fn credentials_against_an_etcd_without_auth_are_ignored() {
             .to_string(),
         "10.5.0.0/16"
     );
+}
+
+/// One in-process flanneld on `ip` with its subnet.env in `dir`, against `etcd`.
+async fn spawn_daemon(
+    etcd: &EtcdServer,
+    ip: &'static str,
+    dir: &std::path::Path,
+) -> (
+    Arc<Health>,
+    tokio::task::JoinHandle<Result<daemon::Exit, DaemonError>>,
+) {
+    let cfg = daemon_config(dir);
+    let sm: Arc<dyn SubnetManager> = Arc::new(manager(etcd).await);
+    let health = Arc::new(Health::default());
+    let h = health.clone();
+    let run = tokio::spawn(async move {
+        daemon::run(
+            cfg,
+            sm,
+            &flanneld::backend::Builtin,
+            &FakeHost(ip),
+            h,
+            std::future::pending(),
+        )
+        .await
+    });
+    wait_until_async(&format!("{ip} ready"), Duration::from_secs(15), || {
+        health.is_ready()
+    })
+    .await;
+    (health, run)
+}
+
+fn subnet_of(dir: &std::path::Path) -> String {
+    let env = std::fs::read_to_string(dir.join("subnet.env")).unwrap();
+    env.lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .map(|s| s.to_string())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_store_is_a_lost_lease_and_never_a_subnet_assigned_twice() {
+    let mut etcd = EtcdServer::start();
+    put_config(
+        &etcd,
+        r#"{"Network":"10.50.0.0/16","Backend":{"Type":"alloc"}}"#,
+    );
+    // Some history, so the wiped store starts well below the revision A has seen.
+    for i in 0..5 {
+        etcd.etcdctl(&["put", "/unrelated", &i.to_string()]);
+    }
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (health_a, run_a) = spawn_daemon(&etcd, "172.16.0.7", dir_a.path()).await;
+    let taken = subnet_of(dir_a.path()); // e.g. 10.50.79.1/24
+    let net: ipnet::Ipv4Net = taken.parse().unwrap();
+    let next = ipnet::Ipv4Net::new(Ipv4Addr::from(u32::from(net.network()) + 256), 24).unwrap();
+
+    etcd.wipe_and_restart();
+    put_config(
+        &etcd,
+        &format!(
+            r#"{{"Network":"10.50.0.0/16","SubnetMin":"{}","SubnetMax":"{}","Backend":{{"Type":"alloc"}}}}"#,
+            net.network(),
+            next.network()
+        ),
+    );
+
+    // A notices the store went backwards: not ready, and it ends with an error.
+    let r = tokio::time::timeout(Duration::from_secs(20), run_a)
+        .await
+        .expect("A stops within 20 s")
+        .unwrap();
+    let message = flanneld::report(&r.unwrap_err());
+    let (head, tail) = message
+        .split_once(" went back from ")
+        .unwrap_or_else(|| panic!("a rewind, not: {message}"));
+    assert_eq!(
+        head,
+        "the etcd store went backwards (wiped or restored from a backup?): the etcd revision"
+    );
+    let (was, now) = tail.split_once(" to ").unwrap();
+    assert!(was.parse::<i64>().unwrap() > 5, "{message}");
+    assert!(now.parse::<i64>().unwrap() <= 2, "{message}");
+    assert!(!health_a.is_ready());
+
+    // B, told by its subnet.env that A's subnet was its own, takes it.
+    std::fs::write(
+        dir_b.path().join("subnet.env"),
+        format!("FLANNEL_NETWORK=10.50.0.0/16\nFLANNEL_SUBNET={taken}\n"),
+    )
+    .unwrap();
+    let (_hb, _run_b) = spawn_daemon(&etcd, "172.16.0.9", dir_b.path()).await;
+    assert_eq!(subnet_of(dir_b.path()), taken);
+
+    // A restarts: its previous subnet is B's now, so it gets the other one.
+    let (_ha, _run_a) = spawn_daemon(&etcd, "172.16.0.7", dir_a.path()).await;
+    assert_eq!(
+        subnet_of(dir_a.path()),
+        format!("{}/24", Ipv4Addr::from(u32::from(next.network()) + 1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_writing_our_key_is_noticed_at_once() {
+    let etcd = EtcdServer::start();
+    put_config(
+        &etcd,
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (health, run) = spawn_daemon(&etcd, "172.16.0.7", dir.path()).await;
+    let key = etcd
+        .etcdctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/coreos.com/network/subnets/",
+        ])
+        .lines()
+        .find(|l| !l.is_empty())
+        .unwrap()
+        .to_string();
+    etcd.etcdctl(&[
+        "put",
+        &key,
+        r#"{"PublicIP":"172.16.0.99","PublicIPv6":null,"BackendType":"alloc"}"#,
+    ]);
+    // Renewal is an hour away (renew margin): only the watch can notice this.
+    let e = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("noticed within 10 s")
+        .unwrap()
+        .unwrap_err();
+    let subnet = key.rsplit('/').next().unwrap().replace('-', "/");
+    assert_eq!(
+        flanneld::report(&e),
+        format!("lease {subnet} is now held by 172.16.0.99")
+    );
+    assert!(!health.is_ready());
 }

@@ -121,6 +121,12 @@ impl SubnetManager for MemoryManager {
             .get(&lease.key)
             .cloned()
             .ok_or_else(|| SubnetError::LeaseNotFound(lease.key.to_string()))?;
+        if l.attrs.public_ip != lease.attrs.public_ip {
+            return Err(SubnetError::LeaseTaken {
+                subnet: lease.key.ipv4,
+                holder: l.attrs.public_ip,
+            });
+        }
         if !l.is_reservation() {
             l.expiry = Expiry::At(SystemTime::now() + LEASE_TTL);
         }

@@ -54,6 +54,20 @@ pub enum SubnetError {
     RaceRetriesExhausted,
     #[error("lease {0} not found")]
     LeaseNotFound(String),
+    /// Another node wrote our subnet key: the subnet is no longer ours.
+    #[error("lease {subnet} is now held by {holder}")]
+    LeaseTaken {
+        subnet: Ipv4Net,
+        holder: std::net::Ipv4Addr,
+    },
+    /// The store went backwards (wiped, or restored from a backup): a lease held or watched
+    /// before may now be free for another node, so nothing seen before can be trusted.
+    #[error("the {manager} store went backwards (wiped or restored from a backup?)")]
+    StoreRewound {
+        manager: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The store could not be reached or answered with an error.
     #[error("{manager} store: {op}")]
     Store {

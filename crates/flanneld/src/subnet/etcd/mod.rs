@@ -15,10 +15,12 @@
 
 mod codec;
 mod election;
+mod history;
 mod rpc;
 mod watch;
 
 pub use election::Election;
+pub use history::Rewind;
 
 use super::{AcquireRequest, LeaseStream, SubnetError, SubnetManager, LEASE_TTL};
 use async_trait::async_trait;
@@ -87,6 +89,7 @@ pub struct EtcdManager {
     prefix: String,
     requests: Arc<AtomicU64>,
     config: Arc<Mutex<Option<ValidatedNetConfig>>>,
+    history: Arc<history::StoreHistory>,
 }
 
 impl EtcdManager {
@@ -142,6 +145,7 @@ impl EtcdManager {
             prefix: opts.prefix.trim_end_matches('/').to_string(),
             requests: Arc::new(AtomicU64::new(0)),
             config: Arc::new(Mutex::new(None)),
+            history: Arc::default(),
         })
     }
 
@@ -188,7 +192,7 @@ impl EtcdManager {
                 async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
             })
             .await?;
-        let rev = resp.header().map_or(0, |h| h.revision());
+        let rev = self.observe(resp.header())?;
         let (leases, ids) = self.decode_all(resp.kvs());
         Ok((leases, ids, rev))
     }
@@ -249,6 +253,39 @@ impl EtcdManager {
             attrs: attrs.clone(),
             expiry: Expiry::At(SystemTime::now() + Duration::from_secs(ttl as u64)),
         })
+    }
+
+    /// Check a linearizable read's header against the history seen so far: its revision.
+    fn observe(&self, header: Option<&etcd_client::ResponseHeader>) -> Result<i64, SubnetError> {
+        let Some(h) = header else { return Ok(0) };
+        self.history
+            .observe(h.cluster_id(), h.revision())
+            .map_err(|r| {
+                warn!(error = %r, "the etcd store went backwards");
+                SubnetError::StoreRewound {
+                    manager: "etcd",
+                    source: Box::new(r),
+                }
+            })?;
+        Ok(h.revision())
+    }
+
+    /// One cheap linearizable read, to check the store has not gone backwards.
+    async fn check_history(&self) -> Result<(), SubnetError> {
+        let prefix = self.subnets_prefix();
+        let resp = self
+            .rpc("checking the store revision", |mut c| {
+                let prefix = prefix.clone();
+                async move {
+                    c.get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        self.observe(resp.header()).map(|_| ())
     }
 
     fn cached_config(&self) -> Option<ValidatedNetConfig> {
@@ -374,6 +411,12 @@ impl SubnetManager for EtcdManager {
                 "the stored value is unparseable",
             ));
         };
+        if current.attrs.public_ip != lease.attrs.public_ip {
+            return Err(SubnetError::LeaseTaken {
+                subnet: lease.key.ipv4,
+                holder: current.attrs.public_ip,
+            });
+        }
         self.refresh(&current, id, &lease.attrs).await
     }
 

@@ -64,6 +64,7 @@ impl EtcdManager {
                 async move { c.get(k, None).await }
             })
             .await?;
+        self.observe(resp.header())?;
         Ok(resp.kvs().first().cloned())
     }
 

@@ -40,6 +40,7 @@ pub(super) async fn watch_task(
     }
     let prefix = mgr.subnets_prefix();
     let mut pauses = REOPEN_RETRY.delays();
+    let mut reopened = false;
     loop {
         mgr.requests.fetch_add(1, Ordering::Relaxed);
         let opened = mgr
@@ -63,6 +64,21 @@ pub(super) async fn watch_task(
                 };
                 match msg {
                     Ok(Some(resp)) => {
+                        // A watch reopened after an outage may face another store: one
+                        // wiped or restored would silently never send what we are missing.
+                        if resp.created() && std::mem::replace(&mut reopened, false) {
+                            match mgr.check_history().await {
+                                Err(e @ SubnetError::StoreRewound { .. }) => {
+                                    let _ = tx.send(Err(e)).await;
+                                    return;
+                                }
+                                Err(e) => {
+                                    warn!(error = %crate::report(&e), "checking the store after reopening the watch failed");
+                                    break;
+                                }
+                                Ok(()) => {}
+                            }
+                        }
                         if resp.compact_revision() > 0 {
                             info!(
                                 compacted = resp.compact_revision(),
@@ -75,7 +91,13 @@ pub(super) async fn watch_task(
                                         return;
                                     }
                                 }
-                                Err(e) => warn!(error = %e, "re-listing after compaction failed"),
+                                Err(e @ SubnetError::StoreRewound { .. }) => {
+                                    let _ = tx.send(Err(e)).await;
+                                    return;
+                                }
+                                Err(e) => {
+                                    warn!(error = %crate::report(&e), "re-listing after compaction failed")
+                                }
                             }
                             break;
                         }
@@ -126,6 +148,7 @@ pub(super) async fn watch_task(
                 }
             },
         }
+        reopened = true;
         tokio::select! {
             _ = tokio::time::sleep(pauses.next_delay()) => {}
             _ = tx.closed() => return,
