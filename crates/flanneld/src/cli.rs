@@ -201,7 +201,7 @@ pub struct Options {
 pub enum OptionsError {
     #[error("invalid --subnet-lease-renew-margin {0}: must be between 1 and 1439 minutes")]
     RenewMargin(i64),
-    #[error("invalid --iface-regex {pattern:?}: {source}")]
+    #[error("invalid --iface-regex {pattern:?}")]
     IfaceRegex {
         pattern: String,
         #[source]

@@ -368,7 +368,7 @@ fn ensure_subnet_env(cfg: &DaemonConfig, env: &SubnetEnv, health: &Health) {
             health.set_ready(true);
         }
         Err(e) => {
-            error!(error = %e, "subnet file not written; not ready");
+            error!(error = %crate::Report(&e), "subnet file not written; not ready");
             health.set_ready(false);
         }
     }

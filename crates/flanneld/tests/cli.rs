@@ -194,6 +194,28 @@ fn flanneld_bad_inputs_leave_no_subnet_file() {
         );
         assert!(!env_file.exists(), "{conf} left a subnet file");
     }
+    // An error with a cause: the cause follows once, after the error naming the flag.
+    let out = Command::new(FLANNELD)
+        .args([
+            "--local-subnet-mgr",
+            "--iface-regex=eth(",
+            "--iptables-forward-rules=false",
+        ])
+        .arg(format!("--subnet-file={}", env_file.display()))
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = stderr.find("flanneld: invalid --iface-regex \"eth(\": regex parse error:");
+    assert!(said.is_some(), "{stderr}");
+    assert_eq!(
+        stderr.matches("regex parse error").count(),
+        2,
+        "once in the log, once on stderr: {stderr}"
+    );
+    assert_eq!(stderr.matches("unclosed group").count(), 2, "{stderr}");
+    assert!(!env_file.exists());
+
     let out = Command::new(FLANNELD)
         .args(["--ip-masq", "--local-subnet-mgr"])
         .output()

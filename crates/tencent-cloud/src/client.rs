@@ -237,7 +237,7 @@ impl Client {
             match err.class() {
                 ErrorClass::Retryable if may_resend && attempt < self.cfg.max_attempts => {
                     let wait = pauses.next_delay();
-                    debug!(action, attempt, code = err.code(), request_id = err.request_id(), error = %err, retry_in = ?wait, "retrying");
+                    debug!(action, attempt, code = err.code(), request_id = err.request_id(), error = %error_report::Report(&err), retry_in = ?wait, "retrying");
                     tokio::time::sleep(wait).await;
                 }
                 ErrorClass::RefreshThenRetry if !refreshed && may_resend => {

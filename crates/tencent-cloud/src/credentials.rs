@@ -68,7 +68,7 @@ pub enum CredentialError {
     },
     #[error("credentials file {path}: {message}")]
     ProfileFile { path: String, message: String },
-    #[error("CVM role {role}: {source}")]
+    #[error("CVM role {role}")]
     RoleMetadata {
         role: String,
         #[source]
@@ -231,7 +231,7 @@ impl CredentialProvider for CvmRoleProvider {
             // Keep using still-valid credentials when a refresh fails.
             Err(e) => match cached.as_ref() {
                 Some((c, expires)) if now < *expires => {
-                    tracing::warn!(role = %self.role, error = %e, "refreshing CVM role credentials failed; using the current ones until they expire");
+                    tracing::warn!(role = %self.role, error = %error_report::Report(&e), "refreshing CVM role credentials failed; using the current ones until they expire");
                     Ok(c.clone())
                 }
                 _ => Err(e),
@@ -421,7 +421,7 @@ pub async fn resolve_chain(
                 return Ok(Arc::new(p));
             }
             Ok(None) => tried.push("CVM role (no role bound to this instance)".to_string()),
-            Err(e) => tried.push(format!("CVM role ({e})")),
+            Err(e) => tried.push(format!("CVM role ({})", error_report::report(&e))),
         }
     }
     Err(CredentialError::NoneFound { tried })

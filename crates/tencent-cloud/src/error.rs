@@ -66,7 +66,7 @@ pub enum Error {
         host: String,
         status: u16,
     },
-    #[error("{action}: request to {host} failed: {source}")]
+    #[error("{action}: request to {host} failed")]
     Transport {
         action: String,
         host: String,
@@ -85,7 +85,7 @@ pub enum Error {
         message: String,
         request_id: Option<String>,
     },
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Credentials {
         action: String,
         #[source]

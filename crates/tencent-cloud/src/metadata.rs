@@ -15,7 +15,7 @@ pub enum MetadataError {
     NotFound { path: String },
     #[error("metadata {path}: HTTP status {status}")]
     Status { path: String, status: u16 },
-    #[error("metadata {path}: {source}")]
+    #[error("metadata {path}")]
     Transport {
         path: String,
         #[source]
@@ -113,7 +113,7 @@ impl MetadataClient {
                 }
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_transient() => {
-                    tracing::debug!(path, attempt, error = %e, "metadata request failed");
+                    tracing::debug!(path, attempt, error = %error_report::Report(&e), "metadata request failed");
                     last = Some(e);
                 }
                 Err(e) => return Err(e),

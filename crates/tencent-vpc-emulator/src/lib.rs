@@ -45,7 +45,7 @@ impl EmulatorConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("binding {what} on {addr}: {source}")]
+    #[error("binding {what} on {addr}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
@@ -91,7 +91,7 @@ async fn serve(
     let task = tokio::spawn(async move {
         let app = router.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(what, error = %e, "server stopped");
+            tracing::error!(what, error = %error_report::Report(&e), "server stopped");
         }
     });
     Ok((local, task))

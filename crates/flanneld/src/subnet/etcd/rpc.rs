@@ -85,7 +85,7 @@ impl EtcdManager {
             })
             .await
         {
-            debug!(error = %e, "revoke failed; the lease expires on its own");
+            debug!(error = %crate::Report(&e), "revoke failed; the lease expires on its own");
         }
     }
 

@@ -56,7 +56,7 @@ pub(super) async fn watch_task(
             )
             .await;
         match opened {
-            Err(e) => warn!(error = %e, "opening the etcd watch failed"),
+            Err(e) => warn!(error = %crate::Report(&e), "opening the etcd watch failed"),
             Ok(mut stream) => loop {
                 let msg = tokio::select! {
                     m = stream.message() => m,
@@ -142,7 +142,7 @@ pub(super) async fn watch_task(
                         break;
                     }
                     Err(e) => {
-                        warn!(error = %e, "etcd watch failed; resuming");
+                        warn!(error = %crate::Report(&e), "etcd watch failed; resuming");
                         break;
                     }
                 }
