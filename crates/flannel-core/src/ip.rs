@@ -52,13 +52,11 @@ pub fn v4_size(prefix: u8) -> u64 {
     1u64 << (32 - u32::from(prefix))
 }
 
-/// Number of addresses in an IPv6 subnet of `prefix` length, saturating at 2^127 for /0.
+/// Number of addresses in an IPv6 subnet of `prefix` length, modulo 2^128: a /0 is 0,
+/// which is exactly what stepping past it with wrapping arithmetic needs (a pool's subnets
+/// are /2 or longer, so a subnet's size is never 0).
 pub fn v6_size(prefix: u8) -> u128 {
-    if prefix == 0 {
-        1u128 << 127
-    } else {
-        1u128 << (128 - u32::from(prefix))
-    }
+    1u128.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
 }
 
 /// The address `n` after `ip`, wrapping like Go's uint32 arithmetic.

@@ -105,14 +105,26 @@ impl Emulator {
         initial.validate().map_err(StartError::Scenario)?;
         let mut state = initial.clone();
         if let Some(path) = &cfg.state_file {
+            let err = |message: String| StartError::StateFile {
+                path: path.display().to_string(),
+                message,
+            };
             if path.exists() {
-                let err = |message: String| StartError::StateFile {
-                    path: path.display().to_string(),
-                    message,
-                };
                 let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
                 state = Scenario::from_json(&text).map_err(|e| err(e.to_string()))?;
                 tracing::info!(path = %path.display(), "loaded state");
+            } else {
+                // Written now, so a path that cannot be written is a start-up error rather
+                // than a warning at each change while nothing is kept.
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                if !dir.is_dir() {
+                    return Err(err(format!("directory {} does not exist", dir.display())));
+                }
+                server::write_state(path, &state)
+                    .map_err(|e| err(format!("cannot be written: {e}")))?;
             }
         }
         let dataplane = match &cfg.dataplane_netns {

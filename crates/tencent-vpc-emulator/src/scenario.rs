@@ -148,6 +148,113 @@ impl Scenario {
         Ok(s)
     }
 
+    /// Values that must make sense on their own: canonical CIDRs, one owner per address,
+    /// no duplicate route, tables within the quota, usable limits and credentials.
+    fn validate_values(&self) -> Result<(), ScenarioError> {
+        let bad = |m: String| Err(ScenarioError::Invalid(m));
+        let canonical = |what: String, net: &Ipv4Net| {
+            if net.trunc() != *net {
+                return bad(format!(
+                    "{what}: {net} has host bits set (did you mean {}?)",
+                    net.trunc()
+                ));
+            }
+            Ok(())
+        };
+        if !(self.rate_limit_per_second.is_finite() && self.rate_limit_per_second > 0.0) {
+            return bad(format!(
+                "rate_limit_per_second must be a positive number, not {}",
+                self.rate_limit_per_second
+            ));
+        }
+        let mut secret_ids = std::collections::HashSet::new();
+        for c in &self.credentials {
+            if c.secret_id.is_empty() {
+                return bad("credential with an empty secret_id".into());
+            }
+            if !secret_ids.insert(&c.secret_id) {
+                return bad(format!("credential {}: duplicate secret_id", c.secret_id));
+            }
+            if c.secret_key.is_empty() {
+                return bad(format!("credential {}: empty secret_key", c.secret_id));
+            }
+        }
+        for v in &self.vpcs {
+            canonical(format!("vpc {}", v.vpc_id), &v.cidr_block)?;
+        }
+        for (i, a) in self.subnets.iter().enumerate() {
+            canonical(format!("subnet {}", a.subnet_id), &a.cidr_block)?;
+            if let Some(b) = self.subnets[..i].iter().find(|b| {
+                b.vpc_id == a.vpc_id
+                    && (b.cidr_block.contains(&a.cidr_block.network())
+                        || a.cidr_block.contains(&b.cidr_block.network()))
+            }) {
+                return bad(format!(
+                    "subnet {}: {} overlaps subnet {} ({})",
+                    a.subnet_id, a.cidr_block, b.subnet_id, b.cidr_block
+                ));
+            }
+        }
+        for (i, a) in self.instances.iter().enumerate() {
+            if let Some(b) = self.instances[..i]
+                .iter()
+                .find(|b| b.private_ip == a.private_ip)
+            {
+                return bad(format!(
+                    "instance {}: private_ip {} is already instance {}'s",
+                    a.instance_id, a.private_ip, b.instance_id
+                ));
+            }
+        }
+        let mut route_ids = std::collections::HashSet::new();
+        for t in &self.route_tables {
+            let table = &t.route_table_id;
+            if t.routes.len() > self.route_quota {
+                return bad(format!(
+                    "route table {table}: {} routes exceed route_quota {}",
+                    t.routes.len(),
+                    self.route_quota
+                ));
+            }
+            let vpc = self.vpcs.iter().find(|v| v.vpc_id == t.vpc_id);
+            for (i, r) in t.routes.iter().enumerate() {
+                let what = format!(
+                    "route table {table}: route {} via {} {}",
+                    r.destination_cidr_block, r.gateway_type, r.gateway_id
+                );
+                canonical(what.clone(), &r.destination_cidr_block)?;
+                if r.route_id != 0 && !route_ids.insert(r.route_id) {
+                    return bad(format!("{what}: duplicate route_id {}", r.route_id));
+                }
+                if t.routes[..i].iter().any(|o| {
+                    o.destination_cidr_block == r.destination_cidr_block
+                        && o.gateway_type == r.gateway_type
+                        && o.gateway_id == r.gateway_id
+                }) {
+                    return bad(format!("{what}: duplicate route"));
+                }
+                if r.gateway_type == "NORMAL_CVM" {
+                    let inside = r
+                        .gateway_id
+                        .parse::<Ipv4Addr>()
+                        .ok()
+                        .zip(vpc)
+                        .is_some_and(|(ip, v)| v.cidr_block.contains(&ip));
+                    if !inside {
+                        return bad(format!(
+                            "{what}: a NORMAL_CVM next hop must be an address inside {}",
+                            vpc.map_or(t.vpc_id.clone(), |v| format!(
+                                "{} ({})",
+                                v.vpc_id, v.cidr_block
+                            ))
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Cross-references must resolve and ids must be unique; subnets get their VPC's main
     /// table when none is named.
     pub fn validate(&mut self) -> Result<(), ScenarioError> {
@@ -165,6 +272,7 @@ impl Scenario {
                 return bad(format!("duplicate id {id}"));
             }
         }
+        self.validate_values()?;
         for t in &self.route_tables {
             if !self.vpcs.iter().any(|v| v.vpc_id == t.vpc_id) {
                 return bad(format!(

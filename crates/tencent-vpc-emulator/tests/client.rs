@@ -583,3 +583,29 @@ async fn concurrent_writers_leave_the_state_file_with_the_final_state() {
         .count();
     assert_eq!(ours, 40);
 }
+
+#[tokio::test]
+async fn a_state_file_that_cannot_be_written_is_a_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing-dir").join("state.json");
+    let e = Emulator::start(EmulatorConfig {
+        state_file: Some(path.clone()),
+        ..EmulatorConfig::on_loopback(scenario())
+    })
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "state file {}: directory {} does not exist",
+            path.display(),
+            path.parent().unwrap().display()
+        )
+    );
+    // A writable path holds the initial state from the start.
+    let path = dir.path().join("state.json");
+    let _emu = start_with(scenario(), Some(path.clone())).await;
+    let saved = Scenario::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(saved, scenario());
+}

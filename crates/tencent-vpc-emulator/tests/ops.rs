@@ -476,3 +476,67 @@ fn a_default_route_to_a_nat_gateway_is_accepted_but_not_a_destination_inside_the
         "InvalidParameterValue.VpcCidrConflict"
     );
 }
+
+#[test]
+fn scenario_values_are_checked_and_each_error_names_the_object() {
+    let base: Value = serde_json::from_str(include_str!("../scenarios/lab.json")).unwrap();
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        (
+            "scenario: route table rtb-main: route 192.168.100.0/24 via VPN vpngw-1: duplicate route",
+            Box::new(|s| {
+                let r = s["route_tables"][0]["routes"][0].clone();
+                s["route_tables"][0]["routes"].as_array_mut().unwrap().push(r);
+            }),
+        ),
+        (
+            "scenario: instance ins-a2: private_ip 172.16.1.7 is already instance ins-a1's",
+            Box::new(|s| s["instances"][1]["private_ip"] = json!("172.16.1.7")),
+        ),
+        (
+            "scenario: subnet subnet-b: 172.16.0.0/23 overlaps subnet subnet-a (172.16.1.0/24)",
+            Box::new(|s| s["subnets"][1]["cidr_block"] = json!("172.16.0.0/23")),
+        ),
+        (
+            "scenario: vpc vpc-lab: 172.16.0.1/16 has host bits set (did you mean 172.16.0.0/16?)",
+            Box::new(|s| s["vpcs"][0]["cidr_block"] = json!("172.16.0.1/16")),
+        ),
+        (
+            "scenario: route table rtb-main: 2 routes exceed route_quota 1",
+            Box::new(|s| {
+                s["route_quota"] = json!(1);
+                s["route_tables"][0]["routes"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"destination_cidr_block": "10.9.0.0/16", "gateway_type": "NAT", "gateway_id": "nat-1"}));
+            }),
+        ),
+        (
+            "scenario: route table rtb-b: route 10.244.1.0/24 via NORMAL_CVM 10.0.0.7: a NORMAL_CVM next hop must be an address inside vpc-lab (172.16.0.0/16)",
+            Box::new(|s| {
+                s["route_tables"][1]["routes"] = json!([{"destination_cidr_block": "10.244.1.0/24", "gateway_type": "NORMAL_CVM", "gateway_id": "10.0.0.7"}]);
+            }),
+        ),
+        (
+            "scenario: rate_limit_per_second must be a positive number, not 0",
+            Box::new(|s| s["rate_limit_per_second"] = json!(0)),
+        ),
+        (
+            "scenario: credential AKIDlab0000000000000000000000000000: duplicate secret_id",
+            Box::new(|s| {
+                let c = s["credentials"][0].clone();
+                s["credentials"].as_array_mut().unwrap().push(c);
+            }),
+        ),
+        (
+            "scenario: credential AKIDlab0000000000000000000000000000: empty secret_key",
+            Box::new(|s| s["credentials"][0]["secret_key"] = json!("")),
+        ),
+    ];
+    for (want, edit) in cases {
+        let mut s = base.clone();
+        edit(&mut s);
+        let e = Scenario::from_json(&s.to_string()).unwrap_err();
+        assert_eq!(e.to_string(), want);
+    }
+    assert!(Scenario::from_json(&base.to_string()).is_ok());
+}

@@ -253,7 +253,7 @@ impl Shared {
     }
 }
 
-fn write_state(path: &std::path::Path, state: &Scenario) -> std::io::Result<()> {
+pub(crate) fn write_state(path: &std::path::Path, state: &Scenario) -> std::io::Result<()> {
     let text = serde_json::to_string_pretty(state).map_err(std::io::Error::other)?;
     let dir = path
         .parent()
