@@ -283,6 +283,7 @@ impl Client {
             host,
             method: "POST",
             content_type,
+            extra_headers: &[],
             canonical_query: "",
             payload: body,
             timestamp,

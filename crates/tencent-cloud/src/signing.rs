@@ -1,7 +1,7 @@
 //! TC3-HMAC-SHA256 as a pure function of (credentials, timestamp, request bytes).
 //!
-//! The canonical request covers `content-type` and `host` and the SHA-256 of the exact body
-//! bytes; the date in the credential scope is the UTC date of the timestamp (never local
+//! The canonical request covers `content-type`, `host` (and any further headers the caller
+//! chooses to sign) and the SHA-256 of the exact body bytes; the date in the credential scope is the UTC date of the timestamp (never local
 //! time). The token header (`X-TC-Token`) is not signed.
 
 use hmac::{Hmac, Mac};
@@ -20,6 +20,9 @@ pub struct SigningInput<'a> {
     pub host: &'a str,
     pub method: &'a str,
     pub content_type: &'a str,
+    /// Headers signed besides content-type and host (lowercase names, e.g. `x-tc-action`);
+    /// our client signs none, other clients sign some, and a server verifies what was named.
+    pub extra_headers: &'a [(&'a str, &'a str)],
     /// For GET, the URL query as sent; empty for POST.
     pub canonical_query: &'a str,
     pub payload: &'a [u8],
@@ -53,7 +56,6 @@ pub struct Signature {
 }
 
 pub const ALGORITHM: &str = "TC3-HMAC-SHA256";
-pub const SIGNED_HEADERS: &str = "content-type;host";
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -90,12 +92,24 @@ pub fn signing_key(secret_key: &str, date: &str, service: &str) -> Vec<u8> {
 /// Sign one request.
 pub fn sign(input: &SigningInput<'_>) -> Signature {
     let hashed_payload = sha256_hex(input.payload);
+    // Names and values lowercased and trimmed, sorted by name (the documented rule).
+    let mut headers: Vec<(String, String)> =
+        [("content-type", input.content_type), ("host", input.host)]
+            .iter()
+            .chain(input.extra_headers)
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase()))
+            .collect();
+    headers.sort();
+    let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+    let signed_headers = headers
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(";");
     let canonical_request = format!(
-        "{method}\n/\n{query}\ncontent-type:{ct}\nhost:{host}\n\n{SIGNED_HEADERS}\n{hashed_payload}",
+        "{method}\n/\n{query}\n{canonical_headers}\n{signed_headers}\n{hashed_payload}",
         method = input.method,
         query = input.canonical_query,
-        ct = input.content_type.trim().to_ascii_lowercase(),
-        host = input.host.trim().to_ascii_lowercase(),
     );
     let hashed_canonical_request = sha256_hex(canonical_request.as_bytes());
     let date = utc_date(input.timestamp);
@@ -107,7 +121,7 @@ pub fn sign(input: &SigningInput<'_>) -> Signature {
     let key = signing_key(input.secret_key, &date, input.service);
     let signature = hex::encode(hmac(&key, string_to_sign.as_bytes()));
     let authorization = format!(
-        "{ALGORITHM} Credential={}/{credential_scope}, SignedHeaders={SIGNED_HEADERS}, Signature={signature}",
+        "{ALGORITHM} Credential={}/{credential_scope}, SignedHeaders={signed_headers}, Signature={signature}",
         input.secret_id
     );
     Signature {
@@ -191,6 +205,29 @@ mod tests {
     }
 
     #[test]
+    fn extra_signed_headers_are_lowercased_sorted_and_listed() {
+        let sig = sign(&SigningInput {
+            secret_id: "AKID",
+            secret_key: "k",
+            service: "cvm",
+            host: "cvm.tencentcloudapi.com",
+            method: "POST",
+            content_type: "application/json; charset=utf-8",
+            extra_headers: &[("x-tc-action", " DescribeInstances ")],
+            canonical_query: "",
+            payload: b"{}",
+            timestamp: 1_551_113_065,
+        });
+        assert_eq!(
+            sig.canonical_request,
+            "POST\n/\n\ncontent-type:application/json; charset=utf-8\nhost:cvm.tencentcloudapi.com\nx-tc-action:describeinstances\n\ncontent-type;host;x-tc-action\n44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        );
+        assert!(sig
+            .authorization
+            .contains(", SignedHeaders=content-type;host;x-tc-action, "));
+    }
+
+    #[test]
     fn debug_hides_the_key() {
         let i = SigningInput {
             secret_id: "AKID",
@@ -199,6 +236,7 @@ mod tests {
             host: "h",
             method: "POST",
             content_type: "application/json",
+            extra_headers: &[],
             canonical_query: "",
             payload: b"{}",
             timestamp: 0,

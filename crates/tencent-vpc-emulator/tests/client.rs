@@ -348,15 +348,26 @@ async fn bad_requests_get_the_error_envelope() {
         );
         assert!(v["Response"]["RequestId"].as_str().unwrap().len() > 10);
     }
-    let v: serde_json::Value = http
-        .get(format!("http://{}/whatever", emu.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["Response"]["Error"]["Code"], "InvalidAction");
+    // Another path, another method, a body beyond the limit: HTTP 200 and the envelope.
+    let too_large = vec![b' '; tencent_vpc_emulator::server::api::MAX_BODY_BYTES + 1];
+    for (req, code) in [
+        (
+            http.get(format!("http://{}/whatever", emu.api)),
+            "InvalidAction",
+        ),
+        (http.get(format!("http://{}/", emu.api)), "InvalidAction"),
+        (http.put(format!("http://{}/", emu.api)), "InvalidAction"),
+        (
+            http.post(format!("http://{}/", emu.api)).body(too_large),
+            "RequestSizeLimitExceeded",
+        ),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{code}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["Response"]["Error"]["Code"], code, "{v}");
+        assert!(v["Response"]["RequestId"].is_string(), "{v}");
+    }
     // Signed but malformed types: the documented envelope, never a crash.
     let c = client(&emu, creds(ID, KEY, None));
     #[derive(serde::Serialize)]
@@ -489,10 +500,21 @@ async fn signed_post(host: &str, action: &str, body: &[u8], ts: i64) -> serde_js
         host,
         method: "POST",
         content_type: "application/json",
+        extra_headers: &[],
         canonical_query: "",
         payload: body,
         timestamp: ts,
     });
+    post_raw(host, action, body, ts, &sig.authorization).await
+}
+
+async fn post_raw(
+    host: &str,
+    action: &str,
+    body: &[u8],
+    ts: i64,
+    authorization: &str,
+) -> serde_json::Value {
     reqwest::Client::new()
         .post(format!("http://{host}/"))
         .header("Content-Type", "application/json")
@@ -500,7 +522,7 @@ async fn signed_post(host: &str, action: &str, body: &[u8], ts: i64) -> serde_js
         .header("X-TC-Version", "2017-03-12")
         .header("X-TC-Region", "ap-guangzhou")
         .header("X-TC-Timestamp", ts.to_string())
-        .header("Authorization", sig.authorization)
+        .header("Authorization", authorization)
         .body(body.to_vec())
         .send()
         .await
@@ -508,6 +530,57 @@ async fn signed_post(host: &str, action: &str, body: &[u8], ts: i64) -> serde_js
         .json()
         .await
         .unwrap()
+}
+
+#[tokio::test]
+async fn any_signed_header_list_with_content_type_and_host_is_verified() {
+    let emu = start().await;
+    let host = emu.api.to_string();
+    let ts = tencent_cloud::unix_now();
+    let body = b"{}";
+    let sign_with = |extra: &[(&str, &str)]| {
+        tencent_cloud::signing::sign(&tencent_cloud::signing::SigningInput {
+            secret_id: ID,
+            secret_key: KEY,
+            service: "vpc",
+            host: &host,
+            method: "POST",
+            content_type: "application/json",
+            extra_headers: extra,
+            canonical_query: "",
+            payload: body,
+            timestamp: ts,
+        })
+        .authorization
+    };
+    // As several official examples sign it: content-type;host;x-tc-action.
+    let auth = sign_with(&[("x-tc-action", "DescribeRouteTables")]);
+    assert!(
+        auth.contains("SignedHeaders=content-type;host;x-tc-action,"),
+        "{auth}"
+    );
+    let v = post_raw(&host, "DescribeRouteTables", body, ts, &auth).await;
+    assert!(v["Response"]["Error"].is_null(), "{v}");
+    // The signed header is verified: another action than the one signed is refused.
+    let v = post_raw(&host, "DescribeSubnets", body, ts, &auth).await;
+    assert_eq!(
+        v["Response"]["Error"]["Code"], "AuthFailure.SignatureFailure",
+        "{v}"
+    );
+    // A list without host is refused whatever the signature.
+    let no_host = auth.replace(
+        "SignedHeaders=content-type;host;x-tc-action",
+        "SignedHeaders=content-type;x-tc-action",
+    );
+    let v = post_raw(&host, "DescribeRouteTables", body, ts, &no_host).await;
+    assert_eq!(
+        v["Response"]["Error"]["Code"], "AuthFailure.SignatureFailure",
+        "{v}"
+    );
+    assert_eq!(
+        v["Response"]["Error"]["Message"],
+        "SignedHeaders \"content-type;x-tc-action\" must list content-type and host, in lowercase, sorted."
+    );
 }
 
 #[tokio::test]

@@ -128,6 +128,7 @@ pub fn verify_signature(s: &Seen, secret_key: &str) {
         host: &h("host"),
         method: "POST",
         content_type: &h("content-type"),
+        extra_headers: &[],
         canonical_query: "",
         payload: &s.body,
         timestamp: ts,

@@ -26,15 +26,21 @@ fn envelope(request_id: &str, result: Result<Value, ApiErr>) -> Response {
     ([("content-type", "application/json")], body.to_string()).into_response()
 }
 
-async fn api(
-    State(sh): State<std::sync::Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// The largest request body accepted (the API's documented POST limit is 10 MB; route
+/// calls are a few KB). Larger bodies get `RequestSizeLimitExceeded` in the envelope.
+pub const MAX_BODY_BYTES: usize = 10 << 20;
+
+async fn api(State(sh): State<std::sync::Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     let request_id = request_id();
     let action = header(&headers, "x-tc-action").to_string();
     let now = tencent_cloud::unix_now();
-    let result = handle(&sh, &action, &headers, &body, now).await;
+    let result = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(body) => handle(&sh, &action, &headers, &body, now).await,
+        Err(_) => Err(Outcome::Api(err(
+            "RequestSizeLimitExceeded",
+            format!("The request body exceeds {MAX_BODY_BYTES} bytes."),
+        ))),
+    };
     let outcome = match &result {
         Ok(_) => "Success".to_string(),
         Err(Outcome::Api(e)) => e.code.clone(),
@@ -137,17 +143,22 @@ async fn handle(
     result.map_err(Outcome::Api)
 }
 
+/// Anything but `POST /` (another path or method): the envelope, never a bare 404 or 405.
+async fn not_an_api_call() -> Response {
+    envelope(
+        &request_id(),
+        Err(err(
+            "InvalidAction",
+            "Requests are POST / with X-TC-Action.",
+        )),
+    )
+}
+
 pub fn api_router(sh: std::sync::Arc<Shared>) -> Router {
     Router::new()
-        .route("/", post(api))
-        .fallback(|| async {
-            envelope(
-                &request_id(),
-                Err(err(
-                    "InvalidAction",
-                    "Requests are POST / with X-TC-Action.",
-                )),
-            )
-        })
+        .route("/", post(api).fallback(not_an_api_call))
+        .fallback(not_an_api_call)
+        // The body limit is ours (above), answered in the envelope.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(sh)
 }

@@ -41,12 +41,29 @@ impl Shared {
             .get(&auth.secret_id)
             .cloned()
             .ok_or_else(|| err("AuthFailure.SecretIdNotFound", "The SecretId is not found."))?;
-        if auth.signed_headers != "content-type;host" {
+        // Any signed header list will do if it names content-type and host, sorted and
+        // without repeats (as the client had to sort it); exactly those headers are verified.
+        let names: Vec<&str> = auth.signed_headers.split(';').collect();
+        let well_formed = names.windows(2).all(|w| w[0] < w[1])
+            && names.iter().all(|n| {
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+        if !well_formed || !names.contains(&"content-type") || !names.contains(&"host") {
             return Err(err(
                 "AuthFailure.SignatureFailure",
-                "SignedHeaders must be content-type;host.",
+                format!(
+                    "SignedHeaders {:?} must list content-type and host, in lowercase, sorted.",
+                    auth.signed_headers
+                ),
             ));
         }
+        let extra: Vec<(&str, &str)> = names
+            .iter()
+            .filter(|n| !matches!(**n, "content-type" | "host"))
+            .map(|n| (*n, h(n)))
+            .collect();
         let expected = sign(&SigningInput {
             secret_id: &auth.secret_id,
             secret_key: &cred.secret_key,
@@ -54,6 +71,7 @@ impl Shared {
             host: h("host"),
             method: "POST",
             content_type: h("content-type"),
+            extra_headers: &extra,
             canonical_query: "",
             payload: body,
             timestamp: ts,

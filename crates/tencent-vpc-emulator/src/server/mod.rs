@@ -7,7 +7,7 @@
 //! concurrent writers can never leave the file or the netns with the older state.
 
 mod admin;
-mod api;
+pub mod api;
 mod auth;
 mod metadata;
 
