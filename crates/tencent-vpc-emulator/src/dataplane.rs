@@ -1,7 +1,10 @@
 //! The data plane: a network namespace plays the VPC router. Every route table becomes a
-//! Linux routing table (id 1000 + its index) in that namespace and every subnet association
-//! an `ip rule from <subnet CIDR> lookup <table>`, so a pod route present only in the wrong
-//! table blackholes traffic exactly as in a real VPC. Enabled NORMAL_CVM routes are
+//! Linux routing table (id 1000 + its index) in that namespace. A VPC routes a packet by the
+//! table of the subnet it comes from, whatever its source address (pod traffic is not
+//! masqueraded), so every subnet association is an `ip rule iif <link> lookup <table>` on the
+//! router's link into that subnet (the interface holding an address inside the subnet's
+//! CIDR, its gateway). A pod route present only in the wrong table blackholes traffic exactly
+//! as in a real VPC. Attach the subnets' links before starting the emulator. Enabled NORMAL_CVM routes are
 //! installed (several next hops to one destination become a multipath route); disabled
 //! routes and other gateway types are not. Changes are applied before the API call answers.
 
@@ -70,6 +73,52 @@ pub fn plan(have: &Desired, want: &Desired) -> Vec<String> {
     cmds
 }
 
+/// The router's links into the scenario's subnets, each with the Linux table of the subnet's
+/// route table (pure): a link carrying an address inside a subnet's CIDR attaches that subnet.
+pub fn attachments(links: &[(String, Ipv4Addr)], s: &Scenario) -> Vec<(String, u32)> {
+    let index: HashMap<&str, usize> = s
+        .route_tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.route_table_id.as_str(), i))
+        .collect();
+    let mut out = Vec::new();
+    for sn in &s.subnets {
+        let Some(t) = sn.route_table_id.as_deref().and_then(|id| index.get(id)) else {
+            continue;
+        };
+        let mut found = false;
+        for (link, _) in links.iter().filter(|(_, a)| sn.cidr_block.contains(a)) {
+            if !out.iter().any(|(l, _)| l == link) {
+                out.push((link.clone(), table_id(*t)));
+            }
+            found = true;
+        }
+        if !found {
+            warn!(subnet = %sn.subnet_id, cidr = %sn.cidr_block, "no link of the router namespace is in this subnet; its traffic is not routed by the emulator");
+        }
+    }
+    out
+}
+
+/// Every (link, IPv4 address) of `ip -j -4 addr show` output.
+fn parse_links(json: &str) -> Result<Vec<(String, Ipv4Addr)>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("parsing ip addr: {e}"))?;
+    let mut out = Vec::new();
+    for link in v.as_array().into_iter().flatten() {
+        let Some(name) = link["ifname"].as_str() else {
+            continue;
+        };
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            if let Some(ip) = a["local"].as_str().and_then(|s| s.parse().ok()) {
+                out.push((name.to_string(), ip));
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub struct Dataplane {
     netns: String,
     installed: Mutex<Option<Desired>>,
@@ -133,12 +182,6 @@ impl Dataplane {
                 .await?;
             }
         }
-        let index: HashMap<&str, usize> = s
-            .route_tables
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.route_table_id.as_str(), i))
-            .collect();
         for (i, _) in s.route_tables.iter().enumerate() {
             // "flush" of an empty table fails on some iproute2 versions; that is fine.
             let _ = ip(
@@ -148,19 +191,17 @@ impl Dataplane {
             )
             .await;
         }
-        for (j, sn) in s.subnets.iter().enumerate() {
-            let Some(t) = sn.route_table_id.as_deref().and_then(|id| index.get(id)) else {
-                continue;
-            };
+        let links = parse_links(&ip(&self.netns, &["-j", "-4", "addr", "show"], None).await?)?;
+        for (j, (link, table)) in attachments(&links, s).iter().enumerate() {
             ip(
                 &self.netns,
                 &[
                     "rule",
                     "add",
-                    "from",
-                    &sn.cidr_block.to_string(),
+                    "iif",
+                    link,
                     "lookup",
-                    &table_id(*t).to_string(),
+                    &table.to_string(),
                     "pref",
                     &(RULE_PREF_BASE + j as u32).to_string(),
                 ],
@@ -203,6 +244,23 @@ impl Dataplane {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subnet_attaches_through_the_link_holding_its_gateway() {
+        let s = Scenario::from_json(include_str!("../scenarios/lab.json")).unwrap();
+        let links = parse_links(
+            r#"[{"ifname":"lo","addr_info":[{"local":"127.0.0.1","prefixlen":8}]},
+                {"ifname":"ra","addr_info":[{"local":"172.16.1.1","prefixlen":24}]},
+                {"ifname":"rb","addr_info":[{"local":"172.16.2.1","prefixlen":24}]}]"#,
+        )
+        .unwrap();
+        // subnet-a uses the main table (rtb-main, the first), subnet-b its own (rtb-b).
+        assert_eq!(
+            attachments(&links, &s),
+            vec![("ra".to_string(), 1000), ("rb".to_string(), 1001)]
+        );
+        assert!(attachments(&links[..1], &s).is_empty());
+    }
 
     #[test]
     fn plan_adds_replaces_and_deletes() {

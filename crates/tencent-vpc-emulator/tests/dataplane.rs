@@ -1,5 +1,6 @@
 //! The data plane in real network namespaces (needs root; CI runs as root): a router
-//! namespace mirrors the route tables, two hosts sit in two subnets with two tables.
+//! namespace mirrors the route tables, two hosts sit in two subnets with two tables, each
+//! with a pod address (10.244.1.1 on a, 10.244.2.1 on b) that is never masqueraded.
 
 use std::process::Command;
 use tencent_vpc_emulator::scenario::Scenario;
@@ -17,8 +18,8 @@ fn sh(args: &[&str]) {
     );
 }
 
-/// Three namespaces: router r, host a (subnet-a, 172.16.1.7), host b (subnet-b, 172.16.2.7)
-/// with pod address 10.244.2.1 on b. Removed on drop.
+/// Three namespaces: router r, host a (subnet-a, 172.16.1.7, pod 10.244.1.1), host b
+/// (subnet-b, 172.16.2.7, pod 10.244.2.1). Removed on drop.
 struct Lab {
     r: String,
     a: String,
@@ -27,7 +28,13 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let id = std::process::id();
+        // Unique per test in this process (tests run in parallel).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let lab = Lab {
             r: format!("emu-r-{id}"),
             a: format!("emu-a-{id}"),
@@ -91,17 +98,22 @@ impl Lab {
                 &format!("172.16.{net}.1"),
             ]);
         }
-        sh(&[
-            "ip",
-            "-n",
-            &lab.b,
-            "addr",
-            "add",
-            "10.244.2.1/32",
-            "dev",
-            "lo",
-        ]);
+        for (host, pod) in [(&lab.a, "10.244.1.1/32"), (&lab.b, "10.244.2.1/32")] {
+            sh(&["ip", "-n", host, "addr", "add", pod, "dev", "lo"]);
+        }
         lab
+    }
+
+    /// One ping from a pod address in `from` to `to` (both ways through the router).
+    fn pod_reaches_pod(&self, from: &str, src: &str, to: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns", "exec", from, "ping", "-c", "1", "-W", "1", "-I", src, to,
+            ])
+            .output()
+            .expect("ping")
+            .status
+            .success()
     }
 
     /// One ping from host a to b's pod address.
@@ -149,7 +161,7 @@ async fn pod_route_only_works_in_the_right_table() {
     let http = reqwest::Client::new();
     let route = serde_json::json!({"DestinationCidrBlock": "10.244.2.0/24", "GatewayType": "NORMAL_CVM", "GatewayId": "172.16.2.7"});
 
-    // The rule for subnet-a points at the main table's Linux table.
+    // The router's link into subnet-a selects the main table's Linux table, b's link rtb-b's.
     let rules = String::from_utf8(
         Command::new("ip")
             .args(["-n", &lab.r, "rule", "show"])
@@ -159,8 +171,7 @@ async fn pod_route_only_works_in_the_right_table() {
     )
     .unwrap();
     assert!(
-        rules.contains("from 172.16.1.0/24 lookup 1000")
-            && rules.contains("from 172.16.2.0/24 lookup 1001"),
+        rules.contains("iif ra lookup 1000") && rules.contains("iif rb lookup 1001"),
         "{rules}"
     );
     assert!(!lab.a_reaches_pod(), "no route yet");
@@ -222,4 +233,37 @@ async fn pod_route_only_works_in_the_right_table() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(lab.a_reaches_pod());
+}
+
+#[tokio::test]
+async fn pod_to_pod_traffic_is_routed_by_the_table_of_the_subnet_it_comes_from() {
+    let lab = Lab::new();
+    let emu = Emulator::start(EmulatorConfig {
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        dataplane_netns: Some(lab.r.clone()),
+        ..EmulatorConfig::on_loopback(
+            Scenario::from_json(include_str!("../scenarios/lab.json")).unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let add = |table: &str, dest: &str, gw: &str| {
+        let req = http
+            .post(format!(
+                "http://{}/route-tables/{table}/routes",
+                emu.admin.unwrap()
+            ))
+            .json(&serde_json::json!({"DestinationCidrBlock": dest, "GatewayType": "NORMAL_CVM", "GatewayId": gw}));
+        async move { assert_eq!(req.send().await.unwrap().status(), 200) }
+    };
+    let a_to_b = || lab.pod_reaches_pod(&lab.a, "10.244.1.1", "10.244.2.1");
+    let b_to_a = || lab.pod_reaches_pod(&lab.b, "10.244.2.1", "10.244.1.1");
+    // Each subnet's table knows the other node's pods: the request goes out through a's
+    // table (rtb-main), the reply through b's (rtb-b).
+    add("rtb-main", "10.244.2.0/24", "172.16.2.7").await;
+    assert!(!a_to_b(), "the reply has no route in rtb-b yet");
+    add("rtb-b", "10.244.1.0/24", "172.16.1.7").await;
+    assert!(a_to_b(), "pod a -> pod b, sourced from the pod address");
+    assert!(b_to_a(), "pod b -> pod a");
 }
