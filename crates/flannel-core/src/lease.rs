@@ -38,10 +38,12 @@ impl SubnetKey {
 }
 
 impl fmt::Display for SubnetKey {
+    /// The key as stored. An address with host bits (never written by flannel, but accepted
+    /// like upstream's parser does) is kept as written, so the key names the same etcd key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ipv4.network(), self.ipv4.prefix_len())?;
+        write!(f, "{}-{}", self.ipv4.addr(), self.ipv4.prefix_len())?;
         if let Some(v6) = self.ipv6 {
-            write!(f, "&{}-{}", v6.network(), v6.prefix_len())?;
+            write!(f, "&{}-{}", v6.addr(), v6.prefix_len())?;
         }
         Ok(())
     }

@@ -72,10 +72,15 @@ pub fn render_leases(leases: &[flannel_core::Lease], now: std::time::SystemTime)
         } else {
             l.attrs.backend_type.as_str()
         };
+        // Subnets as CIDRs (the key's `-` form is etcd's, not an operator's).
+        let subnet = match l.ipv6_subnet() {
+            Some(v6) => format!("{},{v6}", l.key.ipv4),
+            None => l.key.ipv4.to_string(),
+        };
         let _ = writeln!(
             out,
             "{:<36} {:<16} {:<12} {:<12} {}",
-            l.key.to_string(),
+            subnet,
             l.attrs.public_ip.to_string(),
             backend,
             expires,

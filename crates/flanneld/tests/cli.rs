@@ -282,3 +282,62 @@ fn flanneld_real_local_run_serves_readyz_and_stops_on_sigterm() {
     assert!(logs.contains("lease acquired"));
     assert!(!logs.contains("never-print-me"), "password leaked: {logs}");
 }
+
+#[test]
+fn verbose_logs_come_from_our_crates_only() {
+    use std::io::BufRead;
+    // etcd down: the config retry loop runs through tonic, h2 and hyper, which would log
+    // every frame at debug if -v=2 reached them.
+    let port = free_port();
+    let mut child = Command::new(FLANNELD)
+        .arg(format!("--etcd-endpoints=http://127.0.0.1:{port}"))
+        .args(["-v=2", "--iface=lo", "--iptables-forward-rules=false"])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut lines = Vec::new();
+    let mut retries = 0;
+    while retries < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("two config retries within 20 s");
+        retries += usize::from(line.contains("failed to retrieve network config"));
+        lines.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains(" DEBUG ")),
+        "-v=2 shows our debug lines: {lines:#?}"
+    );
+    for l in &lines {
+        // "<time>  <LEVEL> <target>: <message>"
+        let target = l.split_whitespace().nth(2).unwrap_or_default();
+        assert!(
+            [
+                "flanneld",
+                "flannel_core",
+                "tencent_cloud",
+                "jittered_backoff"
+            ]
+            .iter()
+            .any(|ours| target.starts_with(ours)),
+            "a dependency's line at -v=2: {l}"
+        );
+    }
+}

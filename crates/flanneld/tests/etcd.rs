@@ -510,6 +510,8 @@ async fn flannelctl_leases_list() {
         .await
         .unwrap();
     m.acquire_lease(&req("172.16.0.7")).await.unwrap();
+    etcd.etcdctl(&["put", "/x/subnets/garbage", "{}"]);
+    etcd.etcdctl(&["put", "/x/subnets/10.5.43.0-24", "not json"]);
     let endpoint = etcd.endpoint();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_flannelctl"))
@@ -531,7 +533,7 @@ async fn flannelctl_leases_list() {
     assert!(lines[0].starts_with("SUBNET"));
     let reserved = lines
         .iter()
-        .find(|l| l.starts_with("10.5.42.0-24"))
+        .find(|l| l.starts_with("10.5.42.0/24 "))
         .unwrap();
     assert!(
         reserved.contains("172.16.0.42")
@@ -544,6 +546,26 @@ async fn flannelctl_leases_list() {
     assert!(
         leased.contains("host-gw") && leased.contains(" 23h59m") && leased.ends_with("no"),
         "{leased}"
+    );
+    // What could not be parsed is not listed, but said on stderr, naming the key.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    let said = |what: &str, key: &str| {
+        warnings
+            .iter()
+            .any(|w| w.contains(" WARN ") && w.contains(what) && w.contains(key))
+    };
+    assert!(
+        said("ignoring unparseable subnet key", "key=/x/subnets/garbage"),
+        "{err}"
+    );
+    assert!(
+        said(
+            "ignoring lease with an unparseable value",
+            "key=/x/subnets/10.5.43.0-24"
+        ),
+        "{err}"
     );
 }
 

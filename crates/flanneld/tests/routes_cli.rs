@@ -123,3 +123,80 @@ async fn bad_endpoint_exits_2() {
         "flannelctl: endpoint \"ftp://nope\" is not public, regional, internal, a host name or an http(s) URL\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unparseable_endpoint_url_exits_2_without_a_request() {
+    let started = std::time::Instant::now();
+    let out = run("http://[::1".into(), &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "flannelctl: endpoint \"http://[::1\" is not a valid URL: invalid IPv6 address\n"
+    );
+    // No retry loop behind a parameter error (the client's first pause alone is 100 ms+).
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_vpc_says_so_and_exits_2() {
+    let (url, seen) =
+        serve(r#"{"Response":{"TotalCount":0,"RouteTableSet":[],"RequestId":"r3"}}"#).await;
+    let out = run(url, &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "flannelctl: VPC vpc-1 not found in region ap-guangzhou\n"
+    );
+    assert!(out.stdout.is_empty());
+    assert_signed_describes(&seen, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verbosity_and_rust_log_reach_our_crates_only() {
+    let (url, _) = serve(TABLES).await;
+    // Quiet by default: the table on stdout, nothing on stderr.
+    let out = run(url.clone(), &[]).await;
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // -v=5 (as flanneld's klog-style flag): our client's trace lines, no dependency's.
+    let out = run(url.clone(), &["-v=5"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tencent_cloud"), "{err}");
+    for dep in ["hyper", "reqwest::", "h2::", "rustls"] {
+        assert!(!err.contains(dep), "{dep} logged at -v=5: {err}");
+    }
+    assert!(!err.contains("ctl-secret-key"));
+    // RUST_LOG wins over -v: here nothing at all.
+    let home = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(FLANNELCTL)
+            .args([
+                "routes",
+                "list",
+                "--vpc-id",
+                "vpc-1",
+                "--region",
+                "ap-guangzhou",
+                "-v=5",
+            ])
+            .args(["--endpoint", &url])
+            .env_clear()
+            .env("HOME", home.path())
+            .env("RUST_LOG", "off")
+            .env("TENCENTCLOUD_SECRET_ID", "AKIDctl")
+            .env("TENCENTCLOUD_SECRET_KEY", "ctl-secret-key")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -73,7 +73,13 @@ impl FromStr for Endpoint {
                 if rest.is_empty() || rest.starts_with('/') {
                     return Err(format!("endpoint {u:?} has no host"));
                 }
-                Ok(Endpoint::Url(u.trim_end_matches('/').to_string()))
+                match reqwest::Url::parse(u) {
+                    Ok(url) if url.host_str().is_some() => {
+                        Ok(Endpoint::Url(u.trim_end_matches('/').to_string()))
+                    }
+                    Ok(_) => Err(format!("endpoint {u:?} has no host")),
+                    Err(e) => Err(format!("endpoint {u:?} is not a valid URL: {e}")),
+                }
             }
             h if h.contains('.') && !h.contains('/') && !h.contains(' ') => Ok(Endpoint::Url(format!("https://{h}"))),
             other => Err(format!(

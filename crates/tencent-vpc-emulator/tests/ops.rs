@@ -480,7 +480,8 @@ fn a_default_route_to_a_nat_gateway_is_accepted_but_not_a_destination_inside_the
 #[test]
 fn scenario_values_are_checked_and_each_error_names_the_object() {
     let base: Value = serde_json::from_str(include_str!("../scenarios/lab.json")).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "scenario: route table rtb-main: route 192.168.100.0/24 via VPN vpngw-1: duplicate route",
             Box::new(|s| {

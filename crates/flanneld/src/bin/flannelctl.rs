@@ -8,6 +8,10 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "flannelctl", version, about = "flannel-rs operator CLI")]
 struct Cli {
+    /// Log verbosity on stderr for flannel-rs's own crates, klog-style as flanneld's
+    /// `-v=N`: 0 warnings only, 1 info, 2-4 debug, 5 and up trace. RUST_LOG overrides it.
+    #[arg(long = "v", value_name = "N", default_value_t = 0, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,6 +80,13 @@ const EXIT_INVALID: u8 = 2;
 fn main() -> ExitCode {
     // Accept Go-style single-dash long flags, as flanneld does.
     let cli = Cli::parse_from(flanneld::cli::normalize_args(std::env::args_os()));
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        2..=4 => "debug",
+        _ => "trace",
+    };
+    flanneld::logging::init_at(flanneld::cli::LogFormat::Plain, level);
     match cli.command {
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Routes(RoutesCommand::List {
@@ -125,7 +136,7 @@ async fn leases_list(etcd: flanneld::cli::EtcdArgs, output: Output) -> ExitCode 
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("flannelctl: {e}");
+            eprintln!("flannelctl: {}", flanneld::report(&e));
             ExitCode::FAILURE
         }
     }
@@ -146,8 +157,8 @@ async fn routes_list(
         metadata_url: Some(metadata_url),
         ..Default::default()
     };
-    let client = match flanneld::cloud::connect(setup, &env).await {
-        Ok(c) => c.client,
+    let (client, region_name) = match flanneld::cloud::connect(setup, &env).await {
+        Ok(c) => (c.client, c.region),
         Err(e) => {
             eprintln!("flannelctl: {}", flanneld::report(&e));
             return ExitCode::from(EXIT_INVALID);
@@ -158,6 +169,11 @@ async fn routes_list(
         &[vpc_id.as_str()],
     )];
     match client.describe_route_tables(&filters).await {
+        // Every VPC has a main route table: none means no such VPC in this region.
+        Ok(tables) if tables.is_empty() => {
+            eprintln!("flannelctl: VPC {vpc_id} not found in region {region_name}");
+            ExitCode::from(EXIT_INVALID)
+        }
         Ok(tables) => {
             match output {
                 Output::Json => println!(
@@ -169,7 +185,7 @@ async fn routes_list(
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("flannelctl: {e}");
+            eprintln!("flannelctl: {}", flanneld::report(&e));
             // Auth and parameter errors are the caller's to fix (2); the rest may pass (1).
             match e.class() {
                 ErrorClass::Retryable => ExitCode::FAILURE,
