@@ -135,3 +135,10 @@ def test_wrong_key_and_unknown_id_are_refused(emulator):
 def test_expired_temporary_credentials_are_refused(emulator):
     c = vpc(emulator["api"], secret_id="AKIDtmpExpired000000000000000000000", key="expired-key", token="expired-token")
     assert error_code(lambda: c.DescribeSubnets(models.DescribeSubnetsRequest())) == "AuthFailure.TokenFailure"
+
+
+def test_describe_vpc_limits_serves_the_route_quota(emulator):
+    c = vpc(emulator["api"])
+    r = c.DescribeVpcLimits(request(models.DescribeVpcLimitsRequest, LimitTypes=["route-table-max-policies"]))
+    assert [(l.LimitType, l.LimitValue) for l in r.VpcLimitSet] == [("route-table-max-policies", 50)]
+    assert error_code(lambda: c.DescribeVpcLimits(request(models.DescribeVpcLimitsRequest, LimitTypes=["bogus"]))) == "InvalidParameterValue"

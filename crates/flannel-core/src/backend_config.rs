@@ -79,6 +79,22 @@ pub struct VxlanConfig {
     pub direct_routing: bool,
 }
 
+/// Who writes the VPC routes (`Backend.Mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TencentVpcMode {
+    /// Each agent writes its own route; the elected leader also collects garbage.
+    #[default]
+    PerNode,
+    /// One elected `flanneld --controller` routes every lease; agents need no credentials.
+    Controller,
+}
+
+/// The shortest `Backend.ResyncInterval`: DescribeRouteTables counts against an
+/// account-wide 100 requests/s.
+pub const MIN_RESYNC_SECS: u64 = 10;
+/// The default `Backend.ResyncInterval`.
+pub const DEFAULT_RESYNC_SECS: u64 = 60;
+
 /// tencent-vpc options. `AccessKeyID`/`AccessKeySecret` are upstream's names; the rest are
 /// flannel-rs additions, all optional. The secret never prints (`SecretString`).
 #[derive(Debug, Clone, Default)]
@@ -88,6 +104,27 @@ pub struct TencentVpcConfig {
     pub region: Option<String>,
     pub endpoint: Option<String>,
     pub vpc_id: Option<String>,
+    /// Route tables to program; empty means discovered from the node subnets.
+    pub route_table_ids: Vec<String>,
+    pub metadata_url: Option<String>,
+    /// The ownership tag; `None` means derived from the Network (see [`cluster_name_for`]).
+    pub cluster_name: Option<String>,
+    pub adopt_untagged_routes: bool,
+    /// Seconds; `None` means the daemon's `--resync-period` is not used either: 60.
+    pub resync_interval_secs: Option<u64>,
+    pub mode: TencentVpcMode,
+}
+
+/// The default ClusterName for a Network: `10.244.0.0/16` gives `10-244-0-0-16`.
+pub fn cluster_name_for(network: &ipnet::Ipv4Net) -> String {
+    format!("{}-{}", network.network(), network.prefix_len()).replace('.', "-")
+}
+
+/// A ClusterName is `[a-z0-9-]{1,40}` (it goes into every route's description).
+fn valid_cluster_name(s: &str) -> bool {
+    (1..=40).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[derive(Debug, Clone)]
@@ -177,16 +214,69 @@ fn parse_tencent(obj: &Map<String, Value>) -> Result<TencentVpcConfig, BackendCo
         "Region",
         "Endpoint",
         "VpcId",
+        "RouteTableIds",
+        "MetadataURL",
+        "ClusterName",
+        "AdoptUntaggedRoutes",
+        "ResyncInterval",
+        "Mode",
     ];
+    let invalid =
+        |field: &'static str, problem: String| BackendConfigError::Invalid { field, problem };
     for (field, v) in gojson::matched(obj, F) {
+        match field {
+            "AdoptUntaggedRoutes" => {
+                c.adopt_untagged_routes = gojson::as_bool(field, v)?;
+                continue;
+            }
+            "ResyncInterval" => {
+                let n = gojson::as_int(field, v)?;
+                let n = u64::try_from(n)
+                    .ok()
+                    .filter(|n| *n >= MIN_RESYNC_SECS)
+                    .ok_or_else(|| {
+                        invalid(
+                            "ResyncInterval",
+                            format!("{n} is below the minimum of {MIN_RESYNC_SECS} seconds"),
+                        )
+                    })?;
+                c.resync_interval_secs = Some(n);
+                continue;
+            }
+            "RouteTableIds" => {
+                let items = v.as_array().ok_or_else(|| {
+                    invalid(
+                        "RouteTableIds",
+                        format!("expected an array of strings, found {}", gojson::kind(v)),
+                    )
+                })?;
+                for item in items {
+                    let id = item
+                        .as_str()
+                        .map(str::trim)
+                        .filter(|s| s.starts_with("rtb-"))
+                        .ok_or_else(|| {
+                            invalid(
+                                "RouteTableIds",
+                                format!("{} is not a route table id (rtb-...)", gojson::show(item)),
+                            )
+                        })?;
+                    if !c.route_table_ids.iter().any(|t| t == id) {
+                        c.route_table_ids.push(id.to_string());
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
         // Never echo the value of the secret field in an error.
         let s = match (field, v) {
             ("AccessKeySecret", Value::String(s)) => s.as_str(),
             ("AccessKeySecret", other) => {
-                return Err(BackendConfigError::Invalid {
-                    field: "AccessKeySecret",
-                    problem: format!("expected a string, found {}", gojson::kind(other)),
-                })
+                return Err(invalid(
+                    "AccessKeySecret",
+                    format!("expected a string, found {}", gojson::kind(other)),
+                ))
             }
             _ => gojson::as_str(field, v)?,
         };
@@ -200,6 +290,28 @@ fn parse_tencent(obj: &Map<String, Value>) -> Result<TencentVpcConfig, BackendCo
             "Region" => c.region = Some(s.to_string()),
             "Endpoint" => c.endpoint = Some(s.to_string()),
             "VpcId" => c.vpc_id = Some(s.to_string()),
+            "MetadataURL" => c.metadata_url = Some(s.to_string()),
+            "ClusterName" => {
+                if !valid_cluster_name(s) {
+                    return Err(invalid(
+                        "ClusterName",
+                        format!("{s:?} must be 1 to 40 of a-z, 0-9 and -"),
+                    ));
+                }
+                c.cluster_name = Some(s.to_string());
+            }
+            "Mode" => {
+                c.mode = match s {
+                    "per-node" => TencentVpcMode::PerNode,
+                    "controller" => TencentVpcMode::Controller,
+                    other => {
+                        return Err(invalid(
+                            "Mode",
+                            format!("{other:?} is not per-node or controller"),
+                        ))
+                    }
+                }
+            }
             _ => unreachable!("field list and match arms agree"),
         }
     }
@@ -256,6 +368,71 @@ mod tests {
         assert_eq!((c.vni, c.port, c.direct_routing), (42, 4789, true));
         let e = BackendConfig::parse("vxlan", Some(&json!({"Port": 70000}))).unwrap_err();
         assert_eq!(e.to_string(), "Backend.Port: 70000 is not a UDP port");
+    }
+
+    #[test]
+    fn tencent_options_defaults_and_errors_naming_the_key() {
+        let BackendConfig::TencentVpc(c) =
+            BackendConfig::parse("tencent-vpc", Some(&json!({"Type": "tencent-vpc"}))).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.mode, TencentVpcMode::PerNode);
+        assert!(c.route_table_ids.is_empty() && !c.adopt_untagged_routes);
+        assert_eq!((c.cluster_name, c.resync_interval_secs), (None, None));
+        let BackendConfig::TencentVpc(c) = BackendConfig::parse(
+            "tx-vpc",
+            Some(
+                &json!({"RouteTableIds": ["rtb-a", "rtb-b", "rtb-a"], "ClusterName": "prod-1",
+                "AdoptUntaggedRoutes": true, "ResyncInterval": 30, "Mode": "controller",
+                "MetadataURL": "http://127.0.0.1:9/latest/meta-data/"}),
+            ),
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.route_table_ids, vec!["rtb-a", "rtb-b"]);
+        assert_eq!(c.cluster_name.as_deref(), Some("prod-1"));
+        assert!(c.adopt_untagged_routes);
+        assert_eq!(c.resync_interval_secs, Some(30));
+        assert_eq!(c.mode, TencentVpcMode::Controller);
+        for (raw, message) in [
+            (
+                json!({"ResyncInterval": 5}),
+                "Backend.ResyncInterval: 5 is below the minimum of 10 seconds",
+            ),
+            (
+                json!({"ResyncInterval": "60"}),
+                "Backend.ResyncInterval: expected an integer, found \"60\"",
+            ),
+            (
+                json!({"ClusterName": "Prod_1"}),
+                "Backend.ClusterName: \"Prod_1\" must be 1 to 40 of a-z, 0-9 and -",
+            ),
+            (
+                json!({"Mode": "both"}),
+                "Backend.Mode: \"both\" is not per-node or controller",
+            ),
+            (
+                json!({"RouteTableIds": "rtb-a"}),
+                "Backend.RouteTableIds: expected an array of strings, found a string",
+            ),
+            (
+                json!({"RouteTableIds": [7]}),
+                "Backend.RouteTableIds: 7 is not a route table id (rtb-...)",
+            ),
+            (
+                json!({"AdoptUntaggedRoutes": "yes"}),
+                "Backend.AdoptUntaggedRoutes: expected a boolean, found \"yes\"",
+            ),
+        ] {
+            let e = BackendConfig::parse("tencent-vpc", Some(&raw)).unwrap_err();
+            assert_eq!(e.to_string(), message, "{raw}");
+        }
+        assert_eq!(
+            cluster_name_for(&"10.244.0.0/16".parse().unwrap()),
+            "10-244-0-0-16"
+        );
     }
 
     #[test]

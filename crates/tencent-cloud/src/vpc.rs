@@ -192,6 +192,29 @@ struct ToggleRoutesRequest<'a> {
 #[derive(Deserialize)]
 struct Empty {}
 
+/// The routes-per-table quota's `LimitType` in DescribeVpcLimits.
+pub const ROUTE_TABLE_MAX_POLICIES: &str = "route-table-max-policies";
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct LimitsRequest<'a> {
+    limit_types: &'a [&'a str],
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VpcLimit {
+    pub limit_type: String,
+    pub limit_value: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LimitsResponse {
+    #[serde(default)]
+    vpc_limit_set: Option<Vec<VpcLimit>>,
+}
+
 impl Client {
     /// Read every page of a Describe action whose items sit under `set_field`.
     async fn describe_all<T: serde::de::DeserializeOwned>(
@@ -300,6 +323,19 @@ impl Client {
             false,
         )
         .await
+    }
+
+    /// The account's VPC quotas of the given types (e.g. [`ROUTE_TABLE_MAX_POLICIES`]).
+    pub async fn describe_vpc_limits(&self, types: &[&str]) -> Result<Vec<VpcLimit>, Error> {
+        let r: LimitsResponse = self
+            .call(
+                VPC,
+                "DescribeVpcLimits",
+                &LimitsRequest { limit_types: types },
+                true,
+            )
+            .await?;
+        Ok(r.vpc_limit_set.unwrap_or_default())
     }
 
     pub async fn enable_routes(&self, table: &str, route_ids: &[u64]) -> Result<(), Error> {

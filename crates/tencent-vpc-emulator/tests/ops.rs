@@ -541,3 +541,34 @@ fn scenario_values_are_checked_and_each_error_names_the_object() {
     }
     assert!(Scenario::from_json(&base.to_string()).is_ok());
 }
+
+#[test]
+fn vpc_limits_serve_the_scenario_quota() {
+    let mut s = lab();
+    s.route_quota = 7;
+    let v = call(
+        &mut s,
+        "vpc",
+        "DescribeVpcLimits",
+        json!({"LimitTypes": ["route-table-max-policies", "vpc-max-route-tables"]}),
+    )
+    .unwrap();
+    assert_eq!(
+        v["VpcLimitSet"],
+        json!([{"LimitType": "route-table-max-policies", "LimitValue": 7},
+               {"LimitType": "vpc-max-route-tables", "LimitValue": 10}])
+    );
+    assert_eq!(
+        code(call(&mut s, "vpc", "DescribeVpcLimits", json!({}))),
+        "MissingParameter"
+    );
+    assert_eq!(
+        code(call(
+            &mut s,
+            "vpc",
+            "DescribeVpcLimits",
+            json!({"LimitTypes": ["nope"]})
+        )),
+        "InvalidParameterValue"
+    );
+}

@@ -1,4 +1,5 @@
-//! The read-only actions: DescribeRouteTables, DescribeSubnets, DescribeInstances.
+//! The read-only actions: DescribeRouteTables, DescribeSubnets, DescribeVpcLimits,
+//! DescribeInstances.
 
 use super::render::table_json;
 use super::request::{check_filters, filter_match, page, Req};
@@ -203,4 +204,35 @@ pub fn describe_instances(s: &Scenario, req: &Map<String, Value>) -> OpResult {
         .collect();
     let (total, set) = page(found, offset, limit);
     Ok(json!({"TotalCount": total, "InstanceSet": set}))
+}
+
+/// The quota types served (the account's limits as the scenario sets them).
+const LIMIT_TYPES: &[&str] = &["route-table-max-policies", "vpc-max-route-tables"];
+
+/// DescribeVpcLimits: `LimitTypes` in, `VpcLimitSet[{LimitType, LimitValue}]` out. The
+/// routes-per-table limit is the scenario's `route_quota`; a VPC holds at most 10 tables.
+pub fn describe_vpc_limits(s: &Scenario, req: &Map<String, Value>) -> OpResult {
+    let r = Req(req);
+    r.only(&["LimitTypes"])?;
+    let Some(types) = r.strings_opt("LimitTypes")? else {
+        return Err(err(
+            "MissingParameter",
+            "The request is missing a required parameter `LimitTypes`.",
+        ));
+    };
+    let mut set = Vec::new();
+    for t in types {
+        let value = match t {
+            "route-table-max-policies" => s.route_quota as u64,
+            "vpc-max-route-tables" => 10,
+            other => {
+                return Err(err(
+                    "InvalidParameterValue",
+                    format!("The limit type `{other}` is not one of {LIMIT_TYPES:?}."),
+                ))
+            }
+        };
+        set.push(json!({"LimitType": t, "LimitValue": value}));
+    }
+    Ok(json!({"VpcLimitSet": set}))
 }

@@ -6,7 +6,9 @@ mod render;
 mod request;
 mod routes;
 
-pub use describe::{describe_instances, describe_route_tables, describe_subnets};
+pub use describe::{
+    describe_instances, describe_route_tables, describe_subnets, describe_vpc_limits,
+};
 pub use render::route_json;
 pub use routes::{create_routes, delete_routes, replace_routes, toggle_routes};
 
@@ -66,6 +68,11 @@ pub const ACTIONS: &[Action] = &[
         service: "vpc",
         name: "DescribeSubnets",
         run: Run::Read(describe_subnets),
+    },
+    Action {
+        service: "vpc",
+        name: "DescribeVpcLimits",
+        run: Run::Read(describe_vpc_limits),
     },
     Action {
         service: "vpc",
