@@ -21,6 +21,8 @@ pub struct CloudSetup {
     pub metadata_url: Option<String>,
     pub access_key_id: Option<String>,
     pub access_key_secret: Option<SecretString>,
+    /// Told the outcome of every API request (metrics).
+    pub observer: Option<tencent_cloud::CallObserver>,
 }
 
 /// A ready client with the metadata client and the region it was built for.
@@ -86,6 +88,7 @@ pub async fn connect(
     .await?;
     let mut cfg = ClientConfig::new(region.clone());
     cfg.endpoint = endpoint;
+    cfg.observer = setup.observer;
     let client = Client::new(cfg, Arc::clone(&creds)).map_err(CloudSetupError::Client)?;
     Ok(Cloud {
         client,

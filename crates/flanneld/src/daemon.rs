@@ -137,13 +137,17 @@ pub async fn run(
     // 3. Backend (before the lease, so a bad or unsupported backend leaves no lease behind).
     let backend_config = BackendConfig::parse(&config.backend_type, config.backend.as_ref())
         .map_err(BackendError::from)?;
+    let elect = |name: &str, identity: &str| sm.leader_election(name, identity);
     let backend: Box<dyn Backend> = backends
         .build(&BackendContext {
             config: &backend_config,
             network: &config,
             ext: &ext,
+            metrics: &health.metrics,
+            elect: &elect,
         })
         .await?;
+    let resync_period = backend.resync_period().unwrap_or(cfg.resync_period);
 
     // 4. Lease.
     let previous = subnet_file::read_previous(&cfg.subnet_file);
@@ -174,13 +178,20 @@ pub async fn run(
     // 5. Backend activation, then subnet.env, then ready.
     backend.activate(&own).await?;
     let env = subnet_env(&config, &own, backend.mtu(), cfg.ip_masq);
-    ensure_subnet_env(&cfg, &env, &health);
+    ensure_subnet_env(&cfg, &env, &health, backend.as_ref());
 
-    // 6. The loop.
+    // 6. The loop. A failed resync, or a backend not in place yet, is retried sooner than
+    // the period, with backoff.
     let mut watcher = LeaseWatcher::new(Some(own.key));
     let mut stream = None;
     let mut watch_pauses = WATCH_RETRY.delays();
-    let mut resync_at = tokio::time::Instant::now() + jittered(cfg.resync_period);
+    let mut resync_pauses = Backoff::new(Duration::from_secs(1), resync_period).delays();
+    let first = if backend.ready() {
+        jittered(resync_period)
+    } else {
+        resync_pauses.next_delay()
+    };
+    let mut resync_at = tokio::time::Instant::now() + first;
     loop {
         if stream.is_none() {
             match or_shutdown(sm.watch_leases(), &mut shutdown).await {
@@ -249,18 +260,25 @@ pub async fn run(
                         if let Err(e) = r {
                             warn!(error = %crate::report(&e), "backend failed to apply lease events; the next resync retries");
                         }
+                        ensure_subnet_env(&cfg, &env, &health, backend.as_ref());
                     }
                 }
             },
             _ = tokio::time::sleep_until(resync_at) => {
-                resync_at = tokio::time::Instant::now() + jittered(cfg.resync_period);
-                ensure_subnet_env(&cfg, &env, &health);
                 let peers: Vec<Lease> = watcher.peers().cloned().collect();
-                let r = backend.resync(&own, &peers).await;
+                let r = backend.resync(&own, &peers, stream.is_some()).await;
                 record_sync(&health, &r);
-                if let Err(e) = r {
-                    warn!(error = %crate::report(&e), "backend resync failed");
+                if let Err(e) = &r {
+                    warn!(error = %crate::report(e), "backend resync failed");
                 }
+                ensure_subnet_env(&cfg, &env, &health, backend.as_ref());
+                let wait = if r.is_ok() && backend.ready() {
+                    resync_pauses.reset();
+                    jittered(resync_period)
+                } else {
+                    resync_pauses.next_delay()
+                };
+                resync_at = tokio::time::Instant::now() + wait;
             }
             _ = tokio::time::sleep(renew_in) => {
                 match sm.renew_lease(&own).await {
@@ -354,22 +372,29 @@ fn record_sync<T, E>(health: &Health, r: &Result<T, E>) {
         .inc();
 }
 
-/// Write subnet.env if it is missing or differs, and mark ready once it is in place.
-/// A failed write is logged and retried at the next resync; the node stays not ready.
-fn ensure_subnet_env(cfg: &DaemonConfig, env: &SubnetEnv, health: &Health) {
+/// Write subnet.env if it is missing or differs, and mark ready once it is in place and the
+/// backend's data plane is. A failed write is logged and retried at the next resync; the
+/// node stays not ready.
+fn ensure_subnet_env(cfg: &DaemonConfig, env: &SubnetEnv, health: &Health, backend: &dyn Backend) {
     let want = env.render();
-    if health.is_ready() && std::fs::read_to_string(&cfg.subnet_file).is_ok_and(|have| have == want)
-    {
-        return;
-    }
-    match subnet_file::write_atomic(&cfg.subnet_file, &want) {
-        Ok(()) => {
-            info!(path = %cfg.subnet_file.display(), "wrote subnet file");
-            health.set_ready(true);
+    let written = std::fs::read_to_string(&cfg.subnet_file).is_ok_and(|have| have == want)
+        || match subnet_file::write_atomic(&cfg.subnet_file, &want) {
+            Ok(()) => {
+                info!(path = %cfg.subnet_file.display(), "wrote subnet file");
+                true
+            }
+            Err(e) => {
+                error!(error = %crate::Report(&e), "subnet file not written; not ready");
+                false
+            }
+        };
+    let ready = written && backend.ready();
+    if ready != health.is_ready() {
+        if ready {
+            info!("ready");
+        } else if written {
+            warn!("not ready: the backend's data plane is not in place yet");
         }
-        Err(e) => {
-            error!(error = %crate::Report(&e), "subnet file not written; not ready");
-            health.set_ready(false);
-        }
+        health.set_ready(ready);
     }
 }

@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -16,6 +17,35 @@ pub struct EventLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiCallLabels {
+    pub action: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableRouteLabels {
+    pub table: String,
+    /// desired, present, conflicting, blocked.
+    pub state: &'static str,
+}
+
+/// The tencent-vpc backend's metrics (and the controller's).
+#[derive(Clone)]
+pub struct VpcMetrics {
+    pub api_calls: Family<ApiCallLabels, Counter>,
+    pub reconcile_seconds: Histogram,
+    pub routes: Family<TableRouteLabels, Gauge>,
+    pub table_usage: Family<TableLabels, Gauge>,
+    pub table_limit: Family<TableLabels, Gauge>,
+    pub gc_deleted: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,6 +63,7 @@ pub struct Metrics {
     pub lease_expiry: Gauge<f64, AtomicU64>,
     pub lease_events: Family<EventLabels, Counter>,
     pub backend_syncs: Family<ResultLabels, Counter>,
+    pub vpc: VpcMetrics,
 }
 
 impl Default for Metrics {
@@ -66,6 +97,44 @@ impl Default for Metrics {
             "Backend event batches and resyncs, by result",
             backend_syncs.clone(),
         );
+        let vpc = VpcMetrics {
+            api_calls: Family::default(),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            routes: Family::default(),
+            table_usage: Family::default(),
+            table_limit: Family::default(),
+            gc_deleted: Counter::default(),
+        };
+        registry.register(
+            "vpc_api_calls",
+            "Tencent Cloud API requests, by action and result (Success or the error code)",
+            vpc.api_calls.clone(),
+        );
+        registry.register(
+            "vpc_reconcile_seconds",
+            "Time to read, plan and apply the VPC route tables once",
+            vpc.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "vpc_routes",
+            "Routes per table and state: desired, present, conflicting, blocked (table full)",
+            vpc.routes.clone(),
+        );
+        registry.register(
+            "vpc_route_table_usage",
+            "Routes in the table",
+            vpc.table_usage.clone(),
+        );
+        registry.register(
+            "vpc_route_table_limit",
+            "Routes the table may hold",
+            vpc.table_limit.clone(),
+        );
+        registry.register(
+            "vpc_gc_deleted_routes",
+            "Orphaned routes of this cluster deleted by the garbage collector",
+            vpc.gc_deleted.clone(),
+        );
         Metrics {
             registry,
             ready,
@@ -74,6 +143,7 @@ impl Default for Metrics {
             lease_expiry,
             lease_events,
             backend_syncs,
+            vpc,
         }
     }
 }

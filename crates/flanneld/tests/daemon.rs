@@ -167,7 +167,7 @@ async fn recognised_but_unimplemented_backend_says_so() {
     .unwrap_err();
     assert_eq!(
         flanneld::report(&err),
-        "backend type host-gw is recognised but not supported yet by flannel-rs (supported now: alloc)"
+        "backend type host-gw is recognised but not supported yet by flannel-rs (supported now: alloc, tencent-vpc)"
     );
     assert!(sm.leases().is_empty());
 }
@@ -347,6 +347,7 @@ impl flanneld::backend::Backend for FakeBackend {
         &self,
         _own: &Lease,
         _peers: &[Lease],
+        _fresh: bool,
     ) -> Result<(), flanneld::backend::BackendError> {
         Ok(())
     }

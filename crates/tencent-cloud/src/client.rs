@@ -120,6 +120,38 @@ pub struct ClientConfig {
     pub burst: u32,
     /// `X-TC-Language` for error messages.
     pub language: String,
+    /// Told the outcome of every request sent (for metrics).
+    pub observer: Option<CallObserver>,
+}
+
+/// A hook told `(action, outcome)` after each request: `Success`, the API error code, or
+/// `Transport`, `Timeout`, `HttpStatus`, `Decode` for failures without one.
+#[derive(Clone)]
+pub struct CallObserver(pub Arc<ObserveFn>);
+
+/// `(action, outcome)`.
+pub type ObserveFn = dyn Fn(&str, &str) + Send + Sync;
+
+impl fmt::Debug for CallObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CallObserver")
+    }
+}
+
+impl Error {
+    /// The outcome label of this error for a [`CallObserver`].
+    pub fn outcome(&self) -> &str {
+        match self {
+            Error::Api(e) => &e.code,
+            Error::HttpStatus { .. } => "HttpStatus",
+            Error::Transport { .. } => "Transport",
+            Error::Timeout { .. } => "Timeout",
+            Error::Decode { .. } => "Decode",
+            Error::Credentials { .. } => "Credentials",
+            Error::Encode { .. } => "Encode",
+            Error::HttpClient(_) => "HttpClient",
+        }
+    }
 }
 
 impl ClientConfig {
@@ -134,6 +166,7 @@ impl ClientConfig {
             rate_per_second: 20.0,
             burst: 5,
             language: "en-US".to_string(),
+            observer: None,
         }
     }
 }
@@ -230,7 +263,14 @@ impl Client {
         loop {
             attempt += 1;
             self.limiter.acquire(action).await;
-            let err = match self.send_once(service, action, &url, &host, &body).await {
+            let sent = self.send_once(service, action, &url, &host, &body).await;
+            if let Some(CallObserver(observe)) = &self.cfg.observer {
+                observe(
+                    action,
+                    sent.as_ref().map_or_else(Error::outcome, |_| "Success"),
+                );
+            }
+            let err = match sent {
                 Ok(resp) => {
                     if attempt > 1 {
                         debug!(action, attempt, "succeeded after retry");

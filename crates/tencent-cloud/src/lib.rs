@@ -14,7 +14,7 @@ pub mod ratelimit;
 pub mod signing;
 pub mod vpc;
 
-pub use client::{Client, ClientConfig, Endpoint};
+pub use client::{CallObserver, Client, ClientConfig, Endpoint};
 pub use credentials::{CredentialProvider, Credentials};
 pub use error::{ApiError, Error, ErrorClass};
 pub use metadata::MetadataClient;

@@ -31,7 +31,12 @@ impl Backend for AllocBackend {
     async fn handle(&self, _own: &Lease, _events: &[LeaseEvent]) -> Result<(), BackendError> {
         Ok(())
     }
-    async fn resync(&self, _own: &Lease, _peers: &[Lease]) -> Result<(), BackendError> {
+    async fn resync(
+        &self,
+        _own: &Lease,
+        _peers: &[Lease],
+        _fresh: bool,
+    ) -> Result<(), BackendError> {
         Ok(())
     }
     fn mtu(&self) -> u32 {

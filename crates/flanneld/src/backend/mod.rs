@@ -3,8 +3,11 @@
 //! events against fakes, without root.
 
 pub mod alloc;
+pub mod tencent_vpc;
 
 use crate::iface::ExternalInterface;
+use crate::metrics::Metrics;
+use crate::subnet::election::LeaderElection;
 use async_trait::async_trait;
 use flannel_core::backend_config::{BackendConfig, BackendConfigError, BackendKind};
 use flannel_core::lease::{Lease, LeaseAttrs, LeaseEvent};
@@ -28,8 +31,20 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// The route tables to program could not be determined (never a silent fallback).
+    #[error(transparent)]
+    Discovery(tencent_vpc::tables::DiscoveryError),
+    /// The cloud client could not be set up (credentials, region, endpoint, metadata).
+    #[error("tencent-vpc")]
+    CloudSetup(#[source] crate::cloud::CloudSetupError),
+    /// This node's route could not be put in place (a full table, a route in the way).
+    #[error("{0}")]
+    NotRouted(String),
+    /// The network config asks for something this backend cannot do.
+    #[error("{0}")]
+    Unsupported(String),
     #[error(
-        "backend type {0} is recognised but not supported yet by flannel-rs (supported now: alloc)"
+        "backend type {0} is recognised but not supported yet by flannel-rs (supported now: alloc, tencent-vpc)"
     )]
     NotSupportedYet(BackendKind),
     #[error("interface {0} has no IPv4 address to publish")]
@@ -45,10 +60,21 @@ pub trait Backend: Send + Sync {
     async fn activate(&self, own: &Lease) -> Result<(), BackendError>;
     /// Apply one batch of peer events. Must be idempotent.
     async fn handle(&self, own: &Lease, events: &[LeaseEvent]) -> Result<(), BackendError>;
-    /// Bring the data plane in line with the full set of peers (repair drift).
-    async fn resync(&self, own: &Lease, peers: &[Lease]) -> Result<(), BackendError>;
+    /// Bring the data plane in line with the full set of peers (repair drift). `fresh` says
+    /// the peers are a complete, current snapshot (the lease watch is up); cluster-wide
+    /// deletions (garbage collection) must not act on anything less.
+    async fn resync(&self, own: &Lease, peers: &[Lease], fresh: bool) -> Result<(), BackendError>;
     /// The MTU pods should use (FLANNEL_MTU).
     fn mtu(&self) -> u32;
+    /// Whether this node's data plane is in place (its own routes present). The daemon is
+    /// ready only when subnet.env is written and this holds; until then it resyncs sooner.
+    fn ready(&self) -> bool {
+        true
+    }
+    /// This backend's own resync period, overriding `--resync-period`.
+    fn resync_period(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The common part of every lease: public addresses of the external interface.
@@ -64,11 +90,17 @@ pub fn base_attrs(kind: BackendKind, ext: &ExternalInterface) -> Result<LeaseAtt
     Ok(attrs)
 }
 
+/// Stands for an election of the lease store: `(name, identity)`.
+pub type Elect<'a> = &'a (dyn Fn(&str, &str) -> Box<dyn LeaderElection> + Sync);
+
 /// What a backend is built from.
 pub struct BackendContext<'a> {
     pub config: &'a BackendConfig,
     pub network: &'a ValidatedNetConfig,
     pub ext: &'a ExternalInterface,
+    pub metrics: &'a Metrics,
+    /// Elections among the holders of the lease store (cluster-wide jobs).
+    pub elect: Elect<'a>,
 }
 
 /// Makes the backend the network config names. The daemon is given one, so tests can inject
@@ -93,7 +125,7 @@ impl Builtin {
 
     fn supported(config: &BackendConfig) -> Result<(), BackendError> {
         match config {
-            BackendConfig::Alloc => Ok(()),
+            BackendConfig::Alloc | BackendConfig::TencentVpc(_) => Ok(()),
             other => Err(BackendError::NotSupportedYet(other.kind())),
         }
     }
@@ -105,6 +137,9 @@ impl BackendFactory for Builtin {
         Self::supported(ctx.config)?;
         match ctx.config {
             BackendConfig::Alloc => Ok(Box::new(alloc::AllocBackend::new(ctx.ext.clone()))),
+            BackendConfig::TencentVpc(c) => Ok(Box::new(
+                tencent_vpc::TencentVpcBackend::build(ctx, c).await?,
+            )),
             other => Err(BackendError::NotSupportedYet(other.kind())),
         }
     }

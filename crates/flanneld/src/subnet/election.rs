@@ -24,7 +24,7 @@ pub trait Leadership: Send + Sync {
     /// True while leadership is certain; false for good once it may have passed on.
     fn is_leader(&self) -> bool;
     /// Resolves when leadership is lost (or may be).
-    async fn lost(&mut self);
+    async fn lost(&self);
     /// Step down now so another candidate can take over at once.
     async fn resign(self: Box<Self>);
 }
@@ -77,6 +77,66 @@ impl Deadline {
                 changed = rx.changed() => if changed.is_err() { return },
             }
         }
+    }
+}
+
+/// A standing candidacy: campaigns in the background for as long as it lives and, once it
+/// leads, again after losing. [`LeaderSeat::is_leader`] is the leadership's own deadline-bound
+/// answer, so a job checked against it never runs on two holders at once.
+pub struct LeaderSeat {
+    held: Arc<Mutex<Option<Arc<dyn Leadership>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Pauses between failed campaigns (the store unreachable).
+const CAMPAIGN_RETRY: backoff::Backoff = backoff::Backoff::new(
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_secs(10),
+);
+
+impl LeaderSeat {
+    pub fn stand(election: Box<dyn LeaderElection>) -> LeaderSeat {
+        let held: Arc<Mutex<Option<Arc<dyn Leadership>>>> = Arc::default();
+        let slot = Arc::clone(&held);
+        let task = tokio::spawn(async move {
+            let mut pauses = CAMPAIGN_RETRY.delays();
+            loop {
+                match election.campaign().await {
+                    Ok(l) => {
+                        pauses.reset();
+                        let l: Arc<dyn Leadership> = Arc::from(l);
+                        tracing::info!("elected leader");
+                        *slot.lock().unwrap() = Some(Arc::clone(&l));
+                        l.lost().await;
+                        *slot.lock().unwrap() = None;
+                        tracing::warn!("leadership lost; standing again");
+                    }
+                    Err(e) => {
+                        let wait = pauses.next_delay();
+                        tracing::warn!(error = %crate::report(&e), retry_in = ?wait, "campaign failed");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        });
+        LeaderSeat { held, task }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.held
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|l| l.is_leader())
+    }
+}
+
+impl Drop for LeaderSeat {
+    fn drop(&mut self) {
+        self.task.abort();
+        // Dropping the leadership releases it (the in-process seat at once, etcd's lease
+        // when revoked or expired).
+        self.held.lock().unwrap().take();
     }
 }
 
@@ -157,7 +217,7 @@ impl Leadership for InProcessLeadership {
         self.held.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    async fn lost(&mut self) {
+    async fn lost(&self) {
         // In one process nothing can take leadership away: only resign or drop end it.
         std::future::pending::<()>().await;
     }

@@ -176,7 +176,7 @@ impl Leadership for EtcdLeadership {
         self.deadline.holds()
     }
 
-    async fn lost(&mut self) {
+    async fn lost(&self) {
         self.deadline.expired().await;
     }
 

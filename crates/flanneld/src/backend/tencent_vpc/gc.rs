@@ -1,0 +1,331 @@
+//! Garbage collection of our routes whose lease is gone, pure. Run by exactly one elected
+//! instance; a route is deleted only when every guard agrees:
+//! - the lease view is a fresh, complete snapshot (the watch is up, nothing missed);
+//! - the snapshot is not empty, and did not lose more than half of the leases since the
+//!   previous look (a wiped or restored store looks exactly like that);
+//! - the route was orphaned at two consecutive resyncs;
+//! - at most [`MAX_DELETES_PER_CYCLE`] deletions per cycle.
+
+use super::plan::{Ownership, TableState};
+use ipnet::Ipv4Net;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Consecutive resyncs a route must be orphaned before it is deleted.
+pub const SIGHTINGS: u32 = 2;
+/// Deletions approved per cycle, at most.
+pub const MAX_DELETES_PER_CYCLE: usize = 20;
+
+/// What the collector sees of the leases at one resync.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseView<'a> {
+    pub leased: &'a BTreeSet<Ipv4Net>,
+    /// The watch is established and its snapshot complete.
+    pub fresh: bool,
+}
+
+/// Why nothing was collected this cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    NotFresh,
+    NoLeases,
+    LeasesDropped { before: usize, now: usize },
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hold::NotFresh => f.write_str("the lease view is not a fresh snapshot"),
+            Hold::NoLeases => f.write_str("no leases at all (a wiped store?)"),
+            Hold::LeasesDropped { before, now } => write!(
+                f,
+                "leases dropped from {before} to {now} at once (a wiped or restored store?)"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct OrphanTracker {
+    /// (table, RouteId) → consecutive resyncs seen orphaned.
+    sightings: BTreeMap<(String, u64), u32>,
+    /// Leases at the last look that passed the guards.
+    last_count: Option<usize>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Approved for deletion this cycle.
+    pub collect: BTreeSet<(String, u64)>,
+    /// Orphans still waiting (seen fewer than [`SIGHTINGS`] times, or over the cap).
+    pub waiting: usize,
+    pub hold: Option<Hold>,
+}
+
+impl OrphanTracker {
+    /// One resync's look at the tables.
+    pub fn observe(
+        &mut self,
+        view: LeaseView<'_>,
+        tables: &[TableState],
+        owner: &Ownership,
+    ) -> Verdict {
+        let hold = if !view.fresh {
+            Some(Hold::NotFresh)
+        } else if view.leased.is_empty() {
+            Some(Hold::NoLeases)
+        } else {
+            match self.last_count {
+                Some(before) if view.leased.len() * 2 < before => Some(Hold::LeasesDropped {
+                    before,
+                    now: view.leased.len(),
+                }),
+                _ => None,
+            }
+        };
+        if let Some(h) = hold {
+            // Start counting again from a trustworthy view; a drop is remembered as the new
+            // baseline only once it has been seen (so it holds exactly one cycle, plus the
+            // two sightings every orphan needs anyway).
+            self.sightings.clear();
+            if matches!(h, Hold::LeasesDropped { .. }) {
+                self.last_count = Some(view.leased.len());
+            }
+            return Verdict {
+                hold: Some(h),
+                ..Verdict::default()
+            };
+        }
+        self.last_count = Some(view.leased.len());
+        let mut now = BTreeMap::new();
+        for t in tables {
+            for r in &t.routes {
+                let orphan = owner.owns(r) && r.dest.is_some_and(|d| !view.leased.contains(&d));
+                if orphan {
+                    let key = (t.id.clone(), r.route_id);
+                    let n = self.sightings.get(&key).copied().unwrap_or(0) + 1;
+                    now.insert(key, n);
+                }
+            }
+        }
+        self.sightings = now;
+        let ripe: Vec<&(String, u64)> = self
+            .sightings
+            .iter()
+            .filter(|(_, n)| **n >= SIGHTINGS)
+            .map(|(k, _)| k)
+            .collect();
+        let collect: BTreeSet<(String, u64)> = ripe
+            .iter()
+            .take(MAX_DELETES_PER_CYCLE)
+            .map(|k| (*k).clone())
+            .collect();
+        Verdict {
+            waiting: self.sightings.len() - collect.len(),
+            collect,
+            hold: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::tencent_vpc::plan::{ActualRoute, NORMAL_CVM};
+
+    fn owner() -> Ownership {
+        Ownership {
+            cluster: "c1".into(),
+            network: "10.244.0.0/16".parse().unwrap(),
+        }
+    }
+
+    fn tables(dests: &[(&str, &str)]) -> Vec<TableState> {
+        vec![TableState {
+            id: "rtb-1".into(),
+            limit: 50,
+            routes: dests
+                .iter()
+                .enumerate()
+                .map(|(i, (d, desc))| ActualRoute {
+                    route_id: i as u64 + 1,
+                    dest: Some(d.parse().unwrap()),
+                    gateway_type: NORMAL_CVM.into(),
+                    gateway_id: "172.16.1.7".into(),
+                    description: desc.to_string(),
+                    enabled: true,
+                })
+                .collect(),
+        }]
+    }
+
+    fn leased(n: u8) -> BTreeSet<Ipv4Net> {
+        (0..n)
+            .map(|i| format!("10.244.{i}.0/24").parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_orphan_goes_at_the_second_consecutive_sighting_and_only_if_ours() {
+        let t = tables(&[
+            ("10.244.50.0/24", "flannel:c1:172.16.1.7"),
+            ("10.244.51.0/24", ""),
+            ("10.244.1.0/24", "flannel:c1:172.16.1.8"),
+        ]);
+        let l = leased(4);
+        let view = LeaseView {
+            leased: &l,
+            fresh: true,
+        };
+        let mut g = OrphanTracker::default();
+        let v = g.observe(view, &t, &owner());
+        assert!(v.collect.is_empty() && v.waiting == 1 && v.hold.is_none());
+        let v = g.observe(view, &t, &owner());
+        assert_eq!(v.collect, [("rtb-1".to_string(), 1)].into());
+    }
+
+    #[test]
+    fn a_route_leased_again_in_between_starts_over() {
+        let t = tables(&[("10.244.50.0/24", "flannel:c1:172.16.1.7")]);
+        let mut g = OrphanTracker::default();
+        let without = leased(4);
+        let mut with = leased(4);
+        with.insert("10.244.50.0/24".parse().unwrap());
+        g.observe(
+            LeaseView {
+                leased: &without,
+                fresh: true,
+            },
+            &t,
+            &owner(),
+        );
+        g.observe(
+            LeaseView {
+                leased: &with,
+                fresh: true,
+            },
+            &t,
+            &owner(),
+        );
+        let v = g.observe(
+            LeaseView {
+                leased: &without,
+                fresh: true,
+            },
+            &t,
+            &owner(),
+        );
+        assert!(v.collect.is_empty(), "consecutive sightings only");
+    }
+
+    #[test]
+    fn guards_hold_on_stale_empty_or_halved_views() {
+        let t = tables(&[("10.244.50.0/24", "flannel:c1:172.16.1.7")]);
+        let mut g = OrphanTracker::default();
+        let ten = leased(10);
+        let four = leased(4);
+        let none = BTreeSet::new();
+        g.observe(
+            LeaseView {
+                leased: &ten,
+                fresh: true,
+            },
+            &t,
+            &owner(),
+        );
+        let v = g.observe(
+            LeaseView {
+                leased: &ten,
+                fresh: false,
+            },
+            &t,
+            &owner(),
+        );
+        assert_eq!(v.hold, Some(Hold::NotFresh));
+        let v = g.observe(
+            LeaseView {
+                leased: &none,
+                fresh: true,
+            },
+            &t,
+            &owner(),
+        );
+        assert_eq!(
+            v.hold.unwrap().to_string(),
+            "no leases at all (a wiped store?)"
+        );
+        g.observe(
+            LeaseView {
+                leased: &ten,
+                fresh: true,
+            },
+            &t,
+            &owner(),
+        );
+        let v = g.observe(
+            LeaseView {
+                leased: &four,
+                fresh: true,
+            },
+            &t,
+            &owner(),
+        );
+        assert_eq!(
+            v.hold.unwrap().to_string(),
+            "leases dropped from 10 to 4 at once (a wiped or restored store?)"
+        );
+        // The smaller set is the baseline from now on, and sightings start over.
+        assert!(g
+            .observe(
+                LeaseView {
+                    leased: &four,
+                    fresh: true
+                },
+                &t,
+                &owner()
+            )
+            .collect
+            .is_empty());
+        assert_eq!(
+            g.observe(
+                LeaseView {
+                    leased: &four,
+                    fresh: true
+                },
+                &t,
+                &owner()
+            )
+            .collect
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn deletions_per_cycle_are_capped() {
+        let dests: Vec<(String, &str)> = (100..150)
+            .map(|i| (format!("10.244.{i}.0/24"), "flannel:c1:172.16.1.7"))
+            .collect();
+        let refs: Vec<(&str, &str)> = dests.iter().map(|(d, s)| (d.as_str(), *s)).collect();
+        let t = tables(&refs);
+        let l = leased(3);
+        let mut g = OrphanTracker::default();
+        g.observe(
+            LeaseView {
+                leased: &l,
+                fresh: true,
+            },
+            &t,
+            &owner(),
+        );
+        let v = g.observe(
+            LeaseView {
+                leased: &l,
+                fresh: true,
+            },
+            &t,
+            &owner(),
+        );
+        assert_eq!(v.collect.len(), MAX_DELETES_PER_CYCLE);
+        assert_eq!(v.waiting, 50 - MAX_DELETES_PER_CYCLE);
+    }
+}

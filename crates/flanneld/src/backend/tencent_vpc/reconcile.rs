@@ -1,0 +1,331 @@
+//! One reconcile: read the VPC's tables (one DescribeRouteTables), pick the tables to program,
+//! collect garbage when elected, plan, apply, and report. Shared by the node agent (its own
+//! lease) and, later, the controller (every lease).
+
+use super::apply::{self, Applied};
+use super::gc::{LeaseView, OrphanTracker};
+use super::plan::{self, Ownership, PlanInput, Scope, Wanted};
+use super::tables::{self, DiscoveryError};
+use crate::backend::BackendError;
+use crate::metrics::{TableLabels, TableRouteLabels, VpcMetrics};
+use ipnet::Ipv4Net;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tencent_cloud::vpc::{Filter, ROUTE_TABLE_MAX_POLICIES};
+use tencent_cloud::Client;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+/// Routes per table when DescribeVpcLimits cannot be read (Tencent's default quota).
+pub const DEFAULT_ROUTE_LIMIT: usize = 50;
+
+/// What a reconcile is about.
+pub struct Target<'a> {
+    /// Routes this writer makes present.
+    pub wanted: &'a [Wanted],
+    /// Every leased subnet (never stale).
+    pub leased: &'a BTreeSet<Ipv4Net>,
+    /// The subnets of the nodes (lease BackendData), whose tables need every route.
+    pub node_subnets: &'a BTreeSet<String>,
+    pub scope: Scope,
+    /// Collect garbage with this view of the leases (only the elected collector passes one).
+    pub gc: Option<LeaseView<'a>>,
+}
+
+/// What a reconcile found and did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The tables programmed.
+    pub tables: Vec<String>,
+    /// (table, destination) of wanted routes now in place.
+    pub present: BTreeSet<(String, Ipv4Net)>,
+    pub writes: usize,
+    /// Read the tables again soon (something changed behind our back).
+    pub refresh: bool,
+    /// Errors of the apply step (the read and plan succeeded).
+    pub errors: Vec<BackendError>,
+    /// Why wanted routes are missing: conflicts and full tables, one line each.
+    pub problems: Vec<String>,
+}
+
+impl Outcome {
+    /// `dest` is in place in every programmed table.
+    pub fn routed(&self, dest: Ipv4Net) -> bool {
+        !self.tables.is_empty()
+            && self
+                .tables
+                .iter()
+                .all(|t| self.present.contains(&(t.clone(), dest)))
+    }
+}
+
+pub struct Reconciler {
+    client: Arc<Client>,
+    vpc_id: String,
+    owner: Ownership,
+    adopt_untagged: bool,
+    route_table_ids: Vec<String>,
+    metrics: VpcMetrics,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The account's routes-per-table limit, read once.
+    limit: Option<usize>,
+    /// Lower limits learnt from LimitExceeded, per table.
+    lowered: BTreeMap<String, usize>,
+    tracker: OrphanTracker,
+    unserved_reported: BTreeSet<String>,
+}
+
+impl Reconciler {
+    pub fn new(
+        client: Arc<Client>,
+        vpc_id: String,
+        owner: Ownership,
+        adopt_untagged: bool,
+        route_table_ids: Vec<String>,
+        metrics: VpcMetrics,
+    ) -> Reconciler {
+        Reconciler {
+            client,
+            vpc_id,
+            owner,
+            adopt_untagged,
+            route_table_ids,
+            metrics,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn owner(&self) -> &Ownership {
+        &self.owner
+    }
+
+    async fn account_limit(&self, state: &mut State) -> usize {
+        if let Some(l) = state.limit {
+            return l;
+        }
+        match self
+            .client
+            .describe_vpc_limits(&[ROUTE_TABLE_MAX_POLICIES])
+            .await
+        {
+            Ok(limits) => {
+                let l = limits
+                    .iter()
+                    .find(|l| l.limit_type == ROUTE_TABLE_MAX_POLICIES)
+                    .map_or(DEFAULT_ROUTE_LIMIT, |l| l.limit_value as usize);
+                info!(limit = l, "routes per route table (DescribeVpcLimits)");
+                state.limit = Some(l);
+                l
+            }
+            Err(e) => {
+                // Not worth failing for: LimitExceeded answers teach us the real limit.
+                warn!(error = %crate::Report(&e), default = DEFAULT_ROUTE_LIMIT, "reading the route quota failed; assuming the default");
+                DEFAULT_ROUTE_LIMIT
+            }
+        }
+    }
+
+    /// Read, plan and apply once. A failed read is an error; failed writes are in the outcome.
+    pub async fn reconcile(&self, target: &Target<'_>) -> Result<Outcome, BackendError> {
+        let started = std::time::Instant::now();
+        let mut state = self.state.lock().await;
+        let described = self
+            .client
+            .describe_route_tables(&[Filter::new("vpc-id", &[self.vpc_id.as_str()])])
+            .await
+            .map_err(|e| BackendError::Cloud {
+                op: format!("read the route tables of {}", self.vpc_id),
+                source: Box::new(e),
+            })?;
+        let selection = tables::select(
+            &self.vpc_id,
+            &described,
+            &self.route_table_ids,
+            target.node_subnets,
+        )
+        .map_err(BackendError::Discovery)?;
+        for s in &selection.unserved {
+            if state.unserved_reported.insert(s.clone()) {
+                warn!(subnet = %s, tables = ?self.route_table_ids, "node subnet {s} is not served by any of Backend.RouteTableIds: its nodes cannot reach pods through them");
+            }
+        }
+        let account = self.account_limit(&mut state).await;
+        let states: Vec<plan::TableState> = described
+            .iter()
+            .filter(|t| selection.tables.iter().any(|s| s == t.id()))
+            .map(|t| {
+                let limit = state.lowered.get(t.id()).copied().unwrap_or(account);
+                tables::table_state(t, limit)
+            })
+            .collect();
+        let collect = match target.gc {
+            Some(view) => {
+                let verdict = state.tracker.observe(view, &states, &self.owner);
+                if let Some(h) = &verdict.hold {
+                    warn!(reason = %h, "route garbage collection paused");
+                } else if !verdict.collect.is_empty() || verdict.waiting > 0 {
+                    info!(
+                        deleting = verdict.collect.len(),
+                        waiting = verdict.waiting,
+                        "route garbage collection"
+                    );
+                }
+                verdict.collect
+            }
+            None => BTreeSet::new(),
+        };
+        let plan = plan::plan(&PlanInput {
+            tables: &states,
+            wanted: target.wanted,
+            leased: target.leased,
+            owner: &self.owner,
+            adopt_untagged: self.adopt_untagged,
+            scope: target.scope,
+            collect: &collect,
+        });
+        for c in &plan.conflicts {
+            warn!(table = %c.table, dest = %c.wanted.dest, route_id = c.route_id, "{c}");
+        }
+        for b in &plan.blocked {
+            warn!(table = %b.table, dest = %b.wanted.dest, usage = b.usage, limit = b.limit, "{b}");
+        }
+        let usage: BTreeMap<String, usize> = states
+            .iter()
+            .map(|t| (t.id.clone(), t.routes.len()))
+            .collect();
+        let applied: Applied = if plan.tables.is_empty() {
+            Applied::default()
+        } else {
+            apply::apply(&self.client, &plan, &usage).await
+        };
+        for (table, used) in &applied.full {
+            warn!(table = %table, limit = used, "the API says the table is full; using its usage as its limit");
+            state.lowered.insert(table.clone(), *used);
+        }
+        let gc_deleted = collect.len();
+        if gc_deleted > 0 && applied.errors.is_empty() {
+            self.metrics.gc_deleted.inc_by(gc_deleted as u64);
+        }
+        // What is in place now: right before, or written by a table plan that fully succeeded.
+        let mut present = plan.satisfied.clone();
+        for tp in plan
+            .tables
+            .iter()
+            .filter(|tp| applied.done.contains(&tp.table))
+        {
+            let blocked: BTreeSet<Ipv4Net> = plan
+                .blocked
+                .iter()
+                .filter(|b| b.table == tp.table)
+                .map(|b| b.wanted.dest)
+                .collect();
+            let conflicting: BTreeSet<Ipv4Net> = plan
+                .conflicts
+                .iter()
+                .filter(|c| c.table == tp.table)
+                .map(|c| c.wanted.dest)
+                .collect();
+            for w in target.wanted {
+                if !blocked.contains(&w.dest) && !conflicting.contains(&w.dest) {
+                    present.insert((tp.table.clone(), w.dest));
+                }
+            }
+        }
+        if applied.refresh {
+            // A duplicate or stale record: the routes may well be right, but only a read says.
+            present.retain(|(t, _)| !plan.tables.iter().any(|tp| &tp.table == t));
+        }
+        self.record(
+            &states,
+            &plan,
+            &present,
+            &state.lowered,
+            account,
+            target.wanted.len(),
+        );
+        let writes = plan.writes();
+        debug!(tables = ?selection.tables, writes, elapsed = ?started.elapsed(), "reconciled");
+        self.metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let problems = plan
+            .conflicts
+            .iter()
+            .map(ToString::to_string)
+            .chain(plan.blocked.iter().map(ToString::to_string))
+            .collect();
+        Ok(Outcome {
+            tables: selection.tables,
+            present,
+            writes,
+            refresh: applied.refresh,
+            errors: applied.errors,
+            problems,
+        })
+    }
+
+    fn record(
+        &self,
+        states: &[plan::TableState],
+        plan: &plan::Plan,
+        present: &BTreeSet<(String, Ipv4Net)>,
+        lowered: &BTreeMap<String, usize>,
+        account: usize,
+        desired: usize,
+    ) {
+        for t in states {
+            let label = |state| TableRouteLabels {
+                table: t.id.clone(),
+                state,
+            };
+            let count = |n: usize| n as i64;
+            self.metrics
+                .routes
+                .get_or_create(&label("desired"))
+                .set(count(desired));
+            self.metrics
+                .routes
+                .get_or_create(&label("present"))
+                .set(count(present.iter().filter(|(tb, _)| tb == &t.id).count()));
+            self.metrics
+                .routes
+                .get_or_create(&label("conflicting"))
+                .set(count(
+                    plan.conflicts.iter().filter(|c| c.table == t.id).count(),
+                ));
+            self.metrics
+                .routes
+                .get_or_create(&label("blocked"))
+                .set(count(
+                    plan.blocked.iter().filter(|b| b.table == t.id).count(),
+                ));
+            let table = TableLabels {
+                table: t.id.clone(),
+            };
+            let written: i64 = plan
+                .tables
+                .iter()
+                .filter(|tp| tp.table == t.id)
+                .map(|tp| tp.create.len() as i64 - tp.delete.len() as i64)
+                .sum();
+            self.metrics
+                .table_usage
+                .get_or_create(&table)
+                .set(t.routes.len() as i64 + written);
+            self.metrics
+                .table_limit
+                .get_or_create(&table)
+                .set(lowered.get(&t.id).copied().unwrap_or(account) as i64);
+        }
+    }
+}
+
+impl From<DiscoveryError> for BackendError {
+    fn from(e: DiscoveryError) -> Self {
+        BackendError::Discovery(e)
+    }
+}

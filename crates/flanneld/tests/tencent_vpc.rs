@@ -1,0 +1,723 @@
+//! The tencent-vpc backend against the emulator (no root needed): nodes are backends built in
+//! this process, each with its own lease; the emulator's call counts and state are the truth.
+
+mod common;
+
+use common::{daemon_config, wait_until_async, FakeHost};
+use flannel_core::lease::{Expiry, Lease, LeaseEvent, SubnetKey};
+use flanneld::backend::tencent_vpc::plan::Ownership;
+use flanneld::backend::tencent_vpc::{NodeFacts, Settings, TencentVpcBackend};
+use flanneld::backend::{Backend, BackendError};
+use flanneld::health::Health;
+use flanneld::iface::ExternalInterface;
+use flanneld::metrics::Metrics;
+use flanneld::subnet::election::{InProcessElections, LeaderSeat};
+use flanneld::subnet::memory::MemoryManager;
+use flanneld::subnet::SubnetManager;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tencent_cloud::credentials::{Credentials, StaticProvider};
+use tencent_cloud::{Client, ClientConfig};
+use tencent_vpc_emulator::scenario::Scenario;
+use tencent_vpc_emulator::{Emulator, EmulatorConfig};
+
+const ID: &str = "AKIDlab0000000000000000000000000000";
+const KEY: &str = "lab-secret-key-0000000000000000";
+const WRITES: &[&str] = &[
+    "CreateRoutes",
+    "DeleteRoutes",
+    "ReplaceRoutes",
+    "EnableRoutes",
+    "DisableRoutes",
+];
+
+struct Cloud {
+    emu: Emulator,
+    http: reqwest::Client,
+    elections: Arc<InProcessElections>,
+}
+
+fn scenario(quota: usize) -> Scenario {
+    let mut s = Scenario::from_json(include_str!(
+        "../../tencent-vpc-emulator/scenarios/lab.json"
+    ))
+    .unwrap();
+    s.route_quota = quota;
+    s.rate_limit_per_second = 1000.0;
+    // More CVMs: 172.16.1.10-49 in subnet-a, 172.16.2.10-49 in subnet-b.
+    for (net, subnet) in [(1, "subnet-a"), (2, "subnet-b")] {
+        for host in 10..50 {
+            s.instances
+                .push(tencent_vpc_emulator::scenario::InstanceSpec {
+                    instance_id: format!("ins-{net}-{host}"),
+                    private_ip: format!("172.16.{net}.{host}").parse().unwrap(),
+                    subnet_id: subnet.into(),
+                    mac: format!("52:54:00:00:{net:02x}:{host:02x}"),
+                    name: String::new(),
+                    role: None,
+                });
+        }
+    }
+    s
+}
+
+impl Cloud {
+    async fn start(s: Scenario) -> Cloud {
+        let emu = Emulator::start(EmulatorConfig {
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            metadata_listen: Some("127.0.0.1:0".parse().unwrap()),
+            metadata_default_instance: Some("ins-a1".into()),
+            ..EmulatorConfig::on_loopback(s)
+        })
+        .await
+        .unwrap();
+        Cloud {
+            emu,
+            http: reqwest::Client::new(),
+            elections: Arc::default(),
+        }
+    }
+
+    fn client(&self) -> Arc<Client> {
+        let mut cfg = ClientConfig::new("ap-guangzhou");
+        cfg.endpoint = format!("http://{}", self.emu.api).parse().unwrap();
+        cfg.backoff_base = Duration::from_millis(2);
+        cfg.backoff_max = Duration::from_millis(10);
+        cfg.max_attempts = 10;
+        cfg.rate_per_second = 10_000.0;
+        cfg.burst = 1000;
+        let creds = StaticProvider::new(
+            Credentials::new(ID, secrecy::SecretString::from(KEY), None),
+            "test",
+        );
+        Arc::new(Client::new(cfg, Arc::new(creds)).unwrap())
+    }
+
+    fn admin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.emu.admin.unwrap())
+    }
+
+    async fn state(&self) -> Value {
+        self.http
+            .get(self.admin("/state"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The routes of `table`: (RouteId, destination, next hop, description, enabled).
+    async fn routes(&self, table: &str) -> Vec<(u64, String, String, String, bool)> {
+        let s = self.state().await;
+        let t = s["route_tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["route_table_id"] == table)
+            .unwrap()
+            .clone();
+        t["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["route_id"].as_u64().unwrap(),
+                    r["destination_cidr_block"].as_str().unwrap().to_string(),
+                    r["gateway_id"].as_str().unwrap().to_string(),
+                    r["route_description"].as_str().unwrap().to_string(),
+                    r["enabled"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    async fn route_to(
+        &self,
+        table: &str,
+        dest: &str,
+    ) -> Option<(u64, String, String, String, bool)> {
+        self.routes(table).await.into_iter().find(|r| r.1 == dest)
+    }
+
+    async fn calls(&self) -> Value {
+        self.http
+            .get(self.admin("/calls"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// API calls so far: (all, writes).
+    async fn counts(&self) -> (u64, u64) {
+        let calls = self.calls().await;
+        let mut all = 0;
+        let mut writes = 0;
+        for (action, outcomes) in calls.as_object().unwrap() {
+            let n: u64 = outcomes
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum();
+            all += n;
+            if WRITES.contains(&action.as_str()) {
+                writes += n;
+            }
+        }
+        (all, writes)
+    }
+
+    async fn console(&self, method: reqwest::Method, path: &str, body: Option<Value>) {
+        let mut req = self.http.request(method, self.admin(path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        assert!(
+            r.status().is_success(),
+            "{path}: {}",
+            r.text().await.unwrap()
+        );
+    }
+
+    async fn fault(&self, fault: Value) {
+        self.console(reqwest::Method::POST, "/faults", Some(fault))
+            .await;
+    }
+
+    /// A node: its backend and its lease.
+    async fn node(
+        &self,
+        ip: &str,
+        subnet_id: &str,
+        pod_subnet: &str,
+    ) -> (TencentVpcBackend, Lease) {
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        let ext = ExternalInterface {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+            iface_addr: Some(ip),
+            iface_v6_addr: None,
+            ext_addr: Some(ip),
+            ext_v6_addr: None,
+        };
+        let seat = LeaderSeat::stand(Box::new(
+            self.elections
+                .election("tencent-vpc-gc-lab", &ip.to_string()),
+        ));
+        let backend = TencentVpcBackend::new(
+            ext,
+            NodeFacts {
+                private_ip: ip,
+                subnet_id: subnet_id.into(),
+            },
+            Settings {
+                vpc_id: "vpc-lab".into(),
+                owner: Ownership {
+                    cluster: "lab".into(),
+                    network: "10.244.0.0/16".parse().unwrap(),
+                },
+                adopt_untagged: false,
+                route_table_ids: vec![],
+                resync: Duration::from_secs(60),
+            },
+            self.client(),
+            Metrics::default().vpc,
+            Some(seat),
+        );
+        let lease = Lease {
+            key: SubnetKey::v4(pod_subnet.parse().unwrap()),
+            attrs: backend.lease_attrs().await.unwrap(),
+            expiry: Expiry::Never,
+        };
+        (backend, lease)
+    }
+}
+
+fn tag(ip: &str) -> String {
+    format!("flannel:lab:{ip}")
+}
+
+#[tokio::test]
+async fn nodes_in_two_subnets_route_through_both_tables_and_a_restart_writes_nothing() {
+    let cloud = Cloud::start(scenario(50)).await;
+    let (a, lease_a) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
+    assert_eq!(
+        lease_a.attrs.to_json(),
+        r#"{"PublicIP":"172.16.1.7","PublicIPv6":null,"BackendType":"tencent-vpc","BackendData":{"PrivateIP":"172.16.1.7","SubnetId":"subnet-a"}}"#
+    );
+    // The first node: one read, the quota, one create in its own subnet's table (rtb-main).
+    a.activate(&lease_a).await.unwrap();
+    assert!(a.ready());
+    assert_eq!(
+        cloud.counts().await,
+        (3, 1),
+        "DescribeRouteTables, DescribeVpcLimits, CreateRoutes"
+    );
+    assert_eq!(
+        cloud.route_to("rtb-main", "10.244.1.0/24").await.unwrap().2,
+        "172.16.1.7"
+    );
+
+    // A node in subnet-b (table rtb-b) joins, knowing a's lease from the watch snapshot.
+    let (b, lease_b) = cloud.node("172.16.2.7", "subnet-b", "10.244.2.0/24").await;
+    b.resync(&lease_b, std::slice::from_ref(&lease_a), true)
+        .await
+        .unwrap();
+    assert!(b.ready());
+    // a hears of a node in a new subnet: its route goes into rtb-b too.
+    a.handle(&lease_a, &[LeaseEvent::Added(lease_b.clone())])
+        .await
+        .unwrap();
+    for table in ["rtb-main", "rtb-b"] {
+        let routes = cloud.routes(table).await;
+        for (dest, via) in [
+            ("10.244.1.0/24", "172.16.1.7"),
+            ("10.244.2.0/24", "172.16.2.7"),
+        ] {
+            let r = routes
+                .iter()
+                .find(|r| r.1 == dest)
+                .unwrap_or_else(|| panic!("{dest} in {table}: {routes:?}"));
+            assert_eq!((r.2.as_str(), r.3.clone(), r.4), (via, tag(via), true));
+        }
+    }
+    // A second node in a known subnet costs the others nothing.
+    let before = cloud.counts().await;
+    let (_, lease_a2) = cloud.node("172.16.1.8", "subnet-a", "10.244.3.0/24").await;
+    a.handle(&lease_a, &[LeaseEvent::Added(lease_a2.clone())])
+        .await
+        .unwrap();
+    b.handle(&lease_b, &[LeaseEvent::Added(lease_a2.clone())])
+        .await
+        .unwrap();
+    assert_eq!(cloud.counts().await, before);
+
+    // Restarted agents with everything in place: reads only, zero writes.
+    let (_, writes) = cloud.counts().await;
+    let (a, _) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
+    let (b, _) = cloud.node("172.16.2.7", "subnet-b", "10.244.2.0/24").await;
+    a.activate(&lease_a).await.unwrap();
+    b.activate(&lease_b).await.unwrap();
+    a.resync(&lease_a, std::slice::from_ref(&lease_b), true)
+        .await
+        .unwrap();
+    b.resync(&lease_b, std::slice::from_ref(&lease_a), true)
+        .await
+        .unwrap();
+    assert!(a.ready() && b.ready());
+    assert_eq!(
+        cloud.counts().await.1,
+        writes,
+        "no write call after a restart"
+    );
+}
+
+#[tokio::test]
+async fn only_the_leader_collects_a_departed_nodes_route_and_user_routes_stay() {
+    let cloud = Cloud::start(scenario(50)).await;
+    // A user's route inside the Network, to a NAT gateway: not ours, whatever happens.
+    cloud
+        .console(
+            reqwest::Method::POST,
+            "/route-tables/rtb-main/routes",
+            Some(json!({"DestinationCidrBlock": "10.244.200.0/24", "GatewayType": "NAT", "GatewayId": "nat-1"})),
+        )
+        .await;
+    let (n1, lease_1) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
+    let (n2, lease_2) = cloud.node("172.16.1.8", "subnet-a", "10.244.2.0/24").await;
+    n1.activate(&lease_1).await.unwrap();
+    n2.activate(&lease_2).await.unwrap();
+    assert!(cloud.route_to("rtb-main", "10.244.2.0/24").await.is_some());
+    // Which of the two seats leads?
+    let probe = cloud.elections.election("tencent-vpc-gc-lab", "probe");
+    let mut leader_ip = None;
+    for _ in 0..500 {
+        leader_ip = flanneld::subnet::election::LeaderElection::leader(&probe)
+            .await
+            .unwrap();
+        if leader_ip.is_some() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    // Make node 1 the leader for the rest of the test: the other one departs.
+    let ((leader, lease_1), (other, lease_2)) = match leader_ip.as_deref() {
+        Some("172.16.1.7") => ((n1, lease_1), (n2, lease_2)),
+        Some("172.16.1.8") => ((n2, lease_2), (n1, lease_1)),
+        other => panic!("no leader: {other:?}"),
+    };
+    let gone = lease_2.key.ipv4.to_string();
+    // The departed node's lease has expired; its route stays until the leader collects it.
+    // Whoever is not the leader never deletes another node's route, however often it looks.
+    // (Here the departed agent is still running, seeing only the leader's lease: as a
+    // non-leader it must not delete anything but its own stale routes.)
+    for _ in 0..3 {
+        other
+            .resync(&lease_2, std::slice::from_ref(&lease_1), true)
+            .await
+            .unwrap();
+    }
+    assert!(cloud.route_to("rtb-main", &gone).await.is_some());
+    // The leader: first sighting keeps it, the second deletes it.
+    let mut rounds = 0;
+    while cloud.route_to("rtb-main", &gone).await.is_some() {
+        leader.resync(&lease_1, &[], true).await.unwrap();
+        rounds += 1;
+        assert!(rounds <= 3, "collected within two of the leader's resyncs");
+    }
+    assert!(rounds >= 2, "never at the first sighting");
+    // A hundred more resyncs: the user's routes are untouched, ours is in place.
+    for _ in 0..100 {
+        leader.resync(&lease_1, &[], true).await.unwrap();
+    }
+    let routes = cloud.routes("rtb-main").await;
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.1 == "10.244.200.0/24" && r.2 == "nat-1"),
+        "{routes:?}"
+    );
+    assert!(
+        routes.iter().any(|r| r.1 == "192.168.100.0/24"),
+        "the VPN route: {routes:?}"
+    );
+    assert!(routes.iter().any(|r| r.1 == lease_1.key.ipv4.to_string()));
+}
+
+#[tokio::test]
+async fn drift_is_repaired_in_place_within_one_resync() {
+    let cloud = Cloud::start(scenario(50)).await;
+    // Our route with a wrong next hop (a node that held the subnet before).
+    cloud
+        .console(
+            reqwest::Method::POST,
+            "/route-tables/rtb-main/routes",
+            Some(
+                json!({"DestinationCidrBlock": "10.244.1.0/24", "GatewayType": "NORMAL_CVM",
+                        "GatewayId": "172.16.1.8", "RouteDescription": tag("172.16.1.8")}),
+            ),
+        )
+        .await;
+    let wrong = cloud.route_to("rtb-main", "10.244.1.0/24").await.unwrap();
+    let (a, lease) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
+    a.activate(&lease).await.unwrap();
+    let fixed = cloud.route_to("rtb-main", "10.244.1.0/24").await.unwrap();
+    assert_eq!(fixed.0, wrong.0, "replaced in place, same RouteId");
+    assert_eq!(
+        (fixed.2.as_str(), fixed.3.clone()),
+        ("172.16.1.7", tag("172.16.1.7"))
+    );
+    assert_eq!(cloud.calls().await["ReplaceRoutes"]["Success"], 1);
+    assert!(
+        cloud.calls().await.get("CreateRoutes").is_none(),
+        "never a second route"
+    );
+
+    // Disabled in the console: enabled again at the next resync.
+    cloud
+        .console(
+            reqwest::Method::POST,
+            &format!("/route-tables/rtb-main/routes/{}/disable", fixed.0),
+            None,
+        )
+        .await;
+    a.resync(&lease, &[], true).await.unwrap();
+    assert!(cloud.route_to("rtb-main", "10.244.1.0/24").await.unwrap().4);
+
+    // Deleted in the console: back at the next resync.
+    cloud
+        .console(
+            reqwest::Method::DELETE,
+            &format!("/route-tables/rtb-main/routes/{}", fixed.0),
+            None,
+        )
+        .await;
+    assert!(cloud.route_to("rtb-main", "10.244.1.0/24").await.is_none());
+    a.resync(&lease, &[], true).await.unwrap();
+    assert_eq!(
+        cloud.route_to("rtb-main", "10.244.1.0/24").await.unwrap().2,
+        "172.16.1.7"
+    );
+    assert!(a.ready());
+}
+
+#[tokio::test]
+async fn a_full_table_is_reported_with_usage_and_limit_and_the_node_is_not_ready() {
+    // rtb-main holds one VPN route and may hold one.
+    let cloud = Cloud::start(scenario(1)).await;
+    let (a, lease) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
+    a.activate(&lease).await.unwrap();
+    assert!(!a.ready(), "not ready without its route");
+    let e = a.resync(&lease, &[], true).await.unwrap_err();
+    assert_eq!(
+        flanneld::report(&e),
+        "create route 10.244.1.0/24 via 172.16.1.7 in rtb-main: route table full (1/1 routes)"
+    );
+    assert!(
+        cloud.calls().await.get("CreateRoutes").is_none(),
+        "nothing sent that must fail"
+    );
+
+    // With the quota unreadable the default (50) is assumed: the API's LimitExceeded then
+    // names the table, and the limit learnt from it blocks the next attempt locally.
+    let cloud = Cloud::start(scenario(1)).await;
+    cloud
+        .fault(json!({"action": "DescribeVpcLimits", "error_rate": 1.0, "error_code": "UnauthorizedOperation"}))
+        .await;
+    let (a, lease) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
+    let e = a.resync(&lease, &[], true).await.unwrap_err();
+    assert!(
+        flanneld::report(&e).starts_with(
+            "create route 10.244.1.0/24 via 172.16.1.7 in rtb-main (1 routes in the table): CreateRoutes: LimitExceeded"
+        ),
+        "{}",
+        flanneld::report(&e)
+    );
+    let e = a.resync(&lease, &[], true).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "create route 10.244.1.0/24 via 172.16.1.7 in rtb-main: route table full (1/1 routes)"
+    );
+    assert_eq!(
+        cloud.calls().await["CreateRoutes"]["LimitExceeded"],
+        1,
+        "asked once, then known"
+    );
+    assert!(!a.ready());
+}
+
+#[tokio::test]
+async fn half_the_calls_throttled_every_node_converges() {
+    let cloud = Cloud::start(scenario(50)).await;
+    cloud
+        .fault(json!({"error_rate": 0.5, "error_code": "RequestLimitExceeded", "seed": 7}))
+        .await;
+    let mut nodes = Vec::new();
+    for i in 0..6u8 {
+        let (subnet, ip) = if i % 2 == 0 {
+            ("subnet-a", format!("172.16.1.{}", 10 + i))
+        } else {
+            ("subnet-b", format!("172.16.2.{}", 10 + i))
+        };
+        nodes.push(
+            cloud
+                .node(&ip, subnet, &format!("10.244.{}.0/24", 10 + i))
+                .await,
+        );
+    }
+    let leases: Vec<Lease> = nodes.iter().map(|(_, l)| l.clone()).collect();
+    for round in 0.. {
+        assert!(round < 20, "converged within 20 resync rounds");
+        for (b, own) in &nodes {
+            let peers: Vec<Lease> = leases
+                .iter()
+                .filter(|l| l.key != own.key)
+                .cloned()
+                .collect();
+            let _ = b.resync(own, &peers, true).await;
+        }
+        if nodes.iter().all(|(b, _)| b.ready()) {
+            break;
+        }
+    }
+    for table in ["rtb-main", "rtb-b"] {
+        let routes = cloud.routes(table).await;
+        for l in &leases {
+            let dest = l.key.ipv4.to_string();
+            assert_eq!(
+                routes.iter().filter(|r| r.1 == dest).count(),
+                1,
+                "{dest} exactly once in {table}: {routes:?}"
+            );
+        }
+    }
+    assert!(
+        cloud.calls().await["DescribeRouteTables"]["RequestLimitExceeded"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "the fault did bite"
+    );
+}
+
+#[tokio::test]
+async fn the_daemon_with_tencent_vpc_is_ready_once_routed() {
+    let cloud = Cloud::start(scenario(50)).await;
+    let config = json!({
+        "Network": "10.244.0.0/16",
+        "Backend": {
+            "Type": "tx-vpc",
+            "AccessKeyID": ID,
+            "AccessKeySecret": KEY,
+            "Endpoint": format!("http://{}", cloud.emu.api),
+            "MetadataURL": format!("http://{}/latest/meta-data/", cloud.emu.metadata.unwrap()),
+        }
+    });
+    let sm = Arc::new(MemoryManager::new(
+        flannel_core::config::parse_and_check(&config.to_string()).unwrap(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let health = Arc::new(Health::default());
+    let run = {
+        let (sm, health) = (sm.clone() as Arc<dyn SubnetManager>, health.clone());
+        let cfg = daemon_config(dir.path());
+        tokio::spawn(async move {
+            flanneld::daemon::run(
+                cfg,
+                sm,
+                &flanneld::backend::Builtin,
+                &FakeHost("172.16.1.7"),
+                health,
+                std::future::pending(),
+            )
+            .await
+        })
+    };
+    wait_until_async("ready", Duration::from_secs(20), || health.is_ready()).await;
+    let lease = sm.leases().into_iter().next().unwrap();
+    assert_eq!(lease.attrs.backend_type, "tencent-vpc");
+    assert_eq!(
+        lease.attrs.backend_data,
+        Some(json!({"PrivateIP": "172.16.1.7", "SubnetId": "subnet-a"}))
+    );
+    let dest = lease.key.ipv4.to_string();
+    let route = cloud.route_to("rtb-main", &dest).await.unwrap();
+    assert_eq!(
+        (route.2.as_str(), route.3.as_str()),
+        ("172.16.1.7", "flannel:10-244-0-0-16:172.16.1.7"),
+        "the default ClusterName comes from the Network"
+    );
+    let metrics = health.metrics.encode();
+    assert!(
+        metrics
+            .contains(r#"flannel_vpc_api_calls_total{action="CreateRoutes",result="Success"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"flannel_vpc_route_table_limit{table="rtb-main"} 50"#),
+        "{metrics}"
+    );
+    run.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flanneld_binary_routes_its_lease_and_never_logs_the_secret_at_trace() {
+    let cloud = Cloud::start(scenario(50)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("net-conf.json");
+    std::fs::write(
+        &conf,
+        json!({
+            "Network": "10.244.0.0/16",
+            "Backend": {
+                "Type": "tencent-vpc",
+                "AccessKeyID": ID,
+                "AccessKeySecret": KEY,
+                "Endpoint": format!("http://{}", cloud.emu.api),
+                "MetadataURL": format!("http://{}/latest/meta-data/", cloud.emu.metadata.unwrap()),
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let log_path = dir.path().join("flanneld.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flanneld"))
+        .args([
+            "--local-subnet-mgr",
+            "--iface=lo",
+            "--iptables-forward-rules=false",
+        ])
+        .arg(format!("--net-config-path={}", conf.display()))
+        .arg(format!(
+            "--subnet-file={}",
+            dir.path().join("subnet.env").display()
+        ))
+        .arg(format!("--healthz-port={port}"))
+        .env("RUST_LOG", "trace")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let ready = tokio::task::spawn_blocking(move || {
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < end {
+            if common::http_get(addr, "/readyz").is_ok_and(|(status, _)| status == 200) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(ready, "flanneld became ready: {text}");
+    let routes = cloud.routes("rtb-main").await;
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.2 == "172.16.1.7" && r.3 == "flannel:10-244-0-0-16:172.16.1.7"),
+        "{routes:?}"
+    );
+    assert!(
+        text.contains("CreateRoutes"),
+        "trace logging was on: {text}"
+    );
+    assert!(!text.contains(KEY), "the SecretKey reached a log line");
+}
+
+#[tokio::test]
+async fn ipv6_networks_and_controller_mode_are_refused_clearly() {
+    let ext = ExternalInterface {
+        name: "eth0".into(),
+        index: 2,
+        mtu: 1500,
+        iface_addr: Some("172.16.1.7".parse().unwrap()),
+        iface_v6_addr: None,
+        ext_addr: Some("172.16.1.7".parse().unwrap()),
+        ext_v6_addr: None,
+    };
+    let metrics = Metrics::default();
+    let elections: Arc<InProcessElections> = Arc::default();
+    let elect = |n: &str, i: &str| {
+        Box::new(elections.election(n, i)) as Box<dyn flanneld::subnet::election::LeaderElection>
+    };
+    for (conf, message) in [
+        (
+            r#"{"EnableIPv6":true,"Network":"10.244.0.0/16","IPv6Network":"fd00::/48","Backend":{"Type":"tencent-vpc"}}"#,
+            "tencent-vpc routes IPv4 pod subnets only: IPv6 networks are not supported yet (set EnableIPv6 to false)",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"tencent-vpc","Mode":"controller"}}"#,
+            "Backend.Mode controller is not supported yet by flannel-rs (use per-node)",
+        ),
+    ] {
+        let network = flannel_core::config::parse_and_check(conf).unwrap();
+        let config = flanneld::backend::Builtin::check(&network).unwrap();
+        let ctx = flanneld::backend::BackendContext {
+            config: &config,
+            network: &network,
+            ext: &ext,
+            metrics: &metrics,
+            elect: &elect,
+        };
+        let e = match flanneld::backend::BackendFactory::build(&flanneld::backend::Builtin, &ctx).await {
+            Err(e) => e,
+            Ok(_) => panic!("{conf} accepted"),
+        };
+        assert!(matches!(e, BackendError::Unsupported(_)));
+        assert_eq!(e.to_string(), message);
+    }
+}
