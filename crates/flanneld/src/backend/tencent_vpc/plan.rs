@@ -293,7 +293,11 @@ fn plan_table(
                 if !right && !k.enabled {
                     tp.enable.push(k.route_id);
                 }
-                for extra in candidates.iter().filter(|r| r.route_id != k.route_id) {
+                // Duplicates of ours go; an untagged route is never deleted.
+                for extra in candidates
+                    .iter()
+                    .filter(|r| r.route_id != k.route_id && owner.owns(r))
+                {
                     tp.delete.push(extra.route_id);
                 }
             }
