@@ -187,6 +187,10 @@ pub struct Options {
     /// The network config is read from --net-config-path.
     #[arg(long = "local-subnet-mgr", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool, action = ArgAction::Set)]
     pub local_subnet_mgr: bool,
+    /// Run the tencent-vpc route controller instead of a node agent: hold no lease, program
+    /// no kernel state, stand for election and, while leading, route every lease.
+    #[arg(long = "controller", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool, action = ArgAction::Set)]
+    pub controller: bool,
     /// Seconds between full reconciliations of the backend (jittered by up to 10%).
     #[arg(long = "resync-period", default_value_t = 30)]
     pub resync_period: u64,

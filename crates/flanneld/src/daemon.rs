@@ -137,14 +137,13 @@ pub async fn run(
     // 3. Backend (before the lease, so a bad or unsupported backend leaves no lease behind).
     let backend_config = BackendConfig::parse(&config.backend_type, config.backend.as_ref())
         .map_err(BackendError::from)?;
-    let elect = |name: &str, identity: &str| sm.leader_election(name, identity);
     let backend: Box<dyn Backend> = backends
         .build(&BackendContext {
             config: &backend_config,
             network: &config,
             ext: &ext,
             metrics: &health.metrics,
-            elect: &elect,
+            store: Arc::clone(&sm),
         })
         .await?;
     let resync_period = backend.resync_period().unwrap_or(cfg.resync_period);

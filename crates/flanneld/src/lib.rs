@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod cli;
 pub mod cloud;
+pub mod controller;
 pub mod ctl;
 pub mod daemon;
 pub mod health;

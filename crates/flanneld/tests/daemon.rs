@@ -270,6 +270,12 @@ impl SubnetManager for Flaky {
     async fn watch_leases(&self) -> Result<LeaseStream, SubnetError> {
         self.inner.watch_leases().await
     }
+    async fn put_record(&self, name: &str, value: &str) -> Result<(), SubnetError> {
+        self.inner.put_record(name, value).await
+    }
+    async fn get_record(&self, name: &str) -> Result<Option<String>, SubnetError> {
+        self.inner.get_record(name).await
+    }
 }
 
 #[tokio::test(start_paused = true)]

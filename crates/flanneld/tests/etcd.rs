@@ -925,3 +925,31 @@ async fn another_node_writing_our_key_is_noticed_at_once() {
     );
     assert!(!health.is_ready());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_live_beside_the_leases_where_upstream_never_looks() {
+    let etcd = EtcdServer::start();
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
+    let m = manager(&etcd).await;
+    assert_eq!(m.get_record("tencent-vpc-routes-x").await.unwrap(), None);
+    m.put_record("tencent-vpc-routes-x", r#"{"Routes":{}}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        etcd.etcdctl(&[
+            "get",
+            "/coreos.com/network/flannel-rs/tencent-vpc-routes-x",
+            "--print-value-only"
+        ]),
+        "{\"Routes\":{}}\n"
+    );
+    assert_eq!(
+        m.get_record("tencent-vpc-routes-x")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"Routes":{}}"#)
+    );
+    // Not a lease: the subnets listing does not include it.
+    assert!(m.list().await.unwrap().0.is_empty());
+}

@@ -503,7 +503,7 @@ async fn half_the_calls_throttled_every_node_converges() {
         .await;
     let mut nodes = Vec::new();
     for i in 0..6u8 {
-        let (subnet, ip) = if i % 2 == 0 {
+        let (subnet, ip) = if i.is_multiple_of(2) {
             ("subnet-a", format!("172.16.1.{}", 10 + i))
         } else {
             ("subnet-b", format!("172.16.2.{}", 10 + i))
@@ -679,7 +679,7 @@ async fn the_flanneld_binary_routes_its_lease_and_never_logs_the_secret_at_trace
 }
 
 #[tokio::test]
-async fn ipv6_networks_and_controller_mode_are_refused_clearly() {
+async fn ipv6_networks_are_refused_clearly() {
     let ext = ExternalInterface {
         name: "eth0".into(),
         index: 2,
@@ -690,18 +690,10 @@ async fn ipv6_networks_and_controller_mode_are_refused_clearly() {
         ext_v6_addr: None,
     };
     let metrics = Metrics::default();
-    let elections: Arc<InProcessElections> = Arc::default();
-    let elect = |n: &str, i: &str| {
-        Box::new(elections.election(n, i)) as Box<dyn flanneld::subnet::election::LeaderElection>
-    };
     for (conf, message) in [
         (
             r#"{"EnableIPv6":true,"Network":"10.244.0.0/16","IPv6Network":"fd00::/48","Backend":{"Type":"tencent-vpc"}}"#,
             "tencent-vpc routes IPv4 pod subnets only: IPv6 networks are not supported yet (set EnableIPv6 to false)",
-        ),
-        (
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"tencent-vpc","Mode":"controller"}}"#,
-            "Backend.Mode controller is not supported yet by flannel-rs (use per-node)",
         ),
     ] {
         let network = flannel_core::config::parse_and_check(conf).unwrap();
@@ -711,7 +703,7 @@ async fn ipv6_networks_and_controller_mode_are_refused_clearly() {
             network: &network,
             ext: &ext,
             metrics: &metrics,
-            elect: &elect,
+            store: Arc::new(MemoryManager::new(network.clone())),
         };
         let e = match flanneld::backend::BackendFactory::build(&flanneld::backend::Builtin, &ctx).await {
             Err(e) => e,
@@ -720,4 +712,128 @@ async fn ipv6_networks_and_controller_mode_are_refused_clearly() {
         assert!(matches!(e, BackendError::Unsupported(_)));
         assert_eq!(e.to_string(), message);
     }
+}
+
+/// A lease as an agent in subnet-a or subnet-b would publish it.
+fn agent_lease(i: u8) -> Lease {
+    let (net, subnet) = if i.is_multiple_of(2) {
+        (1, "subnet-a")
+    } else {
+        (2, "subnet-b")
+    };
+    let ip = format!("172.16.{net}.{}", 10 + i);
+    let mut attrs = flannel_core::LeaseAttrs::new(ip.parse().unwrap());
+    attrs.backend_type = "tencent-vpc".into();
+    attrs.backend_data = Some(json!({"PrivateIP": ip, "SubnetId": subnet}));
+    Lease {
+        key: SubnetKey::v4(format!("10.244.{}.0/24", 100 + i).parse().unwrap()),
+        attrs,
+        expiry: Expiry::Never,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_routes_every_lease_in_batches_and_agents_need_no_credentials() {
+    let cloud = Cloud::start(scenario(100)).await;
+    // The controller's credentials are in its config; the agents never build a client.
+    let config = json!({
+        "Network": "10.244.0.0/16",
+        "Backend": {
+            "Type": "tencent-vpc",
+            "Mode": "controller",
+            "AccessKeyID": ID,
+            "AccessKeySecret": KEY,
+            "Endpoint": format!("http://{}", cloud.emu.api),
+            "MetadataURL": format!("http://{}/latest/meta-data/", cloud.emu.metadata.unwrap()),
+        }
+    });
+    let sm = Arc::new(MemoryManager::new(
+        flannel_core::config::parse_and_check(&config.to_string()).unwrap(),
+    ));
+    let controller_health = Arc::new(Health::default());
+    let controller = {
+        let (sm, health) = (
+            sm.clone() as Arc<dyn SubnetManager>,
+            controller_health.clone(),
+        );
+        tokio::spawn(flanneld::controller::run(
+            flanneld::controller::ControllerOptions {
+                identity: "controller-1".into(),
+            },
+            sm,
+            health,
+            std::future::pending(),
+        ))
+    };
+    // A real agent (the daemon, Mode controller): ready once the controller routed it.
+    let dir = tempfile::tempdir().unwrap();
+    let health = Arc::new(Health::default());
+    let agent = {
+        let (sm, health) = (sm.clone() as Arc<dyn SubnetManager>, health.clone());
+        let cfg = daemon_config(dir.path());
+        tokio::spawn(async move {
+            flanneld::daemon::run(
+                cfg,
+                sm,
+                &flanneld::backend::Builtin,
+                &FakeHost("172.16.1.7"),
+                health,
+                std::future::pending(),
+            )
+            .await
+        })
+    };
+    wait_until_async("the agent ready", Duration::from_secs(30), || {
+        health.is_ready()
+    })
+    .await;
+    let own = sm.leases().into_iter().next().unwrap();
+    let before = cloud.counts().await;
+
+    // Thirty more nodes join at once.
+    let leases: Vec<Lease> = (0..30).map(agent_lease).collect();
+    for l in &leases {
+        sm.put_lease(l.clone());
+    }
+    let status_name = "tencent-vpc-routes-10-244-0-0-16";
+    let mut routed = 0;
+    for _ in 0..300 {
+        let status = sm
+            .get_record(status_name)
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        routed = serde_json::from_str::<Value>(&status)
+            .ok()
+            .and_then(|v| v["Routes"].as_object().map(|r| r.len()))
+            .unwrap_or(0);
+        if routed == 31 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(routed, 31, "every lease reported routed");
+    for table in ["rtb-main", "rtb-b"] {
+        let routes = cloud.routes(table).await;
+        for l in leases.iter().chain(std::iter::once(&own)) {
+            let dest = l.key.ipv4.to_string();
+            assert_eq!(
+                routes.iter().filter(|r| r.1 == dest).count(),
+                1,
+                "{dest} in {table}"
+            );
+        }
+    }
+    let after = cloud.counts().await;
+    assert!(
+        after.0 - before.0 <= 12,
+        "30 joins batched into a few calls, not {}",
+        after.0 - before.0
+    );
+    assert!(controller_health
+        .metrics
+        .encode()
+        .contains(r#"flannel_vpc_routes{table="rtb-b",state="present"} 31"#));
+    agent.abort();
+    controller.abort();
 }

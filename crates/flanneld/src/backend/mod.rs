@@ -7,11 +7,12 @@ pub mod tencent_vpc;
 
 use crate::iface::ExternalInterface;
 use crate::metrics::Metrics;
-use crate::subnet::election::LeaderElection;
+use crate::subnet::{SubnetError, SubnetManager};
 use async_trait::async_trait;
 use flannel_core::backend_config::{BackendConfig, BackendConfigError, BackendKind};
 use flannel_core::lease::{Lease, LeaseAttrs, LeaseEvent};
 use flannel_core::ValidatedNetConfig;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -37,6 +38,9 @@ pub enum BackendError {
     /// The cloud client could not be set up (credentials, region, endpoint, metadata).
     #[error("tencent-vpc")]
     CloudSetup(#[source] crate::cloud::CloudSetupError),
+    /// The lease store could not be read for the route status.
+    #[error("reading the route status in the lease store")]
+    RouteStatus(#[source] SubnetError),
     /// This node's route could not be put in place (a full table, a route in the way).
     #[error("{0}")]
     NotRouted(String),
@@ -90,17 +94,14 @@ pub fn base_attrs(kind: BackendKind, ext: &ExternalInterface) -> Result<LeaseAtt
     Ok(attrs)
 }
 
-/// Stands for an election of the lease store: `(name, identity)`.
-pub type Elect<'a> = &'a (dyn Fn(&str, &str) -> Box<dyn LeaderElection> + Sync);
-
 /// What a backend is built from.
 pub struct BackendContext<'a> {
     pub config: &'a BackendConfig,
     pub network: &'a ValidatedNetConfig,
     pub ext: &'a ExternalInterface,
     pub metrics: &'a Metrics,
-    /// Elections among the holders of the lease store (cluster-wide jobs).
-    pub elect: Elect<'a>,
+    /// The lease store: its elections (cluster-wide jobs) and records.
+    pub store: Arc<dyn SubnetManager>,
 }
 
 /// Makes the backend the network config names. The daemon is given one, so tests can inject

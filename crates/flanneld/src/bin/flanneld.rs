@@ -111,6 +111,21 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         });
     }
 
+    if opts.controller {
+        let identity = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| format!("controller-{}", std::process::id()));
+        return flanneld::controller::run(
+            flanneld::controller::ControllerOptions { identity },
+            sm,
+            health,
+            shutdown_signal(),
+        )
+        .await
+        .map_err(Into::into);
+    }
+
     let can_reach = if opts.iface_can_reach.is_empty() {
         None
     } else {

@@ -22,6 +22,7 @@ pub struct MemoryManager {
     leases: Arc<Mutex<BTreeMap<SubnetKey, Lease>>>,
     changes: broadcast::Sender<LeaseEvent>,
     elections: Arc<InProcessElections>,
+    records: Mutex<BTreeMap<String, String>>,
 }
 
 impl MemoryManager {
@@ -36,6 +37,7 @@ impl MemoryManager {
             leases: Arc::new(Mutex::new(BTreeMap::new())),
             changes: broadcast::channel(capacity.max(1)).0,
             elections: Arc::default(),
+            records: Mutex::default(),
         }
     }
 
@@ -136,6 +138,18 @@ impl SubnetManager for MemoryManager {
 
     fn leader_election(&self, name: &str, identity: &str) -> Box<dyn LeaderElection> {
         Box::new(self.elections.election(name, identity))
+    }
+
+    async fn put_record(&self, name: &str, value: &str) -> Result<(), SubnetError> {
+        self.records
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), value.to_string());
+        Ok(())
+    }
+
+    async fn get_record(&self, name: &str) -> Result<Option<String>, SubnetError> {
+        Ok(self.records.lock().unwrap().get(name).cloned())
     }
 
     async fn watch_leases(&self) -> Result<LeaseStream, SubnetError> {

@@ -117,4 +117,8 @@ pub trait SubnetManager: Send + Sync {
     /// An election among the holders of this store (for cluster-wide jobs such as route
     /// garbage collection). `identity` names this candidate.
     fn leader_election(&self, name: &str, identity: &str) -> Box<dyn election::LeaderElection>;
+    /// A small cluster-wide record beside the leases (flannel-rs's own: upstream never reads
+    /// it), e.g. the tencent-vpc controller's view of which leases are routed.
+    async fn put_record(&self, name: &str, value: &str) -> Result<(), SubnetError>;
+    async fn get_record(&self, name: &str) -> Result<Option<String>, SubnetError>;
 }

@@ -10,7 +10,9 @@
 //!
 //! In per-node mode each agent keeps its own route present and enabled in every table (zero
 //! write calls when all is right); the agent elected through the lease store also deletes
-//! the routes of departed nodes.
+//! the routes of departed nodes. In controller mode the agent needs no credentials: it
+//! publishes its lease and is ready once the controller (`flanneld --controller`) reports
+//! its route in place, through a record in the lease store ([`RouteStatus`]).
 
 pub mod apply;
 pub mod gc;
@@ -94,12 +96,39 @@ pub fn subnet_of(lease: &Lease) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
+/// The controller's published view: each routed lease subnet and its next hop, in place in
+/// every table. Stored as the lease-store record [`RouteStatus::record_name`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RouteStatus {
+    pub routes: BTreeMap<Ipv4Net, Ipv4Addr>,
+}
+
+impl RouteStatus {
+    pub fn record_name(cluster: &str) -> String {
+        format!("tencent-vpc-routes-{cluster}")
+    }
+}
+
+/// Who writes this node's route.
+enum Writer {
+    /// This agent (per-node mode), electing a garbage collector among the agents.
+    Agent {
+        reconciler: Box<Reconciler>,
+        gc_seat: Option<LeaderSeat>,
+    },
+    /// The controller; this agent reads the route status from the lease store.
+    Controller {
+        store: Arc<dyn crate::subnet::SubnetManager>,
+        record: String,
+    },
+}
+
 pub struct TencentVpcBackend {
     ext: ExternalInterface,
     node: NodeFacts,
     settings: Settings,
-    reconciler: Reconciler,
-    gc_seat: Option<LeaderSeat>,
+    writer: Writer,
     peers: Mutex<BTreeMap<SubnetKey, Lease>>,
     ready: AtomicBool,
 }
@@ -126,8 +155,28 @@ impl TencentVpcBackend {
             ext,
             node,
             settings,
-            reconciler,
-            gc_seat,
+            writer: Writer::Agent {
+                reconciler: Box::new(reconciler),
+                gc_seat,
+            },
+            peers: Mutex::new(BTreeMap::new()),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// A controller-mode agent: no cloud client, the route status read from `store`.
+    pub fn new_controlled(
+        ext: ExternalInterface,
+        node: NodeFacts,
+        settings: Settings,
+        store: Arc<dyn crate::subnet::SubnetManager>,
+    ) -> TencentVpcBackend {
+        let record = RouteStatus::record_name(&settings.owner.cluster);
+        TencentVpcBackend {
+            ext,
+            node,
+            settings,
+            writer: Writer::Controller { store, record },
             peers: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
         }
@@ -147,46 +196,12 @@ impl TencentVpcBackend {
             (Some(p), None) => p.network,
             (None, None) => unreachable!("a validated config has an address family"),
         };
-        if cfg.mode == TencentVpcMode::Controller {
-            return Err(BackendError::Unsupported(
-                "Backend.Mode controller is not supported yet by flannel-rs (use per-node)".into(),
-            ));
-        }
         let env = |k: &str| std::env::var(k).ok();
-        let metrics = ctx.metrics.vpc.clone();
-        let observed = metrics.clone();
-        let cloud = crate::cloud::connect(
-            crate::cloud::CloudSetup {
-                region: cfg.region.clone(),
-                endpoint: cfg.endpoint.clone(),
-                metadata_url: cfg.metadata_url.clone(),
-                access_key_id: cfg.access_key_id.clone(),
-                access_key_secret: cfg.access_key_secret.clone(),
-                observer: Some(CallObserver(Arc::new(move |action, result| {
-                    observed
-                        .api_calls
-                        .get_or_create(&ApiCallLabels {
-                            action: action.to_string(),
-                            result: result.to_string(),
-                        })
-                        .inc();
-                }))),
-            },
-            &env,
-        )
-        .await
-        .map_err(BackendError::CloudSetup)?;
-        let (node, vpc_from_metadata) = node_facts(&cloud.metadata, ctx.ext).await;
-        let vpc_id = cfg.vpc_id.clone().or(vpc_from_metadata).ok_or_else(|| {
-            BackendError::Unsupported(
-                "no VPC: set Backend.VpcId (the metadata service did not say)".into(),
-            )
-        })?;
         let cluster = cfg
             .cluster_name
             .clone()
             .unwrap_or_else(|| cluster_name_for(&network));
-        let settings = Settings {
+        let settings = |vpc_id: String| Settings {
             vpc_id,
             owner: Ownership {
                 cluster: cluster.clone(),
@@ -196,8 +211,36 @@ impl TencentVpcBackend {
             route_table_ids: cfg.route_table_ids.clone(),
             resync: Duration::from_secs(cfg.resync_interval_secs.unwrap_or(DEFAULT_RESYNC_SECS)),
         };
+        if cfg.mode == TencentVpcMode::Controller {
+            // No credentials on the node: only the metadata service, for its own facts.
+            let md = MetadataClient::new(&crate::cloud::metadata_url(
+                cfg.metadata_url.as_deref(),
+                &env,
+            ))
+            .map_err(|e| BackendError::CloudSetup(crate::cloud::CloudSetupError::Metadata(e)))?;
+            let (node, vpc) = node_facts(&md, ctx.ext).await;
+            let settings = settings(cfg.vpc_id.clone().or(vpc).unwrap_or_default());
+            info!(cluster = %cluster, private_ip = %node.private_ip, subnet = %node.subnet_id, "tencent-vpc backend in controller mode: routes are written by flanneld --controller");
+            return Ok(TencentVpcBackend::new_controlled(
+                ctx.ext.clone(),
+                node,
+                settings,
+                Arc::clone(&ctx.store),
+            ));
+        }
+        let metrics = ctx.metrics.vpc.clone();
+        let cloud = crate::cloud::connect(cloud_setup(cfg, &metrics), &env)
+            .await
+            .map_err(BackendError::CloudSetup)?;
+        let (node, vpc_from_metadata) = node_facts(&cloud.metadata, ctx.ext).await;
+        let vpc_id = cfg.vpc_id.clone().or(vpc_from_metadata).ok_or_else(|| {
+            BackendError::Unsupported(
+                "no VPC: set Backend.VpcId (the metadata service did not say)".into(),
+            )
+        })?;
+        let settings = settings(vpc_id);
         info!(vpc = %settings.vpc_id, cluster = %cluster, private_ip = %node.private_ip, subnet = %node.subnet_id, region = %cloud.region, credentials = ?cloud.client, "tencent-vpc backend");
-        let seat = LeaderSeat::stand((ctx.elect)(
+        let seat = LeaderSeat::stand(ctx.store.leader_election(
             &format!("tencent-vpc-gc-{cluster}"),
             &node.private_ip.to_string(),
         ));
@@ -219,10 +262,45 @@ impl TencentVpcBackend {
         })
     }
 
-    /// Make this node's route present everywhere; collect garbage when elected and `fresh`.
+    fn set_ready(&self, routed: bool, dest: Ipv4Net, tables: &[String]) {
+        if routed != self.ready.swap(routed, Ordering::SeqCst) {
+            if routed {
+                info!(dest = %dest, tables = ?tables, "this node's route is in every route table");
+            } else {
+                warn!(dest = %dest, tables = ?tables, "this node's route is not in every route table yet");
+            }
+        }
+    }
+
+    /// Make this node's route present everywhere (or, in controller mode, see whether the
+    /// controller has); collect garbage when elected and `fresh`.
     async fn reconcile(&self, own: &Lease, fresh: Option<bool>) -> Result<(), BackendError> {
         let Some(mine) = self.own_route(own) else {
             return Ok(());
+        };
+        let (reconciler, gc_seat) = match &self.writer {
+            Writer::Agent {
+                reconciler,
+                gc_seat,
+            } => (reconciler, gc_seat),
+            Writer::Controller { store, record } => {
+                let status: RouteStatus = store
+                    .get_record(record)
+                    .await
+                    .map_err(BackendError::RouteStatus)?
+                    .and_then(|v| serde_json::from_str(&v).ok())
+                    .unwrap_or_default();
+                let routed = status.routes.get(&mine.dest) == Some(&mine.next_hop);
+                self.set_ready(routed, mine.dest, &[]);
+                return if routed {
+                    Ok(())
+                } else {
+                    Err(BackendError::NotRouted(format!(
+                        "waiting for the tencent-vpc controller to route {} via {}",
+                        mine.dest, mine.next_hop
+                    )))
+                };
+            }
         };
         let (leased, node_subnets) = {
             let peers = self.peers.lock().await;
@@ -238,7 +316,7 @@ impl TencentVpcBackend {
             }
             (leased, subnets)
         };
-        let leader = self.gc_seat.as_ref().is_some_and(LeaderSeat::is_leader);
+        let leader = gc_seat.as_ref().is_some_and(LeaderSeat::is_leader);
         let gc = match fresh {
             Some(fresh) if leader => Some(LeaseView {
                 leased: &leased,
@@ -246,8 +324,7 @@ impl TencentVpcBackend {
             }),
             _ => None,
         };
-        let outcome = self
-            .reconciler
+        let outcome = reconciler
             .reconcile(&Target {
                 wanted: &[mine],
                 leased: &leased,
@@ -257,13 +334,7 @@ impl TencentVpcBackend {
             })
             .await?;
         let routed = outcome.routed(mine.dest) && !outcome.refresh;
-        if routed != self.ready.swap(routed, Ordering::SeqCst) {
-            if routed {
-                info!(dest = %mine.dest, tables = ?outcome.tables, "this node's route is in every route table");
-            } else {
-                warn!(dest = %mine.dest, tables = ?outcome.tables, "this node's route is not in every route table yet");
-            }
-        }
+        self.set_ready(routed, mine.dest, &outcome.tables);
         match (
             outcome.errors.into_iter().next(),
             outcome.problems.into_iter().next(),
@@ -275,9 +346,34 @@ impl TencentVpcBackend {
     }
 }
 
+/// The cloud setup of a writer (an agent in per-node mode, or the controller), with every
+/// API call counted in `metrics`.
+pub fn cloud_setup(cfg: &TencentVpcConfig, metrics: &VpcMetrics) -> crate::cloud::CloudSetup {
+    let observed = metrics.clone();
+    crate::cloud::CloudSetup {
+        region: cfg.region.clone(),
+        endpoint: cfg.endpoint.clone(),
+        metadata_url: cfg.metadata_url.clone(),
+        access_key_id: cfg.access_key_id.clone(),
+        access_key_secret: cfg.access_key_secret.clone(),
+        observer: Some(CallObserver(Arc::new(move |action, result| {
+            observed
+                .api_calls
+                .get_or_create(&ApiCallLabels {
+                    action: action.to_string(),
+                    result: result.to_string(),
+                })
+                .inc();
+        }))),
+    }
+}
+
 /// The node's private IP and subnet from the metadata service, falling back to the
 /// interface address; and the VPC, if the metadata service says.
-async fn node_facts(md: &MetadataClient, ext: &ExternalInterface) -> (NodeFacts, Option<String>) {
+pub async fn node_facts(
+    md: &MetadataClient,
+    ext: &ExternalInterface,
+) -> (NodeFacts, Option<String>) {
     let private_ip = match md.local_ipv4().await.map(|s| s.trim().parse::<Ipv4Addr>()) {
         Ok(Ok(ip)) => Some(ip),
         Ok(Err(_)) | Err(_) => None,
@@ -360,7 +456,7 @@ impl Backend for TencentVpcBackend {
             }
             new_subnet
         };
-        if new_subnet {
+        if new_subnet && matches!(self.writer, Writer::Agent { .. }) {
             self.reconcile(own, None).await?;
         }
         Ok(())

@@ -158,6 +158,11 @@ impl EtcdManager {
         format!("{}/config", self.prefix)
     }
 
+    /// `<prefix>/flannel-rs/<name>`: outside `subnets/`, so upstream never sees it.
+    pub fn record_key(&self, name: &str) -> String {
+        format!("{}/flannel-rs/{name}", self.prefix)
+    }
+
     pub fn subnets_prefix(&self) -> String {
         format!("{}/subnets/", self.prefix)
     }
@@ -431,6 +436,18 @@ impl SubnetManager for EtcdManager {
             identity,
             election::DEFAULT_TTL_SECS,
         ))
+    }
+
+    async fn put_record(&self, name: &str, value: &str) -> Result<(), SubnetError> {
+        self.put(self.record_key(name), value.to_string(), None)
+            .await
+    }
+
+    async fn get_record(&self, name: &str) -> Result<Option<String>, SubnetError> {
+        Ok(self
+            .get_one(&self.record_key(name))
+            .await?
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
     async fn watch_leases(&self) -> Result<LeaseStream, SubnetError> {
