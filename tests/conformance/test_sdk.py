@@ -142,3 +142,10 @@ def test_describe_vpc_limits_serves_the_route_quota(emulator):
     r = c.DescribeVpcLimits(request(models.DescribeVpcLimitsRequest, LimitTypes=["route-table-max-policies"]))
     assert [(l.LimitType, l.LimitValue) for l in r.VpcLimitSet] == [("route-table-max-policies", 50)]
     assert error_code(lambda: c.DescribeVpcLimits(request(models.DescribeVpcLimitsRequest, LimitTypes=["bogus"]))) == "InvalidParameterValue"
+
+
+def test_describe_vpcs_with_string_paging(emulator):
+    c = vpc(emulator["api"])
+    r = c.DescribeVpcs(request(models.DescribeVpcsRequest, Filters=[{"Name": "vpc-id", "Values": ["vpc-lab"]}], Offset="0", Limit="20"))
+    assert r.TotalCount == 1
+    assert (r.VpcSet[0].VpcId, r.VpcSet[0].CidrBlock) == ("vpc-lab", "172.16.0.0/16")

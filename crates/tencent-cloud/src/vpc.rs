@@ -112,6 +112,23 @@ impl RouteTable {
     }
 }
 
+/// A VPC (DescribeVpcs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Vpc {
+    pub vpc_id: Option<String>,
+    pub vpc_name: Option<String>,
+    pub cidr_block: Option<String>,
+    /// Secondary CIDRs.
+    pub assistant_cidr_set: Option<Vec<AssistantCidr>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AssistantCidr {
+    pub cidr_block: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct Subnet {
@@ -259,6 +276,11 @@ impl Client {
     ) -> Result<Vec<RouteTable>, Error> {
         self.describe_all("DescribeRouteTables", "RouteTableSet", filters)
             .await
+    }
+
+    /// Every VPC matching `filters`, all pages read.
+    pub async fn describe_vpcs(&self, filters: &[Filter]) -> Result<Vec<Vpc>, Error> {
+        self.describe_all("DescribeVpcs", "VpcSet", filters).await
     }
 
     /// Every subnet matching `filters`, all pages read.

@@ -1,5 +1,6 @@
-//! flannelctl: the operator CLI. `config check FILE` validates a network config exactly as
-//! flanneld would and prints the effective config; `routes list` shows a VPC's route tables.
+//! flannelctl: the operator CLI. `config check FILE [--cloud]` validates a network config
+//! exactly as flanneld would (and, with --cloud, preflights the VPC); `leases list` shows the
+//! leases in etcd; `routes list|plan|gc` show and tend the tencent-vpc routes.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -40,8 +41,55 @@ enum LeasesCommand {
     },
 }
 
+/// Where the cloud is, when the net-conf Backend section does not say (flags win).
+#[derive(clap::Args)]
+struct CloudArgs {
+    /// Region (default: Backend.Region, TENCENTCLOUD_REGION, else the metadata service).
+    #[arg(long)]
+    region: Option<String>,
+    /// public, regional, internal, a host name, or an http(s) URL (e.g. the emulator).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// The VPC (default: Backend.VpcId, else the metadata service).
+    #[arg(long = "vpc-id")]
+    vpc_id: Option<String>,
+    #[arg(long = "metadata-url")]
+    metadata_url: Option<String>,
+}
+
+impl CloudArgs {
+    fn overrides(&self) -> flanneld::ctl::routes::Overrides {
+        flanneld::ctl::routes::Overrides {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            vpc_id: self.vpc_id.clone(),
+            metadata_url: self.metadata_url.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum RoutesCommand {
+    /// Print what a controller would change to route every lease in etcd, without writing.
+    Plan {
+        #[command(flatten)]
+        etcd: flanneld::cli::EtcdArgs,
+        #[command(flatten)]
+        cloud: CloudArgs,
+    },
+    /// Delete this cluster's routes whose lease is gone (--dry-run: only print them).
+    Gc {
+        #[command(flatten)]
+        etcd: flanneld::cli::EtcdArgs,
+        #[command(flatten)]
+        cloud: CloudArgs,
+        /// Print what would be deleted; delete nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+        /// Every route of this cluster, leased or not (uninstall).
+        #[arg(long = "all-ours")]
+        all_ours: bool,
+    },
     /// List every route table of a VPC with its subnet associations and routes.
     List {
         #[arg(long = "vpc-id")]
@@ -71,6 +119,12 @@ enum ConfigCommand {
     Check {
         /// The config file ("-" for standard input).
         file: PathBuf,
+        /// Also check the cloud (tencent-vpc): Network against the VPC, credentials,
+        /// permissions for every action used, route tables, quota headroom.
+        #[arg(long)]
+        cloud: bool,
+        #[command(flatten)]
+        cloud_args: CloudArgs,
     },
 }
 
@@ -88,7 +142,24 @@ fn main() -> ExitCode {
     };
     flanneld::logging::init_at(flanneld::cli::LogFormat::Plain, level);
     match cli.command {
-        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Config(ConfigCommand::Check {
+            file,
+            cloud,
+            cloud_args,
+        }) => match config_check(&file) {
+            Some(config) if cloud => runtime().block_on(preflight(config, cloud_args)),
+            Some(_) => ExitCode::SUCCESS,
+            None => ExitCode::from(EXIT_INVALID),
+        },
+        Command::Routes(RoutesCommand::Plan { etcd, cloud }) => {
+            runtime().block_on(routes_plan(etcd, cloud))
+        }
+        Command::Routes(RoutesCommand::Gc {
+            etcd,
+            cloud,
+            dry_run,
+            all_ours,
+        }) => runtime().block_on(routes_gc(etcd, cloud, dry_run, all_ours)),
         Command::Routes(RoutesCommand::List {
             vpc_id,
             region,
@@ -195,7 +266,130 @@ async fn routes_list(
     }
 }
 
-fn config_check(file: &PathBuf) -> ExitCode {
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime")
+}
+
+/// The network config and every lease, from etcd.
+async fn from_etcd(
+    etcd: &flanneld::cli::EtcdArgs,
+) -> Result<(flannel_core::ValidatedNetConfig, Vec<flannel_core::Lease>), String> {
+    use flanneld::subnet::SubnetManager;
+    let m = flanneld::subnet::etcd::EtcdManager::connect(&etcd.to_options())
+        .await
+        .map_err(|e| flanneld::report(&e))?;
+    let config = m.network_config().await.map_err(|e| flanneld::report(&e))?;
+    let (leases, _, _) = m.list().await.map_err(|e| flanneld::report(&e))?;
+    Ok((config, leases))
+}
+
+async fn open_routes(
+    config: &flannel_core::ValidatedNetConfig,
+    cloud: &CloudArgs,
+) -> Result<flanneld::ctl::routes::Routes, ExitCode> {
+    flanneld::ctl::routes::Routes::open(config, &cloud.overrides())
+        .await
+        .map_err(|e| {
+            eprintln!("flannelctl: {}", flanneld::report(&e));
+            ExitCode::from(EXIT_INVALID)
+        })
+}
+
+async fn routes_plan(etcd: flanneld::cli::EtcdArgs, cloud: CloudArgs) -> ExitCode {
+    let (config, leases) = match from_etcd(&etcd).await {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("flannelctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let routes = match open_routes(&config, &cloud).await {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match routes.plan(&leases).await {
+        Ok((reading, plan)) => {
+            print!("{}", flanneld::ctl::routes::render_plan(&reading, &plan));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flannelctl: {}", flanneld::report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn routes_gc(
+    etcd: flanneld::cli::EtcdArgs,
+    cloud: CloudArgs,
+    dry_run: bool,
+    all_ours: bool,
+) -> ExitCode {
+    let (config, leases) = match from_etcd(&etcd).await {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("flannelctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let routes = match open_routes(&config, &cloud).await {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let orphans = match routes
+        .orphans((!all_ours).then_some(leases.as_slice()))
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("flannelctl: {}", flanneld::report(&e));
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let verb = if dry_run { "would delete" } else { "deleting" };
+    for (table, id, dest, via) in &orphans {
+        println!("{verb} {table} route {id}: {dest} via {via}");
+    }
+    if orphans.is_empty() {
+        println!("nothing to delete");
+    }
+    if dry_run || orphans.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    match routes.delete(&orphans).await {
+        Ok(n) => {
+            println!("deleted {n} routes");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flannelctl: {}", flanneld::report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn preflight(config: flannel_core::ValidatedNetConfig, cloud: CloudArgs) -> ExitCode {
+    let routes = match open_routes(&config, &cloud).await {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let checks = routes.preflight(1).await;
+    for c in &checks {
+        eprintln!("{c}");
+    }
+    if checks.iter().all(|c| c.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID)
+    }
+}
+
+/// Check the file as flanneld would; print the effective config. None (after saying why)
+/// when it is invalid.
+fn config_check(file: &PathBuf) -> Option<flannel_core::ValidatedNetConfig> {
     let text = if file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())
     } else {
@@ -205,7 +399,7 @@ fn config_check(file: &PathBuf) -> ExitCode {
         Ok(t) => t,
         Err(e) => {
             eprintln!("flannelctl: reading {}: {e}", file.display());
-            return ExitCode::from(EXIT_INVALID);
+            return None;
         }
     };
     let checked = flannel_core::config::parse_and_check(&text)
@@ -220,11 +414,11 @@ fn config_check(file: &PathBuf) -> ExitCode {
             let pretty = serde_json::to_string_pretty(&c.effective_json())
                 .expect("a Value always serialises");
             println!("{pretty}");
-            ExitCode::SUCCESS
+            Some(c)
         }
         Err(message) => {
             eprintln!("{message}");
-            ExitCode::from(EXIT_INVALID)
+            None
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The read-only actions: DescribeRouteTables, DescribeSubnets, DescribeVpcLimits,
-//! DescribeInstances.
+//! The read-only actions: DescribeVpcs, DescribeRouteTables, DescribeSubnets,
+//! DescribeVpcLimits, DescribeInstances.
 
 use super::render::table_json;
 use super::request::{check_filters, filter_match, page, Req};
@@ -235,4 +235,49 @@ pub fn describe_vpc_limits(s: &Scenario, req: &Map<String, Value>) -> OpResult {
         set.push(json!({"LimitType": t, "LimitValue": value}));
     }
     Ok(json!({"VpcLimitSet": set}))
+}
+
+/// DescribeVpcs: `VpcIds` or `Filters` (vpc-id, cidr-block), paged with string Offset/Limit.
+pub fn describe_vpcs(s: &Scenario, req: &Map<String, Value>) -> OpResult {
+    let r = Req(req);
+    r.only(&["VpcIds", "Filters", "Offset", "Limit"])?;
+    let ids = r.strings_opt("VpcIds")?;
+    let filters = r.filters()?;
+    if ids.is_some() && r.has("Filters") {
+        return Err(err(
+            "InvalidParameter.Coexist",
+            "`VpcIds` and `Filters` cannot be specified together.",
+        ));
+    }
+    check_filters(&filters, &["vpc-id", "cidr-block"])?;
+    let (offset, limit) = r.paging(true)?;
+    let vpcs: Vec<Value> = s
+        .vpcs
+        .iter()
+        .filter(|v| {
+            ids.as_ref()
+                .is_none_or(|ids| ids.contains(&v.vpc_id.as_str()))
+        })
+        .filter(|v| {
+            filter_match(&filters, |name| match name {
+                "vpc-id" => Some(v.vpc_id.clone()),
+                "cidr-block" => Some(v.cidr_block.to_string()),
+                _ => None,
+            })
+        })
+        .map(|v| {
+            json!({
+                "VpcId": v.vpc_id,
+                "VpcName": v.vpc_id,
+                "CidrBlock": v.cidr_block.to_string(),
+                "IsDefault": false,
+                "EnableMulticast": false,
+                "CreatedTime": "2020-01-01 00:00:00",
+                "AssistantCidrSet": [],
+                "TagSet": [],
+            })
+        })
+        .collect();
+    let (total, set) = page(vpcs, offset, limit);
+    Ok(json!({"TotalCount": total, "VpcSet": set}))
 }

@@ -7,7 +7,7 @@ mod request;
 mod routes;
 
 pub use describe::{
-    describe_instances, describe_route_tables, describe_subnets, describe_vpc_limits,
+    describe_instances, describe_route_tables, describe_subnets, describe_vpc_limits, describe_vpcs,
 };
 pub use render::route_json;
 pub use routes::{create_routes, delete_routes, replace_routes, toggle_routes};
@@ -68,6 +68,11 @@ pub const ACTIONS: &[Action] = &[
         service: "vpc",
         name: "DescribeSubnets",
         run: Run::Read(describe_subnets),
+    },
+    Action {
+        service: "vpc",
+        name: "DescribeVpcs",
+        run: Run::Read(describe_vpcs),
     },
     Action {
         service: "vpc",

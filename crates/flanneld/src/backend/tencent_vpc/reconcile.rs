@@ -59,6 +59,27 @@ impl Outcome {
     }
 }
 
+/// The VPC's tables as read once.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    /// Every table of the VPC.
+    pub all: Vec<plan::TableState>,
+    /// The ids of the tables to program.
+    pub selected: Vec<String>,
+    /// The account's routes-per-table limit.
+    pub account: usize,
+}
+
+impl Reading {
+    pub fn selected_states(&self) -> Vec<plan::TableState> {
+        self.all
+            .iter()
+            .filter(|t| self.selected.contains(&t.id))
+            .cloned()
+            .collect()
+    }
+}
+
 pub struct Reconciler {
     client: Arc<Client>,
     vpc_id: String,
@@ -129,10 +150,18 @@ impl Reconciler {
         }
     }
 
-    /// Read, plan and apply once. A failed read is an error; failed writes are in the outcome.
-    pub async fn reconcile(&self, target: &Target<'_>) -> Result<Outcome, BackendError> {
-        let started = std::time::Instant::now();
+    /// One DescribeRouteTables of the VPC: every table as the planner sees it, and the ones
+    /// to program for `node_subnets`.
+    pub async fn read(&self, node_subnets: &BTreeSet<String>) -> Result<Reading, BackendError> {
         let mut state = self.state.lock().await;
+        self.read_locked(&mut state, node_subnets).await
+    }
+
+    async fn read_locked(
+        &self,
+        state: &mut State,
+        node_subnets: &BTreeSet<String>,
+    ) -> Result<Reading, BackendError> {
         let described = self
             .client
             .describe_route_tables(&[Filter::new("vpc-id", &[self.vpc_id.as_str()])])
@@ -145,7 +174,7 @@ impl Reconciler {
             &self.vpc_id,
             &described,
             &self.route_table_ids,
-            target.node_subnets,
+            node_subnets,
         )
         .map_err(BackendError::Discovery)?;
         for s in &selection.unserved {
@@ -153,15 +182,58 @@ impl Reconciler {
                 warn!(subnet = %s, tables = ?self.route_table_ids, "node subnet {s} is not served by any of Backend.RouteTableIds: its nodes cannot reach pods through them");
             }
         }
-        let account = self.account_limit(&mut state).await;
-        let states: Vec<plan::TableState> = described
+        let account = self.account_limit(state).await;
+        let all: Vec<plan::TableState> = described
             .iter()
-            .filter(|t| selection.tables.iter().any(|s| s == t.id()))
             .map(|t| {
                 let limit = state.lowered.get(t.id()).copied().unwrap_or(account);
                 tables::table_state(t, limit)
             })
             .collect();
+        Ok(Reading {
+            all,
+            selected: selection.tables,
+            account,
+        })
+    }
+
+    /// Plan without applying (`flannelctl routes plan`).
+    pub async fn preview(
+        &self,
+        target: &Target<'_>,
+    ) -> Result<(Reading, plan::Plan), BackendError> {
+        let reading = self.read(target.node_subnets).await?;
+        let p = plan::plan(&PlanInput {
+            tables: &reading.selected_states(),
+            wanted: target.wanted,
+            leased: target.leased,
+            owner: &self.owner,
+            adopt_untagged: self.adopt_untagged,
+            scope: target.scope,
+            collect: &BTreeSet::new(),
+        });
+        Ok((reading, p))
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn vpc_id(&self) -> &str {
+        &self.vpc_id
+    }
+
+    /// Read, plan and apply once. A failed read is an error; failed writes are in the outcome.
+    pub async fn reconcile(&self, target: &Target<'_>) -> Result<Outcome, BackendError> {
+        let started = std::time::Instant::now();
+        let mut state = self.state.lock().await;
+        let reading = self.read_locked(&mut state, target.node_subnets).await?;
+        let account = reading.account;
+        let states = reading.selected_states();
+        let selection = tables::Selection {
+            tables: reading.selected,
+            unserved: Vec::new(),
+        };
         let collect = match target.gc {
             Some(view) => {
                 let verdict = state.tracker.observe(view, &states, &self.owner);

@@ -1,5 +1,8 @@
-//! flannelctl's renderers: route tables and leases as tables or JSON. The cloud client comes
-//! from [`crate::cloud`], shared with the tencent-vpc backend.
+//! flannelctl's library side: renderers (route tables and leases as tables or JSON) and, in
+//! `routes`, the tencent-vpc operations (plan, garbage collection, uninstall, preflight).
+//! The cloud client comes from [`crate::cloud`], shared with the tencent-vpc backend.
+
+pub mod routes;
 
 use std::fmt::Write;
 use tencent_cloud::vpc::RouteTable;

@@ -1,0 +1,407 @@
+//! `flannelctl routes plan|gc` and `config check --cloud`: the tencent-vpc backend's planner
+//! and tables, driven by an operator. Reads never write; `gc` deletes only routes carrying
+//! this cluster's tag.
+
+use crate::backend::tencent_vpc::plan::{Ownership, Plan, Scope, TableState, Wanted};
+use crate::backend::tencent_vpc::reconcile::{Reading, Reconciler, Target};
+use crate::backend::tencent_vpc::{self as tvpc};
+use crate::backend::BackendError;
+use flannel_core::backend_config::{cluster_name_for, BackendConfig, TencentVpcConfig};
+use flannel_core::lease::Lease;
+use flannel_core::ValidatedNetConfig;
+use ipnet::Ipv4Net;
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    #[error("Backend.Type is {0}: these commands are for tencent-vpc")]
+    NotTencentVpc(String),
+    #[error("tencent-vpc routes IPv4 pod subnets only")]
+    NoIpv4,
+    #[error("no VPC: set Backend.VpcId or --vpc-id (the metadata service did not say)")]
+    NoVpc,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("the lease store holds no lease: refusing to treat every route of the cluster as an orphan (use --all-ours to remove them all)")]
+    NoLeases,
+}
+
+/// A connected view of the cluster's routes.
+pub struct Routes {
+    reconciler: Reconciler,
+    owner: Ownership,
+}
+
+/// What the operator may override on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub vpc_id: Option<String>,
+    pub metadata_url: Option<String>,
+}
+
+impl Routes {
+    /// Connect with the Backend section of `config`, flags first.
+    pub async fn open(config: &ValidatedNetConfig, o: &Overrides) -> Result<Routes, RoutesError> {
+        let BackendConfig::TencentVpc(mut cfg) =
+            BackendConfig::parse(&config.backend_type, config.backend.as_ref())
+                .map_err(BackendError::from)?
+        else {
+            return Err(RoutesError::NotTencentVpc(config.backend_type.clone()));
+        };
+        let network = config.ipv4.ok_or(RoutesError::NoIpv4)?.network;
+        apply_overrides(&mut cfg, o);
+        let env = |k: &str| std::env::var(k).ok();
+        let metrics = crate::metrics::Metrics::default().vpc;
+        let cloud = crate::cloud::connect(tvpc::cloud_setup(&cfg, &metrics), &env)
+            .await
+            .map_err(BackendError::CloudSetup)?;
+        let vpc_id = match cfg.vpc_id.clone() {
+            Some(v) => v,
+            None => {
+                let mac = cloud.metadata.mac().await.map_err(|_| RoutesError::NoVpc)?;
+                cloud
+                    .metadata
+                    .vpc_id(mac.trim())
+                    .await
+                    .map_err(|_| RoutesError::NoVpc)?
+                    .trim()
+                    .to_string()
+            }
+        };
+        let owner = Ownership {
+            cluster: cfg
+                .cluster_name
+                .clone()
+                .unwrap_or_else(|| cluster_name_for(&network)),
+            network,
+        };
+        Ok(Routes {
+            reconciler: Reconciler::new(
+                Arc::new(cloud.client),
+                vpc_id,
+                owner.clone(),
+                cfg.adopt_untagged_routes,
+                cfg.route_table_ids.clone(),
+                metrics,
+            ),
+            owner,
+        })
+    }
+
+    /// The plan a controller would apply for these leases, and the orphans of the cluster.
+    pub async fn plan(&self, leases: &[Lease]) -> Result<(Reading, Plan), RoutesError> {
+        let wanted: Vec<Wanted> = leases.iter().filter_map(tvpc::route_of).collect();
+        let leased = leased(leases);
+        let subnets: BTreeSet<String> = leases.iter().filter_map(tvpc::subnet_of).collect();
+        Ok(self
+            .reconciler
+            .preview(&Target {
+                wanted: &wanted,
+                leased: &leased,
+                node_subnets: &subnets,
+                scope: Scope::Cluster,
+                gc: None,
+            })
+            .await?)
+    }
+
+    /// Routes of this cluster in any table of the VPC whose destination is not leased (all of
+    /// them with `all_ours`).
+    pub async fn orphans(
+        &self,
+        leases: Option<&[Lease]>,
+    ) -> Result<Vec<(String, u64, Ipv4Net, String)>, RoutesError> {
+        if leases.is_some_and(<[Lease]>::is_empty) {
+            return Err(RoutesError::NoLeases);
+        }
+        let leased = leases.map(leased);
+        let reading = self.reconciler.read(&BTreeSet::new()).await?;
+        Ok(orphans_in(&reading.all, &self.owner, leased.as_ref()))
+    }
+
+    /// `config check --cloud`: Network against the VPC, credentials, permissions for every
+    /// action the backend uses, the tables, quota headroom. One line per check.
+    pub async fn preflight(&self, leases: usize) -> Vec<Check> {
+        let mut out = Vec::new();
+        let client = self.reconciler.client();
+        let vpc = self.reconciler.vpc_id().to_string();
+        let filter = [tencent_cloud::vpc::Filter::new("vpc-id", &[vpc.as_str()])];
+        match client.describe_vpcs(&filter).await {
+            Err(e) => {
+                out.push(Check::fail(format!(
+                    "credentials and DescribeVpcs: {}",
+                    crate::report(&e)
+                )));
+                return out;
+            }
+            Ok(vpcs) if vpcs.is_empty() => {
+                out.push(Check::fail(format!("VPC {vpc} not found in this region")));
+                return out;
+            }
+            Ok(vpcs) => {
+                out.push(Check::ok("credentials accepted (DescribeVpcs)"));
+                let cidrs: Vec<String> = vpcs
+                    .iter()
+                    .flat_map(|v| {
+                        v.cidr_block.iter().cloned().chain(
+                            v.assistant_cidr_set
+                                .iter()
+                                .flatten()
+                                .filter_map(|a| a.cidr_block.clone()),
+                        )
+                    })
+                    .collect();
+                out.push(network_check(self.owner.network, &vpc, &cidrs, "VPC CIDR"));
+            }
+        }
+        match client.describe_subnets(&filter).await {
+            Ok(subnets) => {
+                let cidrs: Vec<String> = subnets
+                    .iter()
+                    .filter_map(|s| s.cidr_block.clone())
+                    .collect();
+                out.push(network_check(self.owner.network, &vpc, &cidrs, "subnet"));
+            }
+            Err(e) => out.push(Check::fail(format!(
+                "DescribeSubnets: {}",
+                crate::report(&e)
+            ))),
+        }
+        let reading = match self.reconciler.read(&BTreeSet::new()).await {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(Check::fail(format!("route tables: {}", crate::report(&e))));
+                return out;
+            }
+        };
+        out.push(Check::ok(format!(
+            "route tables of {vpc}: {} (programmed when nodes are in their subnets: {})",
+            reading
+                .all
+                .iter()
+                .map(|t| t.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reading.selected.join(", ")
+        )));
+        for t in &reading.all {
+            let free = t.limit.saturating_sub(t.routes.len());
+            let line = format!(
+                "{}: {}/{} routes used, room for {free} more (leases now: {leases})",
+                t.id,
+                t.routes.len(),
+                t.limit
+            );
+            out.push(if free >= leases {
+                Check::ok(line)
+            } else {
+                Check::fail(line)
+            });
+        }
+        // Writes have no dry run: an empty request is refused for its parameters when the
+        // action is permitted, for authorization when it is not.
+        let table = reading
+            .all
+            .first()
+            .map(|t| t.id.clone())
+            .unwrap_or_default();
+        let probes = [
+            (
+                "CreateRoutes",
+                client.create_routes(&table, &[]).await.err(),
+            ),
+            (
+                "DeleteRoutes",
+                client.delete_routes(&table, &[]).await.err(),
+            ),
+            (
+                "ReplaceRoutes",
+                client.replace_routes(&table, &[]).await.err(),
+            ),
+            (
+                "EnableRoutes",
+                client.enable_routes(&table, &[]).await.err(),
+            ),
+        ];
+        for (action, err) in probes {
+            let denied = err.as_ref().and_then(|e| e.code()).is_some_and(|c| {
+                c.starts_with("UnauthorizedOperation") || c == "AuthFailure.UnauthorizedOperation"
+            });
+            out.push(if denied {
+                Check::fail(format!("permission for {action}: denied by the CAM policy"))
+            } else {
+                Check::ok(format!("permission for {action}"))
+            });
+        }
+        out
+    }
+
+    /// Delete routes by (table, RouteId), a call per table and 100 routes.
+    pub async fn delete(
+        &self,
+        routes: &[(String, u64, Ipv4Net, String)],
+    ) -> Result<usize, RoutesError> {
+        let mut done = 0;
+        let mut tables: Vec<&str> = routes.iter().map(|r| r.0.as_str()).collect();
+        tables.dedup();
+        for t in tables {
+            let ids: Vec<u64> = routes.iter().filter(|r| r.0 == t).map(|r| r.1).collect();
+            for chunk in ids.chunks(crate::backend::tencent_vpc::apply::MAX_PER_CALL) {
+                match self.reconciler.client().delete_routes(t, chunk).await {
+                    Ok(_) => done += chunk.len(),
+                    Err(e) if e.class() == tencent_cloud::ErrorClass::NotFound => {}
+                    Err(e) => {
+                        return Err(BackendError::Cloud {
+                            op: format!("delete routes {chunk:?} in {t}"),
+                            source: Box::new(e),
+                        }
+                        .into())
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+}
+
+fn apply_overrides(cfg: &mut TencentVpcConfig, o: &Overrides) {
+    let set = |field: &mut Option<String>, v: &Option<String>| {
+        if v.is_some() {
+            field.clone_from(v);
+        }
+    };
+    set(&mut cfg.region, &o.region);
+    set(&mut cfg.endpoint, &o.endpoint);
+    set(&mut cfg.vpc_id, &o.vpc_id);
+    set(&mut cfg.metadata_url, &o.metadata_url);
+}
+
+fn leased(leases: &[Lease]) -> BTreeSet<Ipv4Net> {
+    leases
+        .iter()
+        .filter_map(Lease::subnet)
+        .map(|s| s.trunc())
+        .collect()
+}
+
+/// Our routes whose destination is not in `leased` (every one of ours when None). Pure.
+pub fn orphans_in(
+    tables: &[TableState],
+    owner: &Ownership,
+    leased: Option<&BTreeSet<Ipv4Net>>,
+) -> Vec<(String, u64, Ipv4Net, String)> {
+    let mut out = Vec::new();
+    for t in tables {
+        for r in &t.routes {
+            let (Some(dest), true) = (r.dest, owner.owns(r)) else {
+                continue;
+            };
+            if leased.is_none_or(|l| !l.contains(&dest)) {
+                out.push((t.id.clone(), r.route_id, dest, r.gateway_id.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The plan as text: one line per action, then conflicts and full tables.
+pub fn render_plan(reading: &Reading, plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "tables: {} (routes per table: {})",
+        reading.selected.join(", "),
+        reading.account
+    );
+    if plan.tables.is_empty() && plan.conflicts.is_empty() && plan.blocked.is_empty() {
+        out.push_str("nothing to do: every lease is routed\n");
+        return out;
+    }
+    for tp in &plan.tables {
+        for (id, w) in &tp.replace {
+            let _ = writeln!(
+                out,
+                "{}: replace route {id} with {} via {}",
+                tp.table, w.dest, w.next_hop
+            );
+        }
+        for id in &tp.enable {
+            let _ = writeln!(out, "{}: enable route {id}", tp.table);
+        }
+        for id in &tp.delete {
+            let _ = writeln!(out, "{}: delete route {id}", tp.table);
+        }
+        for w in &tp.create {
+            let _ = writeln!(
+                out,
+                "{}: create {} via {} ({})",
+                tp.table, w.dest, w.next_hop, w.description
+            );
+        }
+    }
+    for c in &plan.conflicts {
+        let _ = writeln!(out, "conflict: {c}");
+    }
+    for b in &plan.blocked {
+        let _ = writeln!(out, "blocked: {b}");
+    }
+    out
+}
+
+/// One preflight line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub ok: bool,
+    pub what: String,
+}
+
+impl Check {
+    fn ok(what: impl Into<String>) -> Check {
+        Check {
+            ok: true,
+            what: what.into(),
+        }
+    }
+    fn fail(what: impl Into<String>) -> Check {
+        Check {
+            ok: false,
+            what: what.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", if self.ok { "ok  " } else { "FAIL" }, self.what)
+    }
+}
+
+/// The Network must not overlap any of `cidrs` (the VPC's CIDRs or its subnets): the API
+/// refuses routes to destinations inside the VPC.
+fn network_check(network: Ipv4Net, vpc: &str, cidrs: &[String], what: &str) -> Check {
+    let clash: Vec<&String> = cidrs
+        .iter()
+        .filter(|c| {
+            c.parse::<Ipv4Net>()
+                .is_ok_and(|c| c.contains(&network.network()) || network.contains(&c.network()))
+        })
+        .collect();
+    if clash.is_empty() {
+        Check::ok(format!(
+            "Network {network} is outside every {what} of {vpc}"
+        ))
+    } else {
+        Check::fail(format!(
+            "Network {network} overlaps {what} {} of {vpc}: pod routes there are refused",
+            clash
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}
