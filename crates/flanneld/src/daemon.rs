@@ -1,7 +1,9 @@
 //! The node agent's main loop. Order as upstream's `main.go`: network config (retried each
 //! second while the store is unreachable), interface, backend, lease, backend activation,
-//! subnet.env (then ready), then the watch loop. The daemon, not the backend, owns the loop:
-//! lease events, a jittered resync tick and lease renewal all end up as calls on the backend.
+//! subnet.env (then ready once the backend's data plane is in place), then the watch loop;
+//! one difference: the watch opens before activation, so the backend starts knowing its
+//! peers. The daemon, not the backend, owns the loop: lease events, a jittered resync tick
+//! and lease renewal all end up as calls on the backend.
 
 use crate::backend::{Backend, BackendContext, BackendError, BackendFactory};
 use crate::health::Health;
@@ -76,6 +78,8 @@ async fn pause(d: Duration, shutdown: &mut (impl Future<Output = ()> + Unpin)) -
 const CONFIG_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
 const ACQUIRE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 const WATCH_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+/// How long activation waits for the lease watch's first snapshot.
+const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 
 fn jittered(period: Duration) -> Duration {
     backoff::spread(period, 0.1)
@@ -174,15 +178,30 @@ pub async fn run(
     info!(subnet = %own.key, reservation = own.is_reservation(), "lease acquired");
     record_lease(&health, &own, backend.kind().name());
 
-    // 5. Backend activation, then subnet.env, then ready.
-    backend.activate(&own).await?;
+    // 5. The watch's first snapshot, so the backend is activated knowing its peers (one
+    // reconcile instead of two), then backend activation, subnet.env, ready.
+    let mut watcher = LeaseWatcher::new(Some(own.key));
+    let mut stream = None;
+    if let Some(Ok(mut s)) = or_shutdown(sm.watch_leases(), &mut shutdown).await {
+        match tokio::time::timeout(FIRST_SNAPSHOT_WAIT, s.next()).await {
+            Ok(Some(Ok(update))) => {
+                if let Some(lost) = loses(&update, &own) {
+                    health.set_ready(false);
+                    return Err(lost);
+                }
+                watcher.apply(update);
+                stream = Some(s);
+            }
+            _ => debug!("no lease snapshot yet; activating without peers"),
+        }
+    }
+    let peers: Vec<Lease> = watcher.peers().cloned().collect();
+    backend.activate(&own, &peers).await?;
     let env = subnet_env(&config, &own, backend.mtu(), cfg.ip_masq);
     ensure_subnet_env(&cfg, &env, &health, backend.as_ref());
 
     // 6. The loop. A failed resync, or a backend not in place yet, is retried sooner than
     // the period, with backoff.
-    let mut watcher = LeaseWatcher::new(Some(own.key));
-    let mut stream = None;
     let mut watch_pauses = WATCH_RETRY.delays();
     let mut resync_pauses = Backoff::new(Duration::from_secs(1), resync_period).delays();
     let first = if backend.ready() {

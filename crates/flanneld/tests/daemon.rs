@@ -323,7 +323,11 @@ impl flanneld::backend::Backend for FakeBackend {
         a.backend_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:ff"}));
         Ok(a)
     }
-    async fn activate(&self, own: &Lease) -> Result<(), flanneld::backend::BackendError> {
+    async fn activate(
+        &self,
+        own: &Lease,
+        _peers: &[Lease],
+    ) -> Result<(), flanneld::backend::BackendError> {
         self.0
             .calls
             .lock()

@@ -255,7 +255,7 @@ async fn nodes_in_two_subnets_route_through_both_tables_and_a_restart_writes_not
         r#"{"PublicIP":"172.16.1.7","PublicIPv6":null,"BackendType":"tencent-vpc","BackendData":{"PrivateIP":"172.16.1.7","SubnetId":"subnet-a"}}"#
     );
     // The first node: one read, the quota, one create in its own subnet's table (rtb-main).
-    a.activate(&lease_a).await.unwrap();
+    a.activate(&lease_a, &[]).await.unwrap();
     assert!(a.ready());
     assert_eq!(
         cloud.counts().await,
@@ -305,8 +305,8 @@ async fn nodes_in_two_subnets_route_through_both_tables_and_a_restart_writes_not
     let (_, writes) = cloud.counts().await;
     let (a, _) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
     let (b, _) = cloud.node("172.16.2.7", "subnet-b", "10.244.2.0/24").await;
-    a.activate(&lease_a).await.unwrap();
-    b.activate(&lease_b).await.unwrap();
+    a.activate(&lease_a, &[]).await.unwrap();
+    b.activate(&lease_b, &[]).await.unwrap();
     a.resync(&lease_a, std::slice::from_ref(&lease_b), true)
         .await
         .unwrap();
@@ -334,8 +334,8 @@ async fn only_the_leader_collects_a_departed_nodes_route_and_user_routes_stay() 
         .await;
     let (n1, lease_1) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
     let (n2, lease_2) = cloud.node("172.16.1.8", "subnet-a", "10.244.2.0/24").await;
-    n1.activate(&lease_1).await.unwrap();
-    n2.activate(&lease_2).await.unwrap();
+    n1.activate(&lease_1, &[]).await.unwrap();
+    n2.activate(&lease_2, &[]).await.unwrap();
     assert!(cloud.route_to("rtb-main", "10.244.2.0/24").await.is_some());
     // Which of the two seats leads?
     let probe = cloud.elections.election("tencent-vpc-gc-lab", "probe");
@@ -409,7 +409,7 @@ async fn drift_is_repaired_in_place_within_one_resync() {
         .await;
     let wrong = cloud.route_to("rtb-main", "10.244.1.0/24").await.unwrap();
     let (a, lease) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
-    a.activate(&lease).await.unwrap();
+    a.activate(&lease, &[]).await.unwrap();
     let fixed = cloud.route_to("rtb-main", "10.244.1.0/24").await.unwrap();
     assert_eq!(fixed.0, wrong.0, "replaced in place, same RouteId");
     assert_eq!(
@@ -455,7 +455,7 @@ async fn a_full_table_is_reported_with_usage_and_limit_and_the_node_is_not_ready
     // rtb-main holds one VPN route and may hold one.
     let cloud = Cloud::start(scenario(1)).await;
     let (a, lease) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
-    a.activate(&lease).await.unwrap();
+    a.activate(&lease, &[]).await.unwrap();
     assert!(!a.ready(), "not ready without its route");
     let e = a.resync(&lease, &[], true).await.unwrap_err();
     assert_eq!(

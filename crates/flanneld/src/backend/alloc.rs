@@ -25,7 +25,7 @@ impl Backend for AllocBackend {
     async fn lease_attrs(&self) -> Result<LeaseAttrs, BackendError> {
         base_attrs(BackendKind::Alloc, &self.ext)
     }
-    async fn activate(&self, _own: &Lease) -> Result<(), BackendError> {
+    async fn activate(&self, _own: &Lease, _peers: &[Lease]) -> Result<(), BackendError> {
         Ok(())
     }
     async fn handle(&self, _own: &Lease, _events: &[LeaseEvent]) -> Result<(), BackendError> {

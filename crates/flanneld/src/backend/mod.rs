@@ -61,7 +61,9 @@ pub trait Backend: Send + Sync {
     /// The attributes this node publishes in its lease (BackendType, BackendData).
     async fn lease_attrs(&self) -> Result<LeaseAttrs, BackendError>;
     /// Set up what depends on the node's own lease (device address, own cloud route).
-    async fn activate(&self, own: &Lease) -> Result<(), BackendError>;
+    /// `peers` are the other leases as the watch's first snapshot showed them (empty when
+    /// the store could not be watched yet); changes after it arrive through `handle`.
+    async fn activate(&self, own: &Lease, peers: &[Lease]) -> Result<(), BackendError>;
     /// Apply one batch of peer events. Must be idempotent.
     async fn handle(&self, own: &Lease, events: &[LeaseEvent]) -> Result<(), BackendError>;
     /// Bring the data plane in line with the full set of peers (repair drift). `fresh` says

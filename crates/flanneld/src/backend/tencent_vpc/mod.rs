@@ -420,7 +420,8 @@ impl Backend for TencentVpcBackend {
 
     /// The first reconcile. A cloud failure here is not fatal (the node stays not ready and
     /// the daemon retries with backoff); a table that cannot be determined is.
-    async fn activate(&self, own: &Lease) -> Result<(), BackendError> {
+    async fn activate(&self, own: &Lease, peers: &[Lease]) -> Result<(), BackendError> {
+        *self.peers.lock().await = peers.iter().map(|l| (l.key, l.clone())).collect();
         match self.reconcile(own, None).await {
             Err(e @ BackendError::Discovery(_)) => Err(e),
             Err(e) => {

@@ -1,0 +1,291 @@
+//! Benchmark (not a test): N simulated nodes join a cluster whose pod routes live in a
+//! Tencent VPC, against the emulator at its documented rate limit (100 requests per second
+//! per action, answered with RequestLimitExceeded beyond it) with the route quota raised to
+//! fit. Both modes:
+//! - per-node: every node's agent (the real backend, production client settings: 20 req/s
+//!   client-side, 5 attempts) puts its own route in both route tables, retrying like the
+//!   daemon (1 s doubling to the resync period, jittered) until ready;
+//! - controller: every node publishes its lease at once; one `flanneld --controller` routes
+//!   them and reports them routed.
+//!
+//! Reported: API calls per join (all actions, failed ones included), the time until every
+//! route is present, and failed node starts (a node never ready within 10 minutes).
+//!
+//! Run: `cargo bench -p flanneld --bench vpc_join` (NODES=50,200,1000 by default).
+
+use flannel_core::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
+use flanneld::backend::tencent_vpc::plan::Ownership;
+use flanneld::backend::tencent_vpc::{NodeFacts, Settings, TencentVpcBackend};
+use flanneld::backend::Backend;
+use flanneld::health::Health;
+use flanneld::iface::ExternalInterface;
+use flanneld::metrics::Metrics;
+use flanneld::subnet::memory::MemoryManager;
+use flanneld::subnet::SubnetManager;
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tencent_cloud::credentials::{Credentials, StaticProvider};
+use tencent_cloud::{Client, ClientConfig};
+use tencent_vpc_emulator::scenario::{InstanceSpec, Scenario};
+use tencent_vpc_emulator::{Emulator, EmulatorConfig};
+
+const ID: &str = "AKIDlab0000000000000000000000000000";
+const KEY: &str = "lab-secret-key-0000000000000000";
+const GIVE_UP: Duration = Duration::from_secs(600);
+
+/// Node i: its private IP (alternating subnet-a 172.16.1.0/24 + .2/.3, subnet-b ...), subnet
+/// and pod subnet 10.244.(i/256).(i%256) /24s inside 10.0.0.0/8.
+fn node(i: usize) -> (Ipv4Addr, &'static str, ipnet::Ipv4Net) {
+    let b = i / 2;
+    let (second, subnet) = if i % 2 == 0 {
+        (1, "subnet-a")
+    } else {
+        (2, "subnet-b")
+    };
+    // Subnets are /24 in the lab; widen them below so 500 hosts fit in each.
+    let ip = Ipv4Addr::new(172, 16, second * 8 + (b / 250) as u8, 2 + (b % 250) as u8);
+    let pod = ipnet::Ipv4Net::new(
+        Ipv4Addr::new(10, (i / 256) as u8 + 1, (i % 256) as u8, 0),
+        24,
+    )
+    .unwrap();
+    (ip, subnet, pod)
+}
+
+fn scenario(n: usize) -> Scenario {
+    let mut s = Scenario::from_json(include_str!(
+        "../../tencent-vpc-emulator/scenarios/lab.json"
+    ))
+    .unwrap();
+    s.subnets[0].cidr_block = "172.16.8.0/21".parse().unwrap();
+    s.subnets[1].cidr_block = "172.16.16.0/21".parse().unwrap();
+    s.instances.clear();
+    for i in 0..n {
+        let (ip, subnet, _) = node(i);
+        s.instances.push(InstanceSpec {
+            instance_id: format!("ins-{i}"),
+            private_ip: ip,
+            subnet_id: subnet.into(),
+            mac: format!(
+                "52:54:00:{:02x}:{:02x}:{:02x}",
+                i >> 16 & 0xff,
+                i >> 8 & 0xff,
+                i & 0xff
+            ),
+            name: String::new(),
+            role: None,
+        });
+    }
+    s.route_quota = n + 10;
+    s.rate_limit_per_second = 100.0;
+    s
+}
+
+fn client(emu: &Emulator) -> Arc<Client> {
+    let mut cfg = ClientConfig::new("ap-guangzhou");
+    cfg.endpoint = format!("http://{}", emu.api).parse().unwrap();
+    let creds = StaticProvider::new(
+        Credentials::new(ID, secrecy::SecretString::from(KEY), None),
+        "bench",
+    );
+    Arc::new(Client::new(cfg, Arc::new(creds)).unwrap())
+}
+
+fn lease(i: usize) -> Lease {
+    let (ip, subnet, pod) = node(i);
+    let mut attrs = LeaseAttrs::new(ip);
+    attrs.backend_type = "tencent-vpc".into();
+    attrs.backend_data = Some(json!({"PrivateIP": ip.to_string(), "SubnetId": subnet}));
+    Lease {
+        key: SubnetKey::v4(pod),
+        attrs,
+        expiry: Expiry::Never,
+    }
+}
+
+async fn total_calls(emu: &Emulator) -> (u64, u64) {
+    let v: Value = reqwest::get(format!("http://{}/calls", emu.admin.unwrap()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    if std::env::var("SHOW_CALLS").is_ok() {
+        eprintln!("{v}");
+    }
+    let mut all = 0;
+    let mut throttled = 0;
+    for outcomes in v.as_object().unwrap().values() {
+        for (outcome, n) in outcomes.as_object().unwrap() {
+            all += n.as_u64().unwrap();
+            if outcome == "RequestLimitExceeded" {
+                throttled += n.as_u64().unwrap();
+            }
+        }
+    }
+    (all, throttled)
+}
+
+async fn start(n: usize) -> Emulator {
+    Emulator::start(EmulatorConfig {
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..EmulatorConfig::on_loopback(scenario(n))
+    })
+    .await
+    .unwrap()
+}
+
+struct Result {
+    calls: u64,
+    throttled: u64,
+    elapsed: Duration,
+    failed: usize,
+}
+
+async fn per_node(n: usize) -> Result {
+    let emu = start(n).await;
+    let seeds = [lease(0), lease(1)]; // the watch snapshot shows nodes in both subnets
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (ip, subnet, _) = node(i);
+        let ext = ExternalInterface {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+            iface_addr: Some(ip),
+            iface_v6_addr: None,
+            ext_addr: Some(ip),
+            ext_v6_addr: None,
+        };
+        let backend = TencentVpcBackend::new(
+            ext,
+            NodeFacts {
+                private_ip: ip,
+                subnet_id: subnet.into(),
+            },
+            Settings {
+                vpc_id: "vpc-lab".into(),
+                owner: Ownership {
+                    cluster: "bench".into(),
+                    network: "10.0.0.0/8".parse().unwrap(),
+                },
+                adopt_untagged: false,
+                route_table_ids: vec![],
+                resync: Duration::from_secs(60),
+            },
+            client(&emu),
+            Metrics::default().vpc,
+            None,
+        );
+        let own = lease(i);
+        let peers: Vec<Lease> = seeds.iter().filter(|l| l.key != own.key).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            // As the daemon: activate with the watch's first snapshot, then resync with backoff
+            // until ready.
+            let _ = backend.activate(&own, &peers).await;
+            let mut pauses =
+                backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).delays();
+            let deadline = Instant::now() + GIVE_UP;
+            while !backend.ready() && Instant::now() < deadline {
+                tokio::time::sleep(pauses.next_delay()).await;
+                let _ = backend.resync(&own, &peers, true).await;
+            }
+            backend.ready()
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        failed += usize::from(!t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    let (calls, throttled) = total_calls(&emu).await;
+    Result {
+        calls,
+        throttled,
+        elapsed,
+        failed,
+    }
+}
+
+async fn controller(n: usize) -> Result {
+    let emu = start(n).await;
+    let config = json!({"Network": "10.0.0.0/8", "Backend": {"Type": "tencent-vpc", "Mode": "controller",
+        "ClusterName": "bench", "VpcId": "vpc-lab", "Region": "ap-guangzhou",
+        "AccessKeyID": ID, "AccessKeySecret": KEY, "Endpoint": format!("http://{}", emu.api)}});
+    let sm = Arc::new(MemoryManager::new(
+        flannel_core::config::parse_and_check(&config.to_string()).unwrap(),
+    ));
+    let task = {
+        let sm = sm.clone() as Arc<dyn SubnetManager>;
+        tokio::spawn(flanneld::controller::run(
+            flanneld::controller::ControllerOptions {
+                identity: "bench".into(),
+            },
+            sm,
+            Arc::new(Health::default()),
+            std::future::pending(),
+        ))
+    };
+    let started = Instant::now();
+    for i in 0..n {
+        sm.put_lease(lease(i));
+    }
+    let deadline = Instant::now() + GIVE_UP;
+    let mut routed = 0;
+    while Instant::now() < deadline {
+        let status = sm
+            .get_record("tencent-vpc-routes-bench")
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        routed = serde_json::from_str::<Value>(&status)
+            .ok()
+            .and_then(|v| v["Routes"].as_object().map(|r| r.len()))
+            .unwrap_or(0);
+        if routed == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    task.abort();
+    let (calls, throttled) = total_calls(&emu).await;
+    Result {
+        calls,
+        throttled,
+        elapsed,
+        failed: n - routed,
+    }
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("NODES")
+        .unwrap_or_else(|_| "50,200,1000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("| mode | nodes | API calls | calls per join | throttled | all routes present after | failed starts |");
+    println!("|---|---|---|---|---|---|---|");
+    for &n in &sizes {
+        for (mode, r) in [
+            ("per-node", rt.block_on(per_node(n))),
+            ("controller", rt.block_on(controller(n))),
+        ] {
+            println!(
+                "| {mode} | {n} | {} | {:.3} | {} | {:.2} s | {} |",
+                r.calls,
+                r.calls as f64 / n as f64,
+                r.throttled,
+                r.elapsed.as_secs_f64(),
+                r.failed
+            );
+        }
+    }
+}
