@@ -39,7 +39,7 @@ const GIVE_UP: Duration = Duration::from_secs(600);
 /// and pod subnet 10.244.(i/256).(i%256) /24s inside 10.0.0.0/8.
 fn node(i: usize) -> (Ipv4Addr, &'static str, ipnet::Ipv4Net) {
     let b = i / 2;
-    let (second, subnet) = if i % 2 == 0 {
+    let (second, subnet) = if i.is_multiple_of(2) {
         (1, "subnet-a")
     } else {
         (2, "subnet-b")

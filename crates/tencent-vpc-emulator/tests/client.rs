@@ -489,6 +489,15 @@ async fn metadata_answers_for_the_callers_source_address() {
         404,
         "no instance, no fallback: 404"
     );
+    // Asked by instance id (simulated nodes sharing one address): that instance's answers.
+    let by_id = |path: &str| {
+        let url = format!("http://{}{path}", emu.metadata.unwrap());
+        async move { reqwest::get(url).await.unwrap() }
+    };
+    let r = by_id("/instances/ins-two/latest/meta-data/local-ipv4").await;
+    assert_eq!(r.text().await.unwrap(), "127.0.0.2");
+    let r = by_id("/instances/ins-nope/latest/meta-data/local-ipv4").await;
+    assert_eq!(r.status(), 404);
 }
 
 /// A raw POST signed with the lab key at `ts` (for what the typed client never sends).

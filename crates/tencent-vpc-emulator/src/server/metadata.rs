@@ -52,21 +52,38 @@ async fn metadata(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(path): Path<String>,
 ) -> Response {
+    answer(&sh, None, peer, &path)
+}
+
+/// `/instances/<id>/latest/meta-data/...`: the answers instance `<id>` would get (not a real
+/// endpoint: it lets several simulated nodes on one loopback address be told apart).
+async fn metadata_of(
+    State(sh): State<std::sync::Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((id, path)): Path<(String, String)>,
+) -> Response {
+    answer(&sh, Some(&id), peer, &path)
+}
+
+fn answer(sh: &Shared, id: Option<&str>, peer: SocketAddr, path: &str) -> Response {
     let not_found = || (StatusCode::NOT_FOUND, "404 - Not Found").into_response();
     let state = sh.snapshot();
     let source = match peer.ip() {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
-    let inst = state
-        .instances
-        .iter()
-        .find(|i| IpAddr::V4(i.private_ip) == source)
-        .or_else(|| {
-            sh.default_instance
-                .as_ref()
-                .and_then(|d| state.instances.iter().find(|i| &i.instance_id == d))
-        });
+    let inst = match id {
+        Some(id) => state.instances.iter().find(|i| i.instance_id == id),
+        None => state
+            .instances
+            .iter()
+            .find(|i| IpAddr::V4(i.private_ip) == source)
+            .or_else(|| {
+                sh.default_instance
+                    .as_ref()
+                    .and_then(|d| state.instances.iter().find(|i| &i.instance_id == d))
+            }),
+    };
     let Some(inst) = inst else {
         warn!(%source, path, "metadata request from an address that is no instance");
         return not_found();
@@ -76,7 +93,7 @@ async fn metadata(
         return not_found();
     };
     let mac_prefix = format!("network/interfaces/macs/{}/", inst.mac);
-    let text = match path.as_str() {
+    let text = match path {
         "placement/region" => state.region.clone(),
         "placement/zone" => subnet.zone.clone(),
         "instance-id" => inst.instance_id.clone(),
@@ -112,5 +129,6 @@ async fn metadata(
 pub fn metadata_router(sh: std::sync::Arc<Shared>) -> Router {
     Router::new()
         .route("/latest/meta-data/{*path}", get(metadata))
+        .route("/instances/{id}/latest/meta-data/{*path}", get(metadata_of))
         .with_state(sh)
 }
