@@ -609,24 +609,14 @@ async fn the_daemon_with_tencent_vpc_is_ready_once_routed() {
     run.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_flanneld_binary_routes_its_lease_and_never_logs_the_secret_at_trace() {
-    let cloud = Cloud::start(scenario(50)).await;
+/// Run the flanneld binary with `backend` as the Backend section and RUST_LOG=trace until
+/// /readyz says ready (or 30 s pass): (ready, everything it logged).
+async fn run_flanneld(backend: Value, env: &[(&str, String)]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("net-conf.json");
     std::fs::write(
         &conf,
-        json!({
-            "Network": "10.244.0.0/16",
-            "Backend": {
-                "Type": "tencent-vpc",
-                "AccessKeyID": ID,
-                "AccessKeySecret": KEY,
-                "Endpoint": format!("http://{}", cloud.emu.api),
-                "MetadataURL": format!("http://{}/latest/meta-data/", cloud.emu.metadata.unwrap()),
-            }
-        })
-        .to_string(),
+        json!({"Network": "10.244.0.0/16", "Backend": backend}).to_string(),
     )
     .unwrap();
     let port = common::free_port();
@@ -643,7 +633,10 @@ async fn the_flanneld_binary_routes_its_lease_and_never_logs_the_secret_at_trace
             dir.path().join("subnet.env").display()
         ))
         .arg(format!("--healthz-port={port}"))
+        .env_clear()
+        .env("HOME", dir.path())
         .env("RUST_LOG", "trace")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
@@ -662,7 +655,21 @@ async fn the_flanneld_binary_routes_its_lease_and_never_logs_the_secret_at_trace
     .unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    let text = std::fs::read_to_string(&log_path).unwrap();
+    (ready, std::fs::read_to_string(&log_path).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flanneld_binary_routes_its_lease_and_never_logs_secrets_at_trace() {
+    let cloud = Cloud::start(scenario(50)).await;
+    let md = cloud.emu.metadata.unwrap();
+    // Keys in net-conf.json.
+    let (ready, text) = run_flanneld(
+        json!({"Type": "tencent-vpc", "AccessKeyID": ID, "AccessKeySecret": KEY,
+               "Endpoint": format!("http://{}", cloud.emu.api),
+               "MetadataURL": format!("http://{md}/latest/meta-data/")}),
+        &[],
+    )
+    .await;
     assert!(ready, "flanneld became ready: {text}");
     let routes = cloud.routes("rtb-main").await;
     assert!(
@@ -676,6 +683,31 @@ async fn the_flanneld_binary_routes_its_lease_and_never_logs_the_secret_at_trace
         "trace logging was on: {text}"
     );
     assert!(!text.contains(KEY), "the SecretKey reached a log line");
+
+    // No keys anywhere: the CVM role's temporary credentials (key and token) from metadata.
+    let role_url = format!(
+        "http://{md}/instances/ins-a1/latest/meta-data/cam/security-credentials/flannel-role"
+    );
+    let role: Value = reqwest::get(&role_url).await.unwrap().json().await.unwrap();
+    let (tmp_key, token) = (
+        role["TmpSecretKey"].as_str().unwrap(),
+        role["Token"].as_str().unwrap(),
+    );
+    let (ready, text) = run_flanneld(
+        json!({"Type": "tencent-vpc", "Endpoint": format!("http://{}", cloud.emu.api)}),
+        &[(
+            "FLANNEL_TENCENT_METADATA_URL",
+            format!("http://{md}/instances/ins-a1/latest/meta-data/"),
+        )],
+    )
+    .await;
+    assert!(ready, "ready with role credentials: {text}");
+    assert!(text.contains("CVM role"), "the role was used: {text}");
+    assert!(
+        !text.contains(tmp_key),
+        "the temporary SecretKey reached a log line"
+    );
+    assert!(!text.contains(token), "the token reached a log line");
 }
 
 #[tokio::test]
