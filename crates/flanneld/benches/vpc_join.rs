@@ -151,15 +151,7 @@ async fn per_node(n: usize) -> Result {
     let mut tasks = Vec::new();
     for i in 0..n {
         let (ip, subnet, _) = node(i);
-        let ext = ExternalInterface {
-            name: "eth0".into(),
-            index: 2,
-            mtu: 1500,
-            iface_addr: Some(ip),
-            iface_v6_addr: None,
-            ext_addr: Some(ip),
-            ext_v6_addr: None,
-        };
+        let ext = ExternalInterface::ipv4("eth0", 2, 1500, ip);
         let backend = TencentVpcBackend::new(
             ext,
             NodeFacts {

@@ -6,7 +6,7 @@
 //! leases are routed for the credential-less agents ([`RouteStatus`]).
 
 use crate::backend::tencent_vpc::gc::LeaseView;
-use crate::backend::tencent_vpc::plan::{Ownership, Scope, Wanted};
+use crate::backend::tencent_vpc::plan::{Scope, Wanted};
 use crate::backend::tencent_vpc::reconcile::{Reconciler, Target};
 use crate::backend::tencent_vpc::{self as tvpc, RouteStatus};
 use crate::backend::BackendError;
@@ -14,9 +14,7 @@ use crate::health::Health;
 use crate::subnet::election::LeaderSeat;
 use crate::subnet::{SubnetError, SubnetManager};
 use backoff::Backoff;
-use flannel_core::backend_config::{
-    cluster_name_for, BackendConfig, TencentVpcConfig, DEFAULT_RESYNC_SECS,
-};
+use flannel_core::backend_config::{BackendConfig, TencentVpcConfig};
 use flannel_core::lease::{Lease, SubnetKey};
 use flannel_core::watch::LeaseWatcher;
 use futures::StreamExt;
@@ -112,37 +110,20 @@ impl Controller {
         let cloud = crate::cloud::connect(tvpc::cloud_setup(cfg, &health.metrics.vpc), &env)
             .await
             .map_err(BackendError::CloudSetup)?;
-        let vpc_id = match &cfg.vpc_id {
-            Some(v) => v.clone(),
-            None => match cloud.metadata.mac().await {
-                Ok(mac) => cloud
-                    .metadata
-                    .vpc_id(mac.trim())
-                    .await
-                    .map(|v| v.trim().to_string())
-                    .map_err(|_| ControllerError::NoVpc)?,
-                Err(_) => return Err(ControllerError::NoVpc),
-            },
-        };
-        let cluster = cfg
-            .cluster_name
-            .clone()
-            .unwrap_or_else(|| cluster_name_for(&network));
-        info!(vpc = %vpc_id, cluster = %cluster, region = %cloud.region, credentials = ?cloud.client, "tencent-vpc controller");
+        let vpc_id = tvpc::resolve_vpc(cfg, &cloud.metadata)
+            .await
+            .ok_or(ControllerError::NoVpc)?;
+        let settings = tvpc::Settings::from_config(cfg, network, vpc_id);
+        let cluster = settings.owner.cluster.clone();
+        info!(vpc = %settings.vpc_id, cluster = %cluster, region = %cloud.region, credentials = ?cloud.client, "tencent-vpc controller");
         Ok(Controller {
+            resync: settings.resync,
             reconciler: Reconciler::new(
                 Arc::new(cloud.client),
-                vpc_id,
-                Ownership {
-                    cluster: cluster.clone(),
-                    network,
-                },
-                cfg.adopt_untagged_routes,
-                cfg.route_table_ids.clone(),
+                settings,
                 health.metrics.vpc.clone(),
             ),
             cluster,
-            resync: Duration::from_secs(cfg.resync_interval_secs.unwrap_or(DEFAULT_RESYNC_SECS)),
         })
     }
 

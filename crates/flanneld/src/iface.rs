@@ -39,6 +39,21 @@ pub struct ExternalInterface {
     pub ext_v6_addr: Option<Ipv6Addr>,
 }
 
+impl ExternalInterface {
+    /// An interface with one IPv4 address, published as is (no `--public-ip`).
+    pub fn ipv4(name: &str, index: u32, mtu: u32, addr: Ipv4Addr) -> ExternalInterface {
+        ExternalInterface {
+            name: name.to_string(),
+            index,
+            mtu,
+            iface_addr: Some(addr),
+            iface_v6_addr: None,
+            ext_addr: Some(addr),
+            ext_v6_addr: None,
+        }
+    }
+}
+
 /// What the selector needs from the host. The real implementation reads the kernel; tests
 /// use a table.
 pub trait HostNetwork: Send + Sync {

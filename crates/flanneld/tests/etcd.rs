@@ -401,22 +401,7 @@ async fn daemon_shuts_down_cleanly_when_its_lease_is_deleted() {
         r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#,
     );
     let dir = tempfile::tempdir().unwrap();
-    let cfg = daemon_config(dir.path());
-    let sm: Arc<dyn SubnetManager> = Arc::new(manager(&etcd).await);
-    let health = Arc::new(Health::default());
-    let h = health.clone();
-    let run = tokio::spawn(async move {
-        daemon::run(
-            cfg,
-            sm,
-            &flanneld::backend::Builtin,
-            &FakeHost("172.16.0.7"),
-            h,
-            std::future::pending(),
-        )
-        .await
-    });
-    wait_until_async("ready", Duration::from_secs(15), || health.is_ready()).await;
+    let (health, run) = spawn_daemon(&etcd, "172.16.0.7", dir.path()).await;
     let keys = etcd.etcdctl(&[
         "get",
         "--prefix",

@@ -192,6 +192,22 @@ impl Cloud {
             .await;
     }
 
+    /// An in-memory lease store whose network config routes through this emulator with the
+    /// lab's keys; `backend` gives the Backend section's other keys.
+    fn store(&self, mut backend: Value) -> Arc<MemoryManager> {
+        backend["AccessKeyID"] = json!(ID);
+        backend["AccessKeySecret"] = json!(KEY);
+        backend["Endpoint"] = json!(format!("http://{}", self.emu.api));
+        backend["MetadataURL"] = json!(format!(
+            "http://{}/latest/meta-data/",
+            self.emu.metadata.unwrap()
+        ));
+        let config = json!({"Network": "10.244.0.0/16", "Backend": backend});
+        Arc::new(MemoryManager::new(
+            flannel_core::config::parse_and_check(&config.to_string()).unwrap(),
+        ))
+    }
+
     /// A node: its backend and its lease.
     async fn node(
         &self,
@@ -200,15 +216,7 @@ impl Cloud {
         pod_subnet: &str,
     ) -> (TencentVpcBackend, Lease) {
         let ip: std::net::Ipv4Addr = ip.parse().unwrap();
-        let ext = ExternalInterface {
-            name: "eth0".into(),
-            index: 2,
-            mtu: 1500,
-            iface_addr: Some(ip),
-            iface_v6_addr: None,
-            ext_addr: Some(ip),
-            ext_v6_addr: None,
-        };
+        let ext = ExternalInterface::ipv4("eth0", 2, 1500, ip);
         let seat = LeaderSeat::stand(Box::new(
             self.elections
                 .election("tencent-vpc-gc-lab", &ip.to_string()),
@@ -240,6 +248,33 @@ impl Cloud {
         };
         (backend, lease)
     }
+}
+
+/// The real daemon with the built-in backends as node `ip`, on `sm`.
+fn spawn_agent(
+    sm: &Arc<MemoryManager>,
+    ip: &'static str,
+) -> (
+    Arc<Health>,
+    tokio::task::JoinHandle<Result<flanneld::daemon::Exit, flanneld::daemon::DaemonError>>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let health = Arc::new(Health::default());
+    let (sm, h) = (sm.clone() as Arc<dyn SubnetManager>, health.clone());
+    let cfg = daemon_config(dir.path());
+    let run = tokio::spawn(async move {
+        flanneld::daemon::run(
+            cfg,
+            sm,
+            &flanneld::backend::Builtin,
+            &FakeHost(ip),
+            h,
+            std::future::pending(),
+        )
+        .await
+    });
+    (health, run, dir)
 }
 
 fn tag(ip: &str) -> String {
@@ -552,36 +587,8 @@ async fn half_the_calls_throttled_every_node_converges() {
 #[tokio::test]
 async fn the_daemon_with_tencent_vpc_is_ready_once_routed() {
     let cloud = Cloud::start(scenario(50)).await;
-    let config = json!({
-        "Network": "10.244.0.0/16",
-        "Backend": {
-            "Type": "tx-vpc",
-            "AccessKeyID": ID,
-            "AccessKeySecret": KEY,
-            "Endpoint": format!("http://{}", cloud.emu.api),
-            "MetadataURL": format!("http://{}/latest/meta-data/", cloud.emu.metadata.unwrap()),
-        }
-    });
-    let sm = Arc::new(MemoryManager::new(
-        flannel_core::config::parse_and_check(&config.to_string()).unwrap(),
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let health = Arc::new(Health::default());
-    let run = {
-        let (sm, health) = (sm.clone() as Arc<dyn SubnetManager>, health.clone());
-        let cfg = daemon_config(dir.path());
-        tokio::spawn(async move {
-            flanneld::daemon::run(
-                cfg,
-                sm,
-                &flanneld::backend::Builtin,
-                &FakeHost("172.16.1.7"),
-                health,
-                std::future::pending(),
-            )
-            .await
-        })
-    };
+    let sm = cloud.store(json!({"Type": "tx-vpc"}));
+    let (health, run, _dir) = spawn_agent(&sm, "172.16.1.7");
     wait_until_async("ready", Duration::from_secs(20), || health.is_ready()).await;
     let lease = sm.leases().into_iter().next().unwrap();
     assert_eq!(lease.attrs.backend_type, "tencent-vpc");
@@ -712,15 +719,7 @@ async fn the_flanneld_binary_routes_its_lease_and_never_logs_secrets_at_trace() 
 
 #[tokio::test]
 async fn ipv6_networks_are_refused_clearly() {
-    let ext = ExternalInterface {
-        name: "eth0".into(),
-        index: 2,
-        mtu: 1500,
-        iface_addr: Some("172.16.1.7".parse().unwrap()),
-        iface_v6_addr: None,
-        ext_addr: Some("172.16.1.7".parse().unwrap()),
-        ext_v6_addr: None,
-    };
+    let ext = ExternalInterface::ipv4("eth0", 2, 1500, "172.16.1.7".parse().unwrap());
     let metrics = Metrics::default();
     for (conf, message) in [
         (
@@ -768,20 +767,7 @@ fn agent_lease(i: u8) -> Lease {
 async fn the_controller_routes_every_lease_in_batches_and_agents_need_no_credentials() {
     let cloud = Cloud::start(scenario(100)).await;
     // The controller's credentials are in its config; the agents never build a client.
-    let config = json!({
-        "Network": "10.244.0.0/16",
-        "Backend": {
-            "Type": "tencent-vpc",
-            "Mode": "controller",
-            "AccessKeyID": ID,
-            "AccessKeySecret": KEY,
-            "Endpoint": format!("http://{}", cloud.emu.api),
-            "MetadataURL": format!("http://{}/latest/meta-data/", cloud.emu.metadata.unwrap()),
-        }
-    });
-    let sm = Arc::new(MemoryManager::new(
-        flannel_core::config::parse_and_check(&config.to_string()).unwrap(),
-    ));
+    let sm = cloud.store(json!({"Type": "tencent-vpc", "Mode": "controller"}));
     let controller_health = Arc::new(Health::default());
     let controller = {
         let (sm, health) = (
@@ -798,23 +784,7 @@ async fn the_controller_routes_every_lease_in_batches_and_agents_need_no_credent
         ))
     };
     // A real agent (the daemon, Mode controller): ready once the controller routed it.
-    let dir = tempfile::tempdir().unwrap();
-    let health = Arc::new(Health::default());
-    let agent = {
-        let (sm, health) = (sm.clone() as Arc<dyn SubnetManager>, health.clone());
-        let cfg = daemon_config(dir.path());
-        tokio::spawn(async move {
-            flanneld::daemon::run(
-                cfg,
-                sm,
-                &flanneld::backend::Builtin,
-                &FakeHost("172.16.1.7"),
-                health,
-                std::future::pending(),
-            )
-            .await
-        })
-    };
+    let (health, agent, _dir) = spawn_agent(&sm, "172.16.1.7");
     wait_until_async("the agent ready", Duration::from_secs(30), || {
         health.is_ready()
     })

@@ -137,6 +137,21 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// The emulator with the lab scenario, its data plane in the router namespace.
+    async fn emulator(&self) -> Emulator {
+        Emulator::start(EmulatorConfig {
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            dataplane_netns: Some(self.r.clone()),
+            ..EmulatorConfig::on_loopback(
+                Scenario::from_json(include_str!("../scenarios/lab.json")).unwrap(),
+            )
+        })
+        .await
+        .unwrap()
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for ns in [&self.r, &self.a, &self.b] {
@@ -148,15 +163,7 @@ impl Drop for Lab {
 #[tokio::test]
 async fn pod_route_only_works_in_the_right_table() {
     let lab = Lab::new();
-    let emu = Emulator::start(EmulatorConfig {
-        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
-        dataplane_netns: Some(lab.r.clone()),
-        ..EmulatorConfig::on_loopback(
-            Scenario::from_json(include_str!("../scenarios/lab.json")).unwrap(),
-        )
-    })
-    .await
-    .unwrap();
+    let emu = lab.emulator().await;
     let admin = |path: &str| format!("http://{}{path}", emu.admin.unwrap());
     let http = reqwest::Client::new();
     let route = serde_json::json!({"DestinationCidrBlock": "10.244.2.0/24", "GatewayType": "NORMAL_CVM", "GatewayId": "172.16.2.7"});
@@ -238,15 +245,7 @@ async fn pod_route_only_works_in_the_right_table() {
 #[tokio::test]
 async fn pod_to_pod_traffic_is_routed_by_the_table_of_the_subnet_it_comes_from() {
     let lab = Lab::new();
-    let emu = Emulator::start(EmulatorConfig {
-        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
-        dataplane_netns: Some(lab.r.clone()),
-        ..EmulatorConfig::on_loopback(
-            Scenario::from_json(include_str!("../scenarios/lab.json")).unwrap(),
-        )
-    })
-    .await
-    .unwrap();
+    let emu = lab.emulator().await;
     let http = reqwest::Client::new();
     let add = |table: &str, dest: &str, gw: &str| {
         let req = http

@@ -298,16 +298,21 @@ async fn open_routes(
         })
 }
 
+/// The cluster's routes and its leases, from etcd's config and the cloud.
+async fn routes_and_leases(
+    etcd: &flanneld::cli::EtcdArgs,
+    cloud: &CloudArgs,
+) -> Result<(flanneld::ctl::routes::Routes, Vec<flannel_core::Lease>), ExitCode> {
+    let (config, leases) = from_etcd(etcd).await.map_err(|e| {
+        eprintln!("flannelctl: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok((open_routes(&config, cloud).await?, leases))
+}
+
 async fn routes_plan(etcd: flanneld::cli::EtcdArgs, cloud: CloudArgs) -> ExitCode {
-    let (config, leases) = match from_etcd(&etcd).await {
+    let (routes, leases) = match routes_and_leases(&etcd, &cloud).await {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("flannelctl: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let routes = match open_routes(&config, &cloud).await {
-        Ok(r) => r,
         Err(code) => return code,
     };
     match routes.plan(&leases).await {
@@ -328,15 +333,8 @@ async fn routes_gc(
     dry_run: bool,
     all_ours: bool,
 ) -> ExitCode {
-    let (config, leases) = match from_etcd(&etcd).await {
+    let (routes, leases) = match routes_and_leases(&etcd, &cloud).await {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("flannelctl: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let routes = match open_routes(&config, &cloud).await {
-        Ok(r) => r,
         Err(code) => return code,
     };
     let orphans = match routes

@@ -6,7 +6,7 @@ use crate::backend::tencent_vpc::plan::{Ownership, Plan, Scope, TableState, Want
 use crate::backend::tencent_vpc::reconcile::{Reading, Reconciler, Target};
 use crate::backend::tencent_vpc::{self as tvpc};
 use crate::backend::BackendError;
-use flannel_core::backend_config::{cluster_name_for, BackendConfig, TencentVpcConfig};
+use flannel_core::backend_config::{BackendConfig, TencentVpcConfig};
 use flannel_core::lease::Lease;
 use flannel_core::ValidatedNetConfig;
 use ipnet::Ipv4Net;
@@ -59,36 +59,13 @@ impl Routes {
         let cloud = crate::cloud::connect(tvpc::cloud_setup(&cfg, &metrics), &env)
             .await
             .map_err(BackendError::CloudSetup)?;
-        let vpc_id = match cfg.vpc_id.clone() {
-            Some(v) => v,
-            None => {
-                let mac = cloud.metadata.mac().await.map_err(|_| RoutesError::NoVpc)?;
-                cloud
-                    .metadata
-                    .vpc_id(mac.trim())
-                    .await
-                    .map_err(|_| RoutesError::NoVpc)?
-                    .trim()
-                    .to_string()
-            }
-        };
-        let owner = Ownership {
-            cluster: cfg
-                .cluster_name
-                .clone()
-                .unwrap_or_else(|| cluster_name_for(&network)),
-            network,
-        };
+        let vpc_id = tvpc::resolve_vpc(&cfg, &cloud.metadata)
+            .await
+            .ok_or(RoutesError::NoVpc)?;
+        let settings = tvpc::Settings::from_config(&cfg, network, vpc_id);
         Ok(Routes {
-            reconciler: Reconciler::new(
-                Arc::new(cloud.client),
-                vpc_id,
-                owner.clone(),
-                cfg.adopt_untagged_routes,
-                cfg.route_table_ids.clone(),
-                metrics,
-            ),
-            owner,
+            owner: settings.owner.clone(),
+            reconciler: Reconciler::new(Arc::new(cloud.client), settings, metrics),
         })
     }
 

@@ -65,6 +65,35 @@ pub struct Settings {
     pub resync: Duration,
 }
 
+impl Settings {
+    /// The options of `cfg` for `network`, with defaults (ClusterName from the Network,
+    /// ResyncInterval 60 s).
+    pub fn from_config(cfg: &TencentVpcConfig, network: Ipv4Net, vpc_id: String) -> Settings {
+        Settings {
+            vpc_id,
+            owner: Ownership {
+                cluster: cfg
+                    .cluster_name
+                    .clone()
+                    .unwrap_or_else(|| cluster_name_for(&network)),
+                network,
+            },
+            adopt_untagged: cfg.adopt_untagged_routes,
+            route_table_ids: cfg.route_table_ids.clone(),
+            resync: Duration::from_secs(cfg.resync_interval_secs.unwrap_or(DEFAULT_RESYNC_SECS)),
+        }
+    }
+}
+
+/// The VPC: Backend.VpcId, else what the metadata service says of this instance's NIC.
+pub async fn resolve_vpc(cfg: &TencentVpcConfig, md: &MetadataClient) -> Option<String> {
+    if let Some(v) = &cfg.vpc_id {
+        return Some(v.clone());
+    }
+    let mac = md.mac().await.ok()?;
+    Some(md.vpc_id(mac.trim()).await.ok()?.trim().to_string())
+}
+
 /// This node's route from a lease's BackendData, if the lease is ours to route: BackendType
 /// tencent-vpc with a PrivateIP. Upstream's tencent-vpc leases carry no data and are not.
 pub fn route_of(lease: &Lease) -> Option<Wanted> {
@@ -143,14 +172,7 @@ impl TencentVpcBackend {
         metrics: VpcMetrics,
         gc_seat: Option<LeaderSeat>,
     ) -> TencentVpcBackend {
-        let reconciler = Reconciler::new(
-            client,
-            settings.vpc_id.clone(),
-            settings.owner.clone(),
-            settings.adopt_untagged,
-            settings.route_table_ids.clone(),
-            metrics,
-        );
+        let reconciler = Reconciler::new(client, settings.clone(), metrics);
         TencentVpcBackend {
             ext,
             node,
@@ -197,20 +219,6 @@ impl TencentVpcBackend {
             (None, None) => unreachable!("a validated config has an address family"),
         };
         let env = |k: &str| std::env::var(k).ok();
-        let cluster = cfg
-            .cluster_name
-            .clone()
-            .unwrap_or_else(|| cluster_name_for(&network));
-        let settings = |vpc_id: String| Settings {
-            vpc_id,
-            owner: Ownership {
-                cluster: cluster.clone(),
-                network,
-            },
-            adopt_untagged: cfg.adopt_untagged_routes,
-            route_table_ids: cfg.route_table_ids.clone(),
-            resync: Duration::from_secs(cfg.resync_interval_secs.unwrap_or(DEFAULT_RESYNC_SECS)),
-        };
         if cfg.mode == TencentVpcMode::Controller {
             // No credentials on the node: only the metadata service, for its own facts.
             let md = MetadataClient::new(&crate::cloud::metadata_url(
@@ -218,9 +226,10 @@ impl TencentVpcBackend {
                 &env,
             ))
             .map_err(|e| BackendError::CloudSetup(crate::cloud::CloudSetupError::Metadata(e)))?;
-            let (node, vpc) = node_facts(&md, ctx.ext).await;
-            let settings = settings(cfg.vpc_id.clone().or(vpc).unwrap_or_default());
-            info!(cluster = %cluster, private_ip = %node.private_ip, subnet = %node.subnet_id, "tencent-vpc backend in controller mode: routes are written by flanneld --controller");
+            let node = node_facts(&md, ctx.ext).await;
+            let vpc = resolve_vpc(cfg, &md).await.unwrap_or_default();
+            let settings = Settings::from_config(cfg, network, vpc);
+            info!(cluster = %settings.owner.cluster, private_ip = %node.private_ip, subnet = %node.subnet_id, "tencent-vpc backend in controller mode: routes are written by flanneld --controller");
             return Ok(TencentVpcBackend::new_controlled(
                 ctx.ext.clone(),
                 node,
@@ -232,13 +241,14 @@ impl TencentVpcBackend {
         let cloud = crate::cloud::connect(cloud_setup(cfg, &metrics), &env)
             .await
             .map_err(BackendError::CloudSetup)?;
-        let (node, vpc_from_metadata) = node_facts(&cloud.metadata, ctx.ext).await;
-        let vpc_id = cfg.vpc_id.clone().or(vpc_from_metadata).ok_or_else(|| {
+        let node = node_facts(&cloud.metadata, ctx.ext).await;
+        let vpc_id = resolve_vpc(cfg, &cloud.metadata).await.ok_or_else(|| {
             BackendError::Unsupported(
                 "no VPC: set Backend.VpcId (the metadata service did not say)".into(),
             )
         })?;
-        let settings = settings(vpc_id);
+        let settings = Settings::from_config(cfg, network, vpc_id);
+        let cluster = settings.owner.cluster.clone();
         info!(vpc = %settings.vpc_id, cluster = %cluster, private_ip = %node.private_ip, subnet = %node.subnet_id, region = %cloud.region, credentials = ?cloud.client, "tencent-vpc backend");
         let seat = LeaderSeat::stand(ctx.store.leader_election(
             &format!("tencent-vpc-gc-{cluster}"),
@@ -369,38 +379,30 @@ pub fn cloud_setup(cfg: &TencentVpcConfig, metrics: &VpcMetrics) -> crate::cloud
 }
 
 /// The node's private IP and subnet from the metadata service, falling back to the
-/// interface address; and the VPC, if the metadata service says.
-pub async fn node_facts(
-    md: &MetadataClient,
-    ext: &ExternalInterface,
-) -> (NodeFacts, Option<String>) {
-    let private_ip = match md.local_ipv4().await.map(|s| s.trim().parse::<Ipv4Addr>()) {
-        Ok(Ok(ip)) => Some(ip),
-        Ok(Err(_)) | Err(_) => None,
-    };
-    let private_ip = private_ip
+/// interface address for the IP.
+pub async fn node_facts(md: &MetadataClient, ext: &ExternalInterface) -> NodeFacts {
+    let from_metadata = md
+        .local_ipv4()
+        .await
+        .ok()
+        .and_then(|s| s.trim().parse::<Ipv4Addr>().ok());
+    let private_ip = from_metadata
         .or(ext.iface_addr)
         .unwrap_or(Ipv4Addr::UNSPECIFIED);
     if Some(private_ip) != ext.iface_addr {
         warn!(metadata = %private_ip, iface = ?ext.iface_addr, "the metadata service's private IP is not the interface's; routing via the metadata's");
     }
-    let (subnet, vpc) = match md.mac().await {
-        Ok(mac) => (
-            md.subnet_id(mac.trim()).await.ok(),
-            md.vpc_id(mac.trim()).await.ok(),
-        ),
+    let subnet_id = match md.mac().await {
+        Ok(mac) => md.subnet_id(mac.trim()).await.ok(),
         Err(e) => {
-            warn!(error = %crate::Report(&e), "the metadata service did not give this node's MAC: its subnet and VPC are unknown");
-            (None, None)
+            warn!(error = %crate::Report(&e), "the metadata service did not give this node's MAC: its subnet is unknown");
+            None
         }
     };
-    (
-        NodeFacts {
-            private_ip,
-            subnet_id: subnet.map(|s| s.trim().to_string()).unwrap_or_default(),
-        },
-        vpc.map(|v| v.trim().to_string()),
-    )
+    NodeFacts {
+        private_ip,
+        subnet_id: subnet_id.map(|s| s.trim().to_string()).unwrap_or_default(),
+    }
 }
 
 #[async_trait]

@@ -6,6 +6,7 @@ use super::apply::{self, Applied};
 use super::gc::{LeaseView, OrphanTracker};
 use super::plan::{self, Ownership, PlanInput, Scope, Wanted};
 use super::tables::{self, DiscoveryError};
+use super::Settings;
 use crate::backend::BackendError;
 use crate::metrics::{TableLabels, TableRouteLabels, VpcMetrics};
 use ipnet::Ipv4Net;
@@ -82,10 +83,7 @@ impl Reading {
 
 pub struct Reconciler {
     client: Arc<Client>,
-    vpc_id: String,
-    owner: Ownership,
-    adopt_untagged: bool,
-    route_table_ids: Vec<String>,
+    settings: Settings,
     metrics: VpcMetrics,
     state: Mutex<State>,
 }
@@ -101,27 +99,17 @@ struct State {
 }
 
 impl Reconciler {
-    pub fn new(
-        client: Arc<Client>,
-        vpc_id: String,
-        owner: Ownership,
-        adopt_untagged: bool,
-        route_table_ids: Vec<String>,
-        metrics: VpcMetrics,
-    ) -> Reconciler {
+    pub fn new(client: Arc<Client>, settings: Settings, metrics: VpcMetrics) -> Reconciler {
         Reconciler {
             client,
-            vpc_id,
-            owner,
-            adopt_untagged,
-            route_table_ids,
+            settings,
             metrics,
             state: Mutex::new(State::default()),
         }
     }
 
     pub fn owner(&self) -> &Ownership {
-        &self.owner
+        &self.settings.owner
     }
 
     async fn account_limit(&self, state: &mut State) -> usize {
@@ -164,22 +152,22 @@ impl Reconciler {
     ) -> Result<Reading, BackendError> {
         let described = self
             .client
-            .describe_route_tables(&[Filter::new("vpc-id", &[self.vpc_id.as_str()])])
+            .describe_route_tables(&[Filter::new("vpc-id", &[self.settings.vpc_id.as_str()])])
             .await
             .map_err(|e| BackendError::Cloud {
-                op: format!("read the route tables of {}", self.vpc_id),
+                op: format!("read the route tables of {}", self.settings.vpc_id),
                 source: Box::new(e),
             })?;
         let selection = tables::select(
-            &self.vpc_id,
+            &self.settings.vpc_id,
             &described,
-            &self.route_table_ids,
+            &self.settings.route_table_ids,
             node_subnets,
         )
         .map_err(BackendError::Discovery)?;
         for s in &selection.unserved {
             if state.unserved_reported.insert(s.clone()) {
-                warn!(subnet = %s, tables = ?self.route_table_ids, "node subnet {s} is not served by any of Backend.RouteTableIds: its nodes cannot reach pods through them");
+                warn!(subnet = %s, tables = ?self.settings.route_table_ids, "node subnet {s} is not served by any of Backend.RouteTableIds: its nodes cannot reach pods through them");
             }
         }
         let account = self.account_limit(state).await;
@@ -207,8 +195,8 @@ impl Reconciler {
             tables: &reading.selected_states(),
             wanted: target.wanted,
             leased: target.leased,
-            owner: &self.owner,
-            adopt_untagged: self.adopt_untagged,
+            owner: &self.settings.owner,
+            adopt_untagged: self.settings.adopt_untagged,
             scope: target.scope,
             collect: &BTreeSet::new(),
         });
@@ -220,7 +208,7 @@ impl Reconciler {
     }
 
     pub fn vpc_id(&self) -> &str {
-        &self.vpc_id
+        &self.settings.vpc_id
     }
 
     /// Read, plan and apply once. A failed read is an error; failed writes are in the outcome.
@@ -236,7 +224,7 @@ impl Reconciler {
         };
         let collect = match target.gc {
             Some(view) => {
-                let verdict = state.tracker.observe(view, &states, &self.owner);
+                let verdict = state.tracker.observe(view, &states, &self.settings.owner);
                 if let Some(h) = &verdict.hold {
                     warn!(reason = %h, "route garbage collection paused");
                 } else if !verdict.collect.is_empty() || verdict.waiting > 0 {
@@ -254,8 +242,8 @@ impl Reconciler {
             tables: &states,
             wanted: target.wanted,
             leased: target.leased,
-            owner: &self.owner,
-            adopt_untagged: self.adopt_untagged,
+            owner: &self.settings.owner,
+            adopt_untagged: self.settings.adopt_untagged,
             scope: target.scope,
             collect: &collect,
         });
