@@ -201,6 +201,7 @@ async fn config_check_cloud_is_a_preflight() {
         "ok   credentials accepted (DescribeVpcs)",
         "ok   Network 10.244.0.0/16 is outside every VPC CIDR of vpc-lab",
         "ok   rtb-main: 1/50 routes used, room for 49 more (leases now: 1)",
+        "ok   permission for DescribeVpcLimits (the route quota)",
         "ok   permission for CreateRoutes",
         "ok   permission for EnableRoutes",
     ] {

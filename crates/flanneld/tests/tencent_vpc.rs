@@ -367,6 +367,17 @@ async fn only_the_leader_collects_a_departed_nodes_route_and_user_routes_stay() 
             Some(json!({"DestinationCidrBlock": "10.244.200.0/24", "GatewayType": "NAT", "GatewayId": "nat-1"})),
         )
         .await;
+    // Ours, in a table no node subnet uses (every node here is in subnet-a, table rtb-main).
+    cloud
+        .console(
+            reqwest::Method::POST,
+            "/route-tables/rtb-b/routes",
+            Some(
+                json!({"DestinationCidrBlock": "10.244.77.0/24", "GatewayType": "NORMAL_CVM",
+                        "GatewayId": "172.16.1.8", "RouteDescription": tag("172.16.1.8")}),
+            ),
+        )
+        .await;
     let (n1, lease_1) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
     let (n2, lease_2) = cloud.node("172.16.1.8", "subnet-a", "10.244.2.0/24").await;
     n1.activate(&lease_1, &[]).await.unwrap();
@@ -410,6 +421,10 @@ async fn only_the_leader_collects_a_departed_nodes_route_and_user_routes_stay() 
         assert!(rounds <= 3, "collected within two of the leader's resyncs");
     }
     assert!(rounds >= 2, "never at the first sighting");
+    assert!(
+        cloud.route_to("rtb-b", "10.244.77.0/24").await.is_none(),
+        "an orphan in a table no node uses is collected too"
+    );
     // A hundred more resyncs: the user's routes are untouched, ours is in place.
     for _ in 0..100 {
         leader.resync(&lease_1, &[], true).await.unwrap();

@@ -148,6 +148,18 @@ impl Routes {
                 crate::report(&e)
             ))),
         }
+        match client
+            .describe_vpc_limits(&[tencent_cloud::vpc::ROUTE_TABLE_MAX_POLICIES])
+            .await
+        {
+            Ok(_) => out.push(Check::ok(
+                "permission for DescribeVpcLimits (the route quota)",
+            )),
+            Err(e) => out.push(Check::fail(format!(
+                "DescribeVpcLimits: {} (the quota is then assumed to be 50)",
+                crate::report(&e)
+            ))),
+        }
         let reading = match self.reconciler.read(&BTreeSet::new()).await {
             Ok(r) => r,
             Err(e) => {

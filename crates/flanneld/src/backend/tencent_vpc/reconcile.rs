@@ -224,7 +224,10 @@ impl Reconciler {
         };
         let collect = match target.gc {
             Some(view) => {
-                let verdict = state.tracker.observe(view, &states, &self.settings.owner);
+                // Every table of the VPC: our routes may outlive the nodes of a subnet.
+                let verdict = state
+                    .tracker
+                    .observe(view, &reading.all, &self.settings.owner);
                 if let Some(h) = &verdict.hold {
                     warn!(reason = %h, "route garbage collection paused");
                 } else if !verdict.collect.is_empty() || verdict.waiting > 0 {
@@ -238,7 +241,7 @@ impl Reconciler {
             }
             None => BTreeSet::new(),
         };
-        let plan = plan::plan(&PlanInput {
+        let mut plan = plan::plan(&PlanInput {
             tables: &states,
             wanted: target.wanted,
             leased: target.leased,
@@ -247,6 +250,28 @@ impl Reconciler {
             scope: target.scope,
             collect: &collect,
         });
+        // Orphans in tables no node subnet uses any more: deletions only.
+        for t in reading
+            .all
+            .iter()
+            .filter(|t| !selection.tables.contains(&t.id))
+        {
+            let delete: Vec<u64> = t
+                .routes
+                .iter()
+                .filter(|r| {
+                    self.settings.owner.owns(r) && collect.contains(&(t.id.clone(), r.route_id))
+                })
+                .map(|r| r.route_id)
+                .collect();
+            if !delete.is_empty() {
+                plan.tables.push(plan::TablePlan {
+                    table: t.id.clone(),
+                    delete,
+                    ..Default::default()
+                });
+            }
+        }
         for c in &plan.conflicts {
             warn!(table = %c.table, dest = %c.wanted.dest, route_id = c.route_id, "{c}");
         }
