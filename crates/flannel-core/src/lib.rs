@@ -12,6 +12,7 @@ pub mod gojson;
 pub mod ip;
 pub mod lease;
 pub mod subnet_env;
+pub mod traffic;
 pub mod watch;
 
 pub use config::{RawNetConfig, ValidatedNetConfig};

@@ -1,0 +1,150 @@
+//! The masquerade and forward rules against the real iptables and nft, in a network namespace
+//! of their own (needs root; CI runs as root): what `iptables -S` prints back is upstream's
+//! text, applying twice changes nothing, and the nftables script is accepted.
+
+use flannel_core::traffic::{forward_rules, masq_rules, nft_script, restore_payload, Rule};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("traffic-{tag}-{}", std::process::id());
+        run(&["ip", "netns", "add", &name], None);
+        Netns(name)
+    }
+
+    fn exec(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut all = vec!["ip", "netns", "exec", &self.0];
+        all.extend_from_slice(args);
+        run(&all, stdin)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Apply as flanneld will: our chains through iptables-restore --noflush, the jumps from the
+/// built-in chains added only when missing.
+fn apply(ns: &Netns, rules: &[Rule]) {
+    ns.exec(
+        &["iptables-restore", "--noflush"],
+        Some(&restore_payload(rules)),
+    );
+    for r in rules.iter().filter(|r| !r.in_own_chain()) {
+        let mut check = vec!["iptables", "-t", r.table, "-C", r.chain];
+        let args = shell_words(&r.args);
+        check.extend(args.iter().map(String::as_str));
+        let present = Command::new("ip")
+            .args(["netns", "exec", &ns.0])
+            .args(&check)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if !present {
+            let mut add = vec!["iptables", "-t", r.table, "-A", r.chain];
+            add.extend(args.iter().map(String::as_str));
+            ns.exec(&add, None);
+        }
+    }
+}
+
+/// Split rule arguments as a shell would (quoted comments).
+fn shell_words(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in s.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn appended(ns: &Netns, table: &str) -> Vec<String> {
+    ns.exec(&["iptables", "-t", table, "-S"], None)
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn iptables_prints_back_upstreams_rules_and_reapplying_changes_nothing() {
+    let ns = Netns::new("ipt");
+    let network = "10.244.0.0/16".parse().unwrap();
+    let mut rules = masq_rules(network, "10.244.7.1/24".parse().unwrap(), true);
+    rules.extend(forward_rules(network));
+    apply(&ns, &rules);
+    apply(&ns, &rules);
+    let want = |table: &str| -> Vec<String> {
+        rules
+            .iter()
+            .filter(|r| r.table == table)
+            .map(Rule::spec)
+            .collect()
+    };
+    assert_eq!(appended(&ns, "nat"), want("nat"));
+    assert_eq!(appended(&ns, "filter"), want("filter"));
+}
+
+#[test]
+fn the_nftables_script_is_accepted_and_replaces_itself() {
+    let ns = Netns::new("nft");
+    let script = nft_script(
+        "10.244.0.0/16".parse().unwrap(),
+        "10.244.7.0/24".parse().unwrap(),
+        true,
+        true,
+    );
+    ns.exec(&["nft", "-f", "-"], Some(&script));
+    ns.exec(&["nft", "-f", "-"], Some(&script));
+    let listed = ns.exec(&["nft", "list", "table", "ip", "flannel-ipv4"], None);
+    assert_eq!(
+        listed.matches("masquerade fully-random").count(),
+        2,
+        "applied twice, present once: {listed}"
+    );
+    assert!(
+        listed.contains("ip saddr != 10.244.7.0/24 ip daddr 10.244.0.0/16 return"),
+        "{listed}"
+    );
+}
