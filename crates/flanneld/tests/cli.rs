@@ -341,3 +341,36 @@ fn verbose_logs_come_from_our_crates_only() {
         );
     }
 }
+
+#[test]
+fn flanneld_controller_needs_a_tencent_vpc_config() {
+    let d = tempfile::tempdir().unwrap();
+    let conf = write(
+        d.path(),
+        "net.json",
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#,
+    );
+    let out = Command::new(FLANNELD)
+        .args(["--controller", "--local-subnet-mgr"])
+        .arg(format!("--net-config-path={}", conf.display()))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.lines().last(),
+        Some("flanneld: --controller routes tencent-vpc leases, but Backend.Type is alloc"),
+        "{stderr}"
+    );
+    // FLANNELD_CONTROLLER works as every other flag's variable.
+    let out = Command::new(FLANNELD)
+        .args(["--local-subnet-mgr"])
+        .arg(format!("--net-config-path={}", conf.display()))
+        .env("FLANNELD_CONTROLLER", "true")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--controller routes tencent-vpc leases"));
+}
