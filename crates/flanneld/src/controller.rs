@@ -50,9 +50,6 @@ pub struct ControllerOptions {
     pub identity: String,
 }
 
-const CONFIG_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
-const WATCH_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-
 /// Run until `shutdown` completes or a fatal error happens.
 pub async fn run(
     opts: ControllerOptions,
@@ -61,20 +58,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ControllerError> {
     let mut shutdown = Box::pin(shutdown);
-    let mut pauses = CONFIG_RETRY.delays();
-    let config = loop {
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            c = sm.network_config() => match c {
-                Ok(c) => break c,
-                Err(e) if e.is_retryable() => {
-                    let wait = pauses.next_delay();
-                    warn!(error = %crate::report(&e), retry_in = ?wait, "failed to retrieve network config");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+    let Some(config) = crate::daemon::network_config(sm.as_ref(), &mut shutdown).await? else {
+        return Ok(());
     };
     let backend = BackendConfig::parse(&config.backend_type, config.backend.as_ref())
         .map_err(BackendError::from)?;
@@ -87,7 +72,10 @@ pub async fn run(
     };
     let controller = Controller::connect(&cfg, network, &health).await?;
     let seat = LeaderSeat::stand(sm.leader_election(
-        &format!("tencent-vpc-controller-{}", controller.cluster),
+        &format!(
+            "tencent-vpc-controller-{}",
+            controller.reconciler.owner().cluster
+        ),
         &opts.identity,
     ));
     health.set_ready(true);
@@ -96,7 +84,6 @@ pub async fn run(
 
 struct Controller {
     reconciler: Reconciler,
-    cluster: String,
     resync: Duration,
 }
 
@@ -114,8 +101,7 @@ impl Controller {
             .await
             .ok_or(ControllerError::NoVpc)?;
         let settings = tvpc::Settings::from_config(cfg, network, vpc_id);
-        let cluster = settings.owner.cluster.clone();
-        info!(vpc = %settings.vpc_id, cluster = %cluster, region = %cloud.region, credentials = ?cloud.client, "tencent-vpc controller");
+        info!(vpc = %settings.vpc_id, cluster = %settings.owner.cluster, region = %cloud.region, credentials = ?cloud.client, "tencent-vpc controller");
         Ok(Controller {
             resync: settings.resync,
             reconciler: Reconciler::new(
@@ -123,7 +109,6 @@ impl Controller {
                 settings,
                 health.metrics.vpc.clone(),
             ),
-            cluster,
         })
     }
 
@@ -133,10 +118,10 @@ impl Controller {
         seat: &LeaderSeat,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> Result<(), ControllerError> {
-        let record = RouteStatus::record_name(&self.cluster);
+        let record = RouteStatus::record_name(&self.reconciler.owner().cluster);
         let mut watcher = LeaseWatcher::new(None);
         let mut stream = None;
-        let mut watch_pauses = WATCH_RETRY.delays();
+        let mut watch_pauses = crate::daemon::WATCH_RETRY.delays();
         let mut published: Option<RouteStatus> = None;
         let mut unroutable: BTreeSet<SubnetKey> = BTreeSet::new();
         // A reconcile is due at `due` (None: nothing pending until the resync).
@@ -248,11 +233,7 @@ impl Controller {
                 }
             }
         }
-        let leased: BTreeSet<Ipv4Net> = leases
-            .iter()
-            .filter_map(Lease::subnet)
-            .map(|s| s.trunc())
-            .collect();
+        let leased = tvpc::leased_subnets(leases);
         let node_subnets: BTreeSet<String> = leases.iter().filter_map(tvpc::subnet_of).collect();
         let outcome = self
             .reconciler

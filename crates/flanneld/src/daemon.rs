@@ -77,7 +77,8 @@ async fn pause(d: Duration, shutdown: &mut (impl Future<Output = ()> + Unpin)) -
 /// Retry pacing of the daemon's loops (see the `backoff` crate: capped doubling, jittered).
 const CONFIG_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
 const ACQUIRE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-const WATCH_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+pub(crate) const WATCH_RETRY: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 /// How long activation waits for the lease watch's first snapshot.
 const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 
@@ -94,6 +95,29 @@ fn subnet_env(config: &ValidatedNetConfig, lease: &Lease, mtu: u32, ip_masq: boo
     }
 }
 
+/// The network config, retried with backoff while the store is unreachable (a bad config is
+/// an error); None when `shutdown` completed first. The daemon and the controller start so.
+pub(crate) async fn network_config(
+    sm: &dyn SubnetManager,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<ValidatedNetConfig>, SubnetError> {
+    let mut pauses = CONFIG_RETRY.delays();
+    loop {
+        match or_shutdown(sm.network_config(), shutdown).await {
+            None => return Ok(None),
+            Some(Ok(c)) => return Ok(Some(c)),
+            Some(Err(e)) if e.is_retryable() => {
+                let wait = pauses.next_delay();
+                warn!(error = %crate::report(&e), retry_in = ?wait, "failed to retrieve network config");
+                if !pause(wait, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Some(Err(e)) => return Err(e),
+        }
+    }
+}
+
 /// Run until `shutdown` completes or a fatal error happens.
 pub async fn run(
     cfg: DaemonConfig,
@@ -106,20 +130,8 @@ pub async fn run(
     let mut shutdown = Box::pin(shutdown);
 
     // 1. Network config, retried while the store is unreachable; a bad config is fatal.
-    let mut pauses = CONFIG_RETRY.delays();
-    let config = loop {
-        match or_shutdown(sm.network_config(), &mut shutdown).await {
-            None => return Ok(Exit::Shutdown),
-            Some(Ok(c)) => break c,
-            Some(Err(e)) if e.is_retryable() => {
-                let wait = pauses.next_delay();
-                warn!(error = %crate::report(&e), retry_in = ?wait, "failed to retrieve network config");
-                if !pause(wait, &mut shutdown).await {
-                    return Ok(Exit::Shutdown);
-                }
-            }
-            Some(Err(e)) => return Err(e.into()),
-        }
+    let Some(config) = network_config(sm.as_ref(), &mut shutdown).await? else {
+        return Ok(Exit::Shutdown);
     };
     info!(backend = %config.backend_type, network = ?config.network().map(|n| n.to_string()), ipv6_network = ?config.ipv6_network().map(|n| n.to_string()), "network config");
 

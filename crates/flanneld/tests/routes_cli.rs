@@ -42,8 +42,17 @@ fn assert_signed_describes(seen: &Seen, count: usize) {
 }
 
 async fn run(url: String, extra: &[&str]) -> std::process::Output {
+    run_with_env(url, extra, &[]).await
+}
+
+/// `routes list` against `url` with the test credentials and `env` set.
+async fn run_with_env(url: String, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let home = tempfile::tempdir().unwrap();
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         Command::new(FLANNELCTL)
             .args([
@@ -61,6 +70,7 @@ async fn run(url: String, extra: &[&str]) -> std::process::Output {
             .env("HOME", home.path())
             .env("TENCENTCLOUD_SECRET_ID", "AKIDctl")
             .env("TENCENTCLOUD_SECRET_KEY", "ctl-secret-key")
+            .envs(env)
             .output()
             .unwrap()
     })
@@ -170,29 +180,7 @@ async fn verbosity_and_rust_log_reach_our_crates_only() {
     }
     assert!(!err.contains("ctl-secret-key"));
     // RUST_LOG wins over -v: here nothing at all.
-    let home = tempfile::tempdir().unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(FLANNELCTL)
-            .args([
-                "routes",
-                "list",
-                "--vpc-id",
-                "vpc-1",
-                "--region",
-                "ap-guangzhou",
-                "-v=5",
-            ])
-            .args(["--endpoint", &url])
-            .env_clear()
-            .env("HOME", home.path())
-            .env("RUST_LOG", "off")
-            .env("TENCENTCLOUD_SECRET_ID", "AKIDctl")
-            .env("TENCENTCLOUD_SECRET_KEY", "ctl-secret-key")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = run_with_env(url, &["-v=5"], &[("RUST_LOG", "off")]).await;
     assert!(out.status.success());
     assert!(
         out.stderr.is_empty(),

@@ -72,7 +72,7 @@ impl Routes {
     /// The plan a controller would apply for these leases, and the orphans of the cluster.
     pub async fn plan(&self, leases: &[Lease]) -> Result<(Reading, Plan), RoutesError> {
         let wanted: Vec<Wanted> = leases.iter().filter_map(tvpc::route_of).collect();
-        let leased = leased(leases);
+        let leased = tvpc::leased_subnets(leases);
         let subnets: BTreeSet<String> = leases.iter().filter_map(tvpc::subnet_of).collect();
         Ok(self
             .reconciler
@@ -95,7 +95,7 @@ impl Routes {
         if leases.is_some_and(<[Lease]>::is_empty) {
             return Err(RoutesError::NoLeases);
         }
-        let leased = leases.map(leased);
+        let leased = leases.map(tvpc::leased_subnets);
         let reading = self.reconciler.read(&BTreeSet::new()).await?;
         Ok(orphans_in(&reading.all, &self.owner, leased.as_ref()))
     }
@@ -267,14 +267,6 @@ fn apply_overrides(cfg: &mut TencentVpcConfig, o: &Overrides) {
     set(&mut cfg.endpoint, &o.endpoint);
     set(&mut cfg.vpc_id, &o.vpc_id);
     set(&mut cfg.metadata_url, &o.metadata_url);
-}
-
-fn leased(leases: &[Lease]) -> BTreeSet<Ipv4Net> {
-    leases
-        .iter()
-        .filter_map(Lease::subnet)
-        .map(|s| s.trunc())
-        .collect()
 }
 
 /// Our routes whose destination is not in `leased` (every one of ours when None). Pure.

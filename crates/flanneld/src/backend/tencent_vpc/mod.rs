@@ -114,6 +114,15 @@ pub fn route_of(lease: &Lease) -> Option<Wanted> {
     })
 }
 
+/// The subnets of `leases` (never stale: a route to one of them is not garbage).
+pub fn leased_subnets<'a>(leases: impl IntoIterator<Item = &'a Lease>) -> BTreeSet<Ipv4Net> {
+    leases
+        .into_iter()
+        .filter_map(Lease::subnet)
+        .map(|s| s.trunc())
+        .collect()
+}
+
 /// The VPC subnet named in a lease's BackendData.
 pub fn subnet_of(lease: &Lease) -> Option<String> {
     let s = lease
@@ -314,11 +323,7 @@ impl TencentVpcBackend {
         };
         let (leased, node_subnets) = {
             let peers = self.peers.lock().await;
-            let mut leased: BTreeSet<Ipv4Net> = peers
-                .values()
-                .filter_map(Lease::subnet)
-                .map(|s| s.trunc())
-                .collect();
+            let mut leased = leased_subnets(peers.values());
             leased.insert(mine.dest);
             let mut subnets: BTreeSet<String> = peers.values().filter_map(subnet_of).collect();
             if !self.node.subnet_id.is_empty() {

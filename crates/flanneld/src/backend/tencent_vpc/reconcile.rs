@@ -5,7 +5,7 @@
 use super::apply::{self, Applied};
 use super::gc::{LeaseView, OrphanTracker};
 use super::plan::{self, Ownership, PlanInput, Scope, Wanted};
-use super::tables::{self, DiscoveryError};
+use super::tables;
 use super::Settings;
 use crate::backend::BackendError;
 use crate::metrics::{TableLabels, TableRouteLabels, VpcMetrics};
@@ -40,7 +40,6 @@ pub struct Outcome {
     pub tables: Vec<String>,
     /// (table, destination) of wanted routes now in place.
     pub present: BTreeSet<(String, Ipv4Net)>,
-    pub writes: usize,
     /// Read the tables again soon (something changed behind our back).
     pub refresh: bool,
     /// Errors of the apply step (the read and plan succeeded).
@@ -216,12 +215,7 @@ impl Reconciler {
         let started = std::time::Instant::now();
         let mut state = self.state.lock().await;
         let reading = self.read_locked(&mut state, target.node_subnets).await?;
-        let account = reading.account;
         let states = reading.selected_states();
-        let selection = tables::Selection {
-            tables: reading.selected,
-            unserved: Vec::new(),
-        };
         let collect = match target.gc {
             Some(view) => {
                 // Every table of the VPC: our routes may outlive the nodes of a subnet.
@@ -254,7 +248,7 @@ impl Reconciler {
         for t in reading
             .all
             .iter()
-            .filter(|t| !selection.tables.contains(&t.id))
+            .filter(|t| !reading.selected.contains(&t.id))
         {
             let delete: Vec<u64> = t
                 .routes
@@ -324,16 +318,8 @@ impl Reconciler {
             // A duplicate or stale record: the routes may well be right, but only a read says.
             present.retain(|(t, _)| !plan.tables.iter().any(|tp| &tp.table == t));
         }
-        self.record(
-            &states,
-            &plan,
-            &present,
-            &state.lowered,
-            account,
-            target.wanted.len(),
-        );
-        let writes = plan.writes();
-        debug!(tables = ?selection.tables, writes, elapsed = ?started.elapsed(), "reconciled");
+        self.record(&states, &plan, &present, &applied.full, target.wanted.len());
+        debug!(tables = ?reading.selected, writes = plan.writes(), elapsed = ?started.elapsed(), "reconciled");
         self.metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -344,9 +330,8 @@ impl Reconciler {
             .chain(plan.blocked.iter().map(ToString::to_string))
             .collect();
         Ok(Outcome {
-            tables: selection.tables,
+            tables: reading.selected,
             present,
-            writes,
             refresh: applied.refresh,
             errors: applied.errors,
             problems,
@@ -358,8 +343,7 @@ impl Reconciler {
         states: &[plan::TableState],
         plan: &plan::Plan,
         present: &BTreeSet<(String, Ipv4Net)>,
-        lowered: &BTreeMap<String, usize>,
-        account: usize,
+        full: &BTreeMap<String, usize>,
         desired: usize,
     ) {
         for t in states {
@@ -404,13 +388,7 @@ impl Reconciler {
             self.metrics
                 .table_limit
                 .get_or_create(&table)
-                .set(lowered.get(&t.id).copied().unwrap_or(account) as i64);
+                .set(full.get(&t.id).copied().unwrap_or(t.limit) as i64);
         }
-    }
-}
-
-impl From<DiscoveryError> for BackendError {
-    fn from(e: DiscoveryError) -> Self {
-        BackendError::Discovery(e)
     }
 }
