@@ -92,10 +92,6 @@ fn config_check_errors_exit_2_with_upstream_message() {
         (r#"{"Network":"10.0.0.0/16"}"#, "unknown backend type: udp"),
         (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"bogus"}}"#, "unknown backend type: bogus"),
         (
-            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"host-gw"}}"#,
-            "backend type host-gw is recognised but not supported yet by flannel-rs (supported now: alloc, tencent-vpc)",
-        ),
-        (
             r#"{"Network":"10.0.0.0/16","Backend":{"Type":"tencent-vpc","AccessKeySecret":["s3cr3t"]}}"#,
             "Backend.AccessKeySecret: expected a string, found an array",
         ),

@@ -3,9 +3,13 @@
 //! events against fakes, without root.
 
 pub mod alloc;
+pub mod host_gw;
+pub mod kernel_sync;
 pub mod tencent_vpc;
+pub mod vxlan;
 
 use crate::iface::ExternalInterface;
+use crate::kernel::Netlink;
 use crate::metrics::Metrics;
 use crate::subnet::{SubnetError, SubnetManager};
 use async_trait::async_trait;
@@ -25,13 +29,9 @@ pub enum BackendError {
         #[source]
         source: Box<tencent_cloud::Error>,
     },
-    /// A kernel operation (netlink, iptables) failed.
-    #[error("{op}")]
-    Kernel {
-        op: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A kernel operation (netlink) failed; the error names the object.
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
     /// The route tables to program could not be determined (never a silent fallback).
     #[error(transparent)]
     Discovery(tencent_vpc::tables::DiscoveryError),
@@ -47,10 +47,6 @@ pub enum BackendError {
     /// The network config asks for something this backend cannot do.
     #[error("{0}")]
     Unsupported(String),
-    #[error(
-        "backend type {0} is recognised but not supported yet by flannel-rs (supported now: alloc, tencent-vpc)"
-    )]
-    NotSupportedYet(BackendKind),
     #[error("interface {0} has no IPv4 address to publish")]
     NoPublicIp(String),
 }
@@ -121,29 +117,35 @@ impl Builtin {
     /// taking a lease (the daemon types it, `build` refuses what is unsupported), and what
     /// `flannelctl config check` does, so they validate alike.
     pub fn check(network: &ValidatedNetConfig) -> Result<BackendConfig, BackendError> {
-        let config = BackendConfig::parse(&network.backend_type, network.backend.as_ref())?;
-        Self::supported(&config)?;
-        Ok(config)
-    }
-
-    fn supported(config: &BackendConfig) -> Result<(), BackendError> {
-        match config {
-            BackendConfig::Alloc | BackendConfig::TencentVpc(_) => Ok(()),
-            other => Err(BackendError::NotSupportedYet(other.kind())),
-        }
+        Ok(BackendConfig::parse(
+            &network.backend_type,
+            network.backend.as_ref(),
+        )?)
     }
 }
 
 #[async_trait]
 impl BackendFactory for Builtin {
     async fn build(&self, ctx: &BackendContext<'_>) -> Result<Box<dyn Backend>, BackendError> {
-        Self::supported(ctx.config)?;
         match ctx.config {
             BackendConfig::Alloc => Ok(Box::new(alloc::AllocBackend::new(ctx.ext.clone()))),
             BackendConfig::TencentVpc(c) => Ok(Box::new(
                 tencent_vpc::TencentVpcBackend::build(ctx, c).await?,
             )),
-            other => Err(BackendError::NotSupportedYet(other.kind())),
+            BackendConfig::HostGw => Ok(Box::new(host_gw::HostGwBackend::new(
+                ctx.ext.clone(),
+                ctx.network,
+                Arc::new(Netlink::connect()?),
+            )?)),
+            BackendConfig::Vxlan(c) => Ok(Box::new(
+                vxlan::VxlanBackend::new(
+                    ctx.ext.clone(),
+                    ctx.network,
+                    c,
+                    Arc::new(Netlink::connect()?),
+                )
+                .await?,
+            )),
         }
     }
 }

@@ -1,7 +1,303 @@
 //! The kernel layer: everything that reads or changes the host's network state, behind the
-//! narrow traits the pure planners use. For now the system side of interface selection; the
-//! data plane (routes, links, neighbours, FDB, packet filter) joins it here.
+//! narrow traits the backends' pure planners are applied through. `SystemNetwork` answers
+//! interface selection; `Netlink` is the data plane (routes, links, addresses, neighbours,
+//! FDB entries, over rtnetlink); `packet_filter` applies the masquerade and forward rules.
+//!
+//! Every mutation is idempotent: adding what is there, or deleting what is not, succeeds.
 
 mod host;
+mod netlink;
+pub mod packet_filter;
+
+#[cfg(test)]
+pub(crate) mod fake;
 
 pub use host::SystemNetwork;
+pub use netlink::{Netlink, VXLAN_DEFAULT_PORT};
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use std::fmt;
+use std::net::IpAddr;
+
+/// The route protocol number our routes carry (`ip route` shows `proto 87`), so that
+/// garbage collection deletes only routes flanneld made. Upstream marks nothing; a route it
+/// left behind is replaced (same destination) and never deleted by us.
+pub const RTPROT_FLANNEL: u8 = 87;
+/// The blackhole route's metric (the lowest priority a route can have).
+pub const BLACKHOLE_METRIC: u32 = u32::MAX;
+
+/// A route in the main table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    pub dst: IpNet,
+    pub via: Option<IpAddr>,
+    /// The output interface index (0 for a blackhole route).
+    pub dev: u32,
+    pub onlink: bool,
+    pub blackhole: bool,
+    /// The route's priority (0 unless a fallback, like the blackhole route).
+    pub metric: u32,
+}
+
+impl Route {
+    pub fn via(dst: IpNet, gw: IpAddr, dev: u32) -> Route {
+        Route {
+            dst: dst.trunc(),
+            via: Some(gw),
+            dev,
+            onlink: false,
+            blackhole: false,
+            metric: 0,
+        }
+    }
+
+    /// The `--ip-blackhole-route` route: at the highest metric, so it only catches what no
+    /// other route to the subnet (cni0's) takes.
+    pub fn blackhole(dst: IpNet) -> Route {
+        Route {
+            dst: dst.trunc(),
+            via: None,
+            dev: 0,
+            onlink: false,
+            blackhole: true,
+            metric: BLACKHOLE_METRIC,
+        }
+    }
+
+    pub fn onlink(mut self) -> Route {
+        self.onlink = true;
+        self
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.blackhole {
+            return write!(f, "blackhole {}", self.dst);
+        }
+        write!(f, "{}", self.dst)?;
+        if let Some(gw) = self.via {
+            write!(f, " via {gw}")?;
+        }
+        write!(f, " dev #{}", self.dev)?;
+        if self.onlink {
+            f.write_str(" onlink")?;
+        }
+        if self.metric != 0 {
+            write!(f, " metric {}", self.metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// A route as listed: whether we made it (our protocol number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedRoute {
+    pub route: Route,
+    pub ours: bool,
+}
+
+/// A MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A random locally administered unicast address (what upstream gives a new VTEP).
+    pub fn random() -> Mac {
+        let mut b: [u8; 6] = rand::random();
+        b[0] = (b[0] & 0xfe) | 0x02;
+        Mac(b)
+    }
+
+    pub fn from_slice(b: &[u8]) -> Option<Mac> {
+        <[u8; 6]>::try_from(b).ok().map(Mac)
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mac, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bytes: Option<Vec<u8>> = parts
+            .iter()
+            .map(|p| {
+                (p.len() == 2)
+                    .then(|| u8::from_str_radix(p, 16).ok())
+                    .flatten()
+            })
+            .collect();
+        bytes
+            .and_then(|b| Mac::from_slice(&b))
+            .ok_or_else(|| format!("invalid MAC address {s:?}"))
+    }
+}
+
+/// A permanent neighbour (ARP/NDP) entry: `ip neigh add <ip> lladdr <mac> nud permanent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Neighbour {
+    pub ip: IpAddr,
+    pub mac: Mac,
+}
+
+/// A vxlan forwarding entry: `bridge fdb append <mac> dev flannel.1 dst <ip>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdbEntry {
+    pub mac: Mac,
+    pub dst: IpAddr,
+}
+
+/// A vxlan device as flanneld wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    /// The UDP port (the kernel's default, 8472, when the config says 0).
+    pub port: u16,
+    pub learning: bool,
+    pub gbp: bool,
+    /// The underlay: source address and device.
+    pub local: IpAddr,
+    pub underlay: u32,
+    pub mtu: u32,
+    pub mac: Mac,
+}
+
+/// A link as read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub mac: Option<Mac>,
+    pub up: bool,
+    /// Set when the link is a vxlan device.
+    pub vxlan: Option<VxlanAttrs>,
+}
+
+/// The vxlan attributes that decide whether an existing device can be kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanAttrs {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<IpAddr>,
+    pub underlay: Option<u32>,
+    pub learning: bool,
+    pub gbp: bool,
+}
+
+impl VxlanSpec {
+    /// Whether a device with `have` can serve as this one (else it is recreated, as upstream).
+    pub fn matches(&self, have: &VxlanAttrs) -> bool {
+        have.vni == self.vni
+            && have.port == self.port
+            && have.local == Some(self.local)
+            && have.underlay.is_none_or(|u| u == self.underlay)
+            && have.learning == self.learning
+            && have.gbp == self.gbp
+    }
+}
+
+/// A kernel operation that failed, naming its object.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}")]
+pub struct KernelError {
+    pub op: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl KernelError {
+    pub fn new(op: impl Into<String>, source: std::io::Error) -> KernelError {
+        KernelError {
+            op: op.into(),
+            source,
+        }
+    }
+}
+
+/// Routes of the main table.
+#[async_trait]
+pub trait Routes: Send + Sync {
+    /// The routes whose destination lies inside `network`.
+    async fn routes_within(&self, network: IpNet) -> Result<Vec<ListedRoute>, KernelError>;
+    /// Add `route`, or replace the route to the same destination.
+    async fn replace_route(&self, route: &Route) -> Result<(), KernelError>;
+    /// Delete `route`; absent is fine.
+    async fn delete_route(&self, route: &Route) -> Result<(), KernelError>;
+    /// Whether `ip` is reachable without a gateway (on a connected subnet).
+    async fn is_on_link(&self, ip: IpAddr) -> Result<bool, KernelError>;
+}
+
+/// Links and their addresses.
+#[async_trait]
+pub trait Links: Send + Sync {
+    async fn link_by_name(&self, name: &str) -> Result<Option<Link>, KernelError>;
+    /// Create the vxlan device (up, with its MTU and MAC) and return it.
+    async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<Link, KernelError>;
+    async fn delete_link(&self, link: &Link) -> Result<(), KernelError>;
+    /// Bring the link up with this MTU.
+    async fn set_up(&self, link: &Link, mtu: u32) -> Result<(), KernelError>;
+    async fn addresses(&self, link: &Link) -> Result<Vec<IpNet>, KernelError>;
+    async fn add_address(&self, link: &Link, addr: IpNet) -> Result<(), KernelError>;
+    async fn delete_address(&self, link: &Link, addr: IpNet) -> Result<(), KernelError>;
+}
+
+/// Neighbour and FDB entries of one device.
+#[async_trait]
+pub trait Neighbours: Send + Sync {
+    /// The permanent neighbour entries on `dev`.
+    async fn neighbours(&self, dev: u32) -> Result<Vec<Neighbour>, KernelError>;
+    async fn replace_neighbour(&self, dev: u32, n: &Neighbour) -> Result<(), KernelError>;
+    async fn delete_neighbour(&self, dev: u32, n: &Neighbour) -> Result<(), KernelError>;
+    /// The FDB entries on `dev` that have a remote destination.
+    async fn fdb(&self, dev: u32) -> Result<Vec<FdbEntry>, KernelError>;
+    async fn replace_fdb(&self, dev: u32, e: &FdbEntry) -> Result<(), KernelError>;
+    async fn delete_fdb(&self, dev: u32, e: &FdbEntry) -> Result<(), KernelError>;
+}
+
+/// Everything the route-based backends use.
+pub trait Kernel: Routes + Links + Neighbours {}
+impl<T: Routes + Links + Neighbours> Kernel for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_text_round_trips_and_random_is_local_unicast() {
+        let m: Mac = "02:42:0a:f4:01:00".parse().unwrap();
+        assert_eq!(m.to_string(), "02:42:0a:f4:01:00");
+        assert!("02:42:0a:f4:01".parse::<Mac>().is_err());
+        assert!("02:42:0a:f4:01:0g".parse::<Mac>().is_err());
+        for _ in 0..100 {
+            let r = Mac::random();
+            assert_eq!(r.0[0] & 0x03, 0x02, "{r}");
+        }
+    }
+
+    #[test]
+    fn route_text_names_the_route() {
+        let r = Route::via(
+            "10.244.3.7/24".parse().unwrap(),
+            "172.16.0.7".parse().unwrap(),
+            2,
+        );
+        assert_eq!(r.to_string(), "10.244.3.0/24 via 172.16.0.7 dev #2");
+        assert_eq!(
+            Route::blackhole("10.244.3.0/24".parse().unwrap()).to_string(),
+            "blackhole 10.244.3.0/24"
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! What host-gw and vxlan share: the peers they route (a cache fed by activate, handle and
+//! resync), the kernel state they want for them as a value, and one reconcile that lists what
+//! the kernel has, diffs, and applies the difference. Every event batch and every resync runs
+//! the same reconcile, so a route deleted behind our back, or left by a lease that went away
+//! while we were down, is repaired the same way. Failures are collected and the rest applied.
+
+use crate::kernel::{FdbEntry, Kernel, KernelError, ListedRoute, Neighbour, Route};
+use flannel_core::lease::{Lease, LeaseEvent, SubnetKey};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use tracing::{info, warn};
+
+/// The kernel state a route backend wants, as a value.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub routes: Vec<Route>,
+    /// Per device index: permanent neighbour entries and FDB entries (vxlan).
+    pub neighbours: BTreeMap<u32, Vec<Neighbour>>,
+    pub fdb: BTreeMap<u32, Vec<FdbEntry>>,
+}
+
+/// The route changes that bring `actual` to `desired`: a desired route not present exactly
+/// is replaced (the kernel replaces by destination); a route of ours (our protocol) to a
+/// destination nobody wants is deleted, unless it is `protected` (this node's own subnet).
+/// Routes we did not make are never deleted.
+pub fn plan_routes(
+    desired: &[Route],
+    actual: &[ListedRoute],
+    protected: &[IpNet],
+) -> (Vec<Route>, Vec<Route>) {
+    let present: BTreeSet<&Route> = actual.iter().map(|r| &r.route).collect();
+    let wanted: BTreeSet<IpNet> = desired.iter().map(|r| r.dst).collect();
+    let replace = desired
+        .iter()
+        .filter(|r| !present.contains(r))
+        .cloned()
+        .collect();
+    let delete = actual
+        .iter()
+        .filter(|r| r.ours && !wanted.contains(&r.route.dst) && !protected.contains(&r.route.dst))
+        .map(|r| r.route.clone())
+        .collect();
+    (replace, delete)
+}
+
+/// Set changes keyed by `key`: add what differs, delete what nobody wants.
+fn plan_set<T: Ord + Clone, K: Ord>(
+    want: &[T],
+    have: &[T],
+    key: impl Fn(&T) -> K,
+) -> (Vec<T>, Vec<T>) {
+    let have_set: BTreeSet<&T> = have.iter().collect();
+    let want_keys: BTreeSet<K> = want.iter().map(&key).collect();
+    let add = want
+        .iter()
+        .filter(|t| !have_set.contains(t))
+        .cloned()
+        .collect();
+    let delete = have
+        .iter()
+        .filter(|t| !want_keys.contains(&key(t)))
+        .cloned()
+        .collect();
+    (add, delete)
+}
+
+/// How many changes a reconcile made.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Changes {
+    pub added: usize,
+    pub deleted: usize,
+}
+
+/// The failures of one reconcile: the first is returned, the rest are logged.
+fn first_error(mut errors: Vec<KernelError>) -> Result<(), KernelError> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let first = errors.remove(0);
+    for e in &errors {
+        warn!(error = %crate::report(e), "kernel change failed");
+    }
+    Err(first)
+}
+
+/// Bring the kernel in line with `desired`, within `networks` (routes) and on the devices
+/// named in `desired` (neighbours and FDB). Adds come before deletions, so a changed route
+/// is never missing in between.
+pub async fn reconcile(
+    kernel: &dyn Kernel,
+    networks: &[IpNet],
+    protected: &[IpNet],
+    desired: &Desired,
+) -> Result<Changes, KernelError> {
+    let mut changes = Changes::default();
+    let mut errors = Vec::new();
+    // Neighbour and FDB entries first: a vxlan route is useless without them.
+    for (dev, want) in &desired.neighbours {
+        let have = kernel.neighbours(*dev).await?;
+        let (add, delete) = plan_set(want, &have, |n| n.ip);
+        for n in &add {
+            match kernel.replace_neighbour(*dev, n).await {
+                Ok(()) => changes.added += 1,
+                Err(e) => errors.push(e),
+            }
+        }
+        for n in &delete {
+            match kernel.delete_neighbour(*dev, n).await {
+                Ok(()) => changes.deleted += 1,
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    for (dev, want) in &desired.fdb {
+        let have = kernel.fdb(*dev).await?;
+        let (add, delete) = plan_set(want, &have, |e| (e.mac, e.dst));
+        for e in &add {
+            match kernel.replace_fdb(*dev, e).await {
+                Ok(()) => changes.added += 1,
+                Err(err) => errors.push(err),
+            }
+        }
+        for e in &delete {
+            match kernel.delete_fdb(*dev, e).await {
+                Ok(()) => changes.deleted += 1,
+                Err(err) => errors.push(err),
+            }
+        }
+    }
+    for network in networks {
+        let want: Vec<Route> = desired
+            .routes
+            .iter()
+            .filter(|r| r.dst.addr().is_ipv4() == network.addr().is_ipv4())
+            .cloned()
+            .collect();
+        let have = kernel.routes_within(*network).await?;
+        let (replace, delete) = plan_routes(&want, &have, protected);
+        for r in &replace {
+            match kernel.replace_route(r).await {
+                Ok(()) => {
+                    info!(route = %r, "route added");
+                    changes.added += 1;
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        for r in &delete {
+            match kernel.delete_route(r).await {
+                Ok(()) => {
+                    info!(route = %r, "stale route deleted");
+                    changes.deleted += 1;
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    first_error(errors).map(|()| changes)
+}
+
+/// The peers a route backend routes, kept from activate, handle and resync so that every
+/// event batch can reconcile against the whole set.
+#[derive(Default)]
+pub struct PeerSet(Mutex<BTreeMap<SubnetKey, Lease>>);
+
+impl PeerSet {
+    pub fn replace_all(&self, own: &Lease, peers: &[Lease]) -> Vec<Lease> {
+        let mut m = self.0.lock().expect("peer set lock");
+        m.clear();
+        for p in peers.iter().filter(|p| p.key != own.key) {
+            m.insert(p.key, p.clone());
+        }
+        m.values().cloned().collect()
+    }
+
+    pub fn apply(&self, own: &Lease, events: &[LeaseEvent]) -> Vec<Lease> {
+        let mut m = self.0.lock().expect("peer set lock");
+        for e in events {
+            match e {
+                LeaseEvent::Added(l) if l.key != own.key => {
+                    m.insert(l.key, l.clone());
+                }
+                LeaseEvent::Removed(l) => {
+                    m.remove(&l.key);
+                }
+                LeaseEvent::Added(_) => {}
+            }
+        }
+        m.values().cloned().collect()
+    }
+}
+
+/// This node's own subnets: never deleted by a reconcile (cni0 routes them).
+pub fn own_subnets(own: &Lease) -> Vec<IpNet> {
+    own.subnet()
+        .map(|s| IpNet::V4(s.trunc()))
+        .into_iter()
+        .chain(own.ipv6_subnet().map(|s| IpNet::V6(s.trunc())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn via(dst: &str, gw: &str) -> Route {
+        Route::via(net(dst), gw.parse().unwrap(), 2)
+    }
+
+    fn listed(r: Route, ours: bool) -> ListedRoute {
+        ListedRoute { route: r, ours }
+    }
+
+    #[test]
+    fn plan_replaces_what_differs_and_deletes_only_our_unwanted_routes() {
+        let desired = [
+            via("10.5.1.0/24", "172.16.0.1"),
+            via("10.5.2.0/24", "172.16.0.2"),
+        ];
+        let actual = [
+            // present exactly: untouched
+            listed(via("10.5.1.0/24", "172.16.0.1"), false),
+            // wrong gateway: replaced
+            listed(via("10.5.2.0/24", "172.16.0.9"), true),
+            // ours, nobody wants it: deleted
+            listed(via("10.5.3.0/24", "172.16.0.3"), true),
+            // not ours (an operator's): kept
+            listed(via("10.5.4.0/24", "172.16.0.4"), false),
+            // our own subnet: protected
+            listed(Route::blackhole(net("10.5.7.0/24")), true),
+        ];
+        let (replace, delete) = plan_routes(&desired, &actual, &[net("10.5.7.0/24")]);
+        assert_eq!(replace, vec![via("10.5.2.0/24", "172.16.0.2")]);
+        assert_eq!(delete, vec![via("10.5.3.0/24", "172.16.0.3")]);
+        let in_sync: Vec<ListedRoute> = desired.iter().map(|r| listed(r.clone(), true)).collect();
+        assert_eq!(plan_routes(&desired, &in_sync, &[]), (vec![], vec![]));
+    }
+
+    #[test]
+    fn set_plan_keys_entries() {
+        let a = |ip: &str, m: u8| Neighbour {
+            ip: ip.parse().unwrap(),
+            mac: crate::kernel::Mac([2, 0, 0, 0, 0, m]),
+        };
+        let (add, delete) = plan_set(
+            &[a("10.5.1.0", 1), a("10.5.2.0", 2)],
+            &[a("10.5.1.0", 1), a("10.5.2.0", 9), a("10.5.3.0", 3)],
+            |n| n.ip,
+        );
+        assert_eq!(add, vec![a("10.5.2.0", 2)]);
+        assert_eq!(
+            delete,
+            vec![a("10.5.3.0", 3)],
+            "a changed MAC is replaced, not deleted"
+        );
+    }
+}
