@@ -33,6 +33,28 @@ impl Rule {
         format!("-A {} {}", self.chain, self.args)
     }
 
+    /// The arguments as an argv, split as a shell would (the comment is quoted).
+    pub fn argv(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        let mut quoted = false;
+        for c in self.args.chars() {
+            match c {
+                '"' => quoted = !quoted,
+                ' ' if !quoted => {
+                    if !cur.is_empty() {
+                        out.push(std::mem::take(&mut cur));
+                    }
+                }
+                c => cur.push(c),
+            }
+        }
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
     /// Our own chain, or a jump from a built-in one into ours.
     pub fn in_own_chain(&self) -> bool {
         self.chain == POSTRTG || self.chain == FWD
@@ -203,6 +225,22 @@ mod tests {
         );
         let v6 = masq_rules(net("fd00::/48"), net("fd00:0:0:7::/64"), true);
         assert!(v6[5].spec().contains("-s fd00::/48 ! -d ff00::/8"));
+    }
+
+    #[test]
+    fn argv_keeps_the_quoted_comment_whole() {
+        let r = &masq_rules(net("10.244.0.0/16"), net("10.244.7.0/24"), true)[0];
+        assert_eq!(
+            r.argv(),
+            [
+                "-m",
+                "comment",
+                "--comment",
+                "flanneld masq",
+                "-j",
+                "FLANNEL-POSTRTG"
+            ]
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::iface::{self, ExternalInterface, HostNetwork, IfaceError, Selection};
 use crate::metrics::{EventLabels, LeaseLabels, ResultLabels};
 use crate::subnet::{AcquireRequest, SubnetError, SubnetManager};
 use crate::subnet_file;
+use crate::traffic::{Traffic, TrafficError, TrafficOptions};
 use backoff::Backoff;
 use flannel_core::backend_config::BackendConfig;
 use flannel_core::lease::{Expiry, Lease, LeaseEvent};
@@ -29,7 +30,6 @@ use tracing::{debug, error, info, warn};
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub subnet_file: PathBuf,
-    pub ip_masq: bool,
     pub ifaces: Vec<String>,
     pub iface_regexes: Vec<String>,
     pub iface_can_reach: Option<IpAddr>,
@@ -37,6 +37,10 @@ pub struct DaemonConfig {
     pub public_ipv6: Option<std::net::Ipv6Addr>,
     pub renew_margin: Duration,
     pub resync_period: Duration,
+    /// Masquerade, forward rules and the blackhole route (none by default).
+    pub traffic: TrafficOptions,
+    /// `--iptables-resync`: how often they are checked.
+    pub traffic_resync: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,8 @@ pub enum DaemonError {
     Iface(#[from] IfaceError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Traffic(#[from] TrafficError),
     #[error("Lease has been revoked. Shutting down daemon.")]
     LeaseRevoked,
 }
@@ -209,7 +215,16 @@ pub async fn run(
     }
     let peers: Vec<Lease> = watcher.peers().cloned().collect();
     backend.activate(&own, &peers).await?;
-    let env = subnet_env(&config, &own, backend.mtu(), cfg.ip_masq);
+    // Traffic rules before subnet.env, as upstream: a failure here is fatal.
+    let traffic = match cfg.traffic.any() {
+        true => {
+            let t = traffic_for(&cfg.traffic, &config, &own).await?;
+            t.ensure().await?;
+            Some(t)
+        }
+        false => None,
+    };
+    let env = subnet_env(&config, &own, backend.mtu(), cfg.traffic.masquerade);
     ensure_subnet_env(&cfg, &env, &health, backend.as_ref());
 
     // 6. The loop. A failed resync, or a backend not in place yet, is retried sooner than
@@ -222,6 +237,7 @@ pub async fn run(
         resync_pauses.next_delay()
     };
     let mut resync_at = tokio::time::Instant::now() + first;
+    let mut traffic_at = tokio::time::Instant::now() + cfg.traffic_resync;
     loop {
         if stream.is_none() {
             match or_shutdown(sm.watch_leases(), &mut shutdown).await {
@@ -310,6 +326,12 @@ pub async fn run(
                 };
                 resync_at = tokio::time::Instant::now() + wait;
             }
+            _ = tokio::time::sleep_until(traffic_at), if traffic.is_some() => {
+                if let Some(Err(e)) = match &traffic { Some(t) => Some(t.ensure().await), None => None } {
+                    warn!(error = %crate::report(&e), "traffic rules check failed; retrying at the next check");
+                }
+                traffic_at = tokio::time::Instant::now() + cfg.traffic_resync;
+            }
             _ = tokio::time::sleep(renew_in) => {
                 match sm.renew_lease(&own).await {
                     Ok(l) => {
@@ -336,6 +358,25 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The rules and blackhole route for this lease, applied with iptables or (EnableNFTables)
+/// nftables, `--random-fully` only where the iptables has it.
+async fn traffic_for(
+    options: &TrafficOptions,
+    config: &ValidatedNetConfig,
+    own: &Lease,
+) -> Result<Traffic, DaemonError> {
+    use crate::kernel::packet_filter::{Iptables, Nftables, PacketFilter};
+    let mut options = options.clone();
+    let filter: Arc<dyn PacketFilter> = if config.enable_nftables {
+        Arc::new(Nftables)
+    } else {
+        options.random_fully &= Iptables::supports_random_fully().await;
+        Arc::new(Iptables)
+    };
+    let routes = Arc::new(crate::kernel::Netlink::connect().map_err(TrafficError::from)?);
+    Ok(Traffic::new(&options, config, own, filter, routes))
 }
 
 /// Time until the lease should be renewed (expiry minus margin); a reservation never is.

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod subnet;
 pub mod subnet_file;
+pub mod traffic;
 
 pub use error_report::{report, Report};
 

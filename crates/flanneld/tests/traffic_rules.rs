@@ -60,7 +60,7 @@ fn apply(ns: &Netns, rules: &[Rule]) {
     );
     for r in rules.iter().filter(|r| !r.in_own_chain()) {
         let mut check = vec!["iptables", "-t", r.table, "-C", r.chain];
-        let args = shell_words(&r.args);
+        let args = r.argv();
         check.extend(args.iter().map(String::as_str));
         let present = Command::new("ip")
             .args(["netns", "exec", &ns.0])
@@ -75,28 +75,6 @@ fn apply(ns: &Netns, rules: &[Rule]) {
             ns.exec(&add, None);
         }
     }
-}
-
-/// Split rule arguments as a shell would (quoted comments).
-fn shell_words(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in s.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            ' ' if !quoted => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
 }
 
 fn appended(ns: &Netns, table: &str) -> Vec<String> {

@@ -10,6 +10,7 @@ use flanneld::kernel::SystemNetwork;
 use flanneld::subnet::etcd::EtcdManager;
 use flanneld::subnet::memory::MemoryManager;
 use flanneld::subnet::{SubnetError, SubnetManager};
+use flanneld::traffic::TrafficOptions;
 use flanneld::{logging, VERSION};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -46,17 +47,8 @@ fn main() -> ExitCode {
 }
 
 fn unsupported_flags(opts: &Options) -> anyhow::Result<()> {
-    for (set, flag) in [
-        (opts.ip_masq, "--ip-masq"),
-        (opts.ip_blackhole_route, "--ip-blackhole-route"),
-        (opts.kube_subnet_mgr, "--kube-subnet-mgr"),
-    ] {
-        if set {
-            bail!("{flag} is not supported yet by flannel-rs");
-        }
-    }
-    if opts.iptables_forward_rules {
-        warn!("--iptables-forward-rules (default true) is not supported yet: no FORWARD rules are installed; pass --iptables-forward-rules=false to silence this");
+    if opts.kube_subnet_mgr {
+        bail!("--kube-subnet-mgr is not supported yet by flannel-rs");
     }
     if !opts.vmodule.is_empty() || !opts.log_backtrace_at.is_empty() {
         warn!("-vmodule and -log_backtrace_at are accepted for compatibility and ignored");
@@ -138,7 +130,6 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     };
     let cfg = DaemonConfig {
         subnet_file: opts.subnet_file.clone(),
-        ip_masq: opts.ip_masq,
         ifaces: opts.iface.clone(),
         iface_regexes: opts.iface_regex.clone(),
         iface_can_reach: can_reach,
@@ -146,6 +137,13 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         public_ipv6: opts.public_ipv6,
         renew_margin: Duration::from_secs(opts.subnet_lease_renew_margin as u64 * 60),
         resync_period: Duration::from_secs(opts.resync_period),
+        traffic: TrafficOptions {
+            masquerade: opts.ip_masq,
+            forward: opts.iptables_forward_rules,
+            blackhole: opts.ip_blackhole_route,
+            random_fully: !opts.ip_masq_fully_random_disable,
+        },
+        traffic_resync: Duration::from_secs(opts.iptables_resync.max(1)),
     };
     match daemon::run(cfg, sm, &Builtin, &SystemNetwork, health, shutdown_signal()).await {
         Ok(_) => Ok(()),

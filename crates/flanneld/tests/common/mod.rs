@@ -89,7 +89,6 @@ impl flanneld::iface::HostNetwork for FakeHost {
 pub fn daemon_config(dir: &std::path::Path) -> flanneld::daemon::DaemonConfig {
     flanneld::daemon::DaemonConfig {
         subnet_file: dir.join("subnet.env"),
-        ip_masq: false,
         ifaces: vec![],
         iface_regexes: vec![],
         iface_can_reach: None,
@@ -97,5 +96,7 @@ pub fn daemon_config(dir: &std::path::Path) -> flanneld::daemon::DaemonConfig {
         public_ipv6: None,
         renew_margin: Duration::from_secs(3600),
         resync_period: Duration::from_secs(30),
+        traffic: Default::default(),
+        traffic_resync: std::time::Duration::from_secs(5),
     }
 }
