@@ -6,12 +6,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 pub struct EtcdServer {
     child: Option<Child>,
     pub client_port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
     tls: Option<TlsFiles>,
+    /// Where it listens: loopback on the host, or an address inside a network namespace.
+    host: String,
+    netns: Option<String>,
 }
 
 /// Certificates for a TLS etcd (made with openssl): a CA, the server's pair and a client pair.
@@ -140,9 +145,39 @@ impl EtcdServer {
             peer_port: free_port(),
             dir,
             tls,
+            host: "127.0.0.1".into(),
+            netns: None,
         };
         s.spawn();
         s
+    }
+
+    /// Start etcd inside network namespace `netns`, listening on `ip` there (for daemons
+    /// running in namespaces of the same underlay; etcdctl runs inside it too).
+    pub fn start_in(netns: &str, ip: &str) -> EtcdServer {
+        let mut s = EtcdServer {
+            child: None,
+            client_port: 2379,
+            peer_port: 2380,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            tls: None,
+            host: ip.into(),
+            netns: Some(netns.into()),
+        };
+        s.spawn();
+        s
+    }
+
+    /// A command for `program`, run inside the namespace when etcd lives in one.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+        }
     }
 
     pub fn tls(&self) -> Option<&TlsFiles> {
@@ -151,7 +186,7 @@ impl EtcdServer {
 
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
+        format!("{scheme}://{}:{}", self.host, self.client_port)
     }
 
     fn tls_args(&self, server: bool) -> Vec<String> {
@@ -187,9 +222,10 @@ impl EtcdServer {
 
     fn spawn(&mut self) {
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = format!("http://{}:{}", self.host, self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log file");
-        let child = Command::new("etcd")
+        let child = self
+            .command("etcd")
             .args(["--name", "t", "--data-dir"])
             .arg(self.data_dir())
             .args([
@@ -217,7 +253,8 @@ impl EtcdServer {
     fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let out = Command::new("etcdctl")
+            let out = self
+                .command("etcdctl")
                 .env("ETCDCTL_API", "3")
                 .args([
                     "--endpoints",
@@ -269,7 +306,8 @@ impl EtcdServer {
 
     /// Run etcdctl (API v3) against this server; returns stdout, panics on failure.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let out = Command::new("etcdctl")
+        let out = self
+            .command("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.endpoint()])
             .args(self.tls_args(false))

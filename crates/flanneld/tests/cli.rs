@@ -213,12 +213,12 @@ fn flanneld_bad_inputs_leave_no_subnet_file() {
     assert!(!env_file.exists());
 
     let out = Command::new(FLANNELD)
-        .args(["--ip-masq", "--local-subnet-mgr"])
+        .args(["--kube-subnet-mgr"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--ip-masq is not supported yet"));
+    assert!(stderr.contains("--kube-subnet-mgr is not supported yet"));
     assert!(
         !stderr.contains('\x1b'),
         "plain logs to a pipe carry no colour codes: {stderr:?}"

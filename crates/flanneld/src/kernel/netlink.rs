@@ -93,14 +93,14 @@ fn invalid<E: std::fmt::Display>(what: String) -> impl FnOnce(E) -> KernelError 
     }
 }
 
-fn route_message(route: &Route, for_delete: bool) -> Result<RouteMessage, KernelError> {
+/// The message for `route`; the protocol is always ours (a delete matches on it, so it can
+/// only ever remove a route we made).
+fn route_message(route: &Route) -> Result<RouteMessage, KernelError> {
     let mut b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(route.dst.network(), route.dst.prefix_len())
         .map_err(invalid(format!("route {route}")))?
-        .table_id(RouteHeader::RT_TABLE_MAIN.into());
-    if !for_delete {
-        b = b.protocol(RouteProtocol::from(RTPROT_FLANNEL));
-    }
+        .table_id(RouteHeader::RT_TABLE_MAIN.into())
+        .protocol(RouteProtocol::from(RTPROT_FLANNEL));
     if route.metric != 0 {
         b = b.priority(route.metric);
     }
@@ -238,6 +238,14 @@ fn neighbour_parts(msg: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
                 ip = Some(IpAddr::V6(*v6))
             }
+            // FDB entries (family AF_BRIDGE) carry their remote address as raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                ip = match b.len() {
+                    4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    _ => None,
+                }
+            }
             NeighbourAttribute::LinkLayerAddress(b) => mac = Mac::from_slice(b),
             _ => {}
         }
@@ -299,7 +307,7 @@ impl Routes for Netlink {
     }
 
     async fn replace_route(&self, route: &Route) -> Result<(), KernelError> {
-        let msg = route_message(route, false)?;
+        let msg = route_message(route)?;
         self.handle
             .route()
             .add(msg)
@@ -310,7 +318,7 @@ impl Routes for Netlink {
     }
 
     async fn delete_route(&self, route: &Route) -> Result<(), KernelError> {
-        let msg = route_message(route, true)?;
+        let msg = route_message(route)?;
         absent_ok(
             self.handle.route().del(msg).execute().await,
             format!("delete route {route}"),

@@ -1,0 +1,229 @@
+//! A cluster in network namespaces for the data-plane tests: etcd on the switch of a shared
+//! underlay, one flanneld per node namespace (the real binary, run with `ip netns exec`),
+//! and pods created through our `flannel` CNI plugin delegating to Debian's real `bridge`
+//! and `host-local` plugins. Everything is torn down on drop.
+
+use flanneld_testing::netns::{wait_for, Netns, Underlay, SWITCH_IP};
+use flanneld_testing::EtcdServer;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+/// Where Debian's containernetworking-plugins live.
+pub const CNI_PLUGINS: &str = "/usr/lib/cni";
+
+pub struct Node {
+    pub i: u8,
+    pub ns: Netns,
+    pub dir: PathBuf,
+    pub flanneld: Option<Child>,
+}
+
+impl Node {
+    pub fn subnet_env(&self) -> PathBuf {
+        self.dir.join("subnet.env")
+    }
+
+    /// This node's pod subnet, from its subnet.env (`10.244.3.1/24` → `10.244.3.0/24`).
+    pub fn subnet(&self) -> String {
+        let text = std::fs::read_to_string(self.subnet_env()).expect("subnet.env");
+        let cidr: ipnet::IpNet =
+            flannel_core::subnet_env::read_cidr(&text, "FLANNEL_SUBNET").expect("FLANNEL_SUBNET");
+        cidr.to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("flanneld.log")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.flanneld.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Pod {
+    pub ns: Netns,
+    pub ip: String,
+    pub id: String,
+    pub node: u8,
+}
+
+pub struct Cluster {
+    // Drop order: pods, nodes (their daemons), etcd, then the underlay.
+    pub nodes: Vec<Node>,
+    pub etcd: EtcdServer,
+    pub underlay: Underlay,
+    pub tag: String,
+    pub dir: tempfile::TempDir,
+}
+
+/// The CNI config kube-flannel.yml ships (the flannel entry of its `cbr0` conflist), pointed
+/// at this node's files: subnet.env, the saved delegate configs, host-local's store.
+pub fn cni_config(node: &Node, version: &str) -> String {
+    format!(
+        r#"{{"cniVersion":"{version}","name":"cbr0","type":"flannel","delegate":{{"hairpinMode":true,"isDefaultGateway":true}},"subnetFile":"{}","dataDir":"{}","ipam":{{"dataDir":"{}"}}}}"#,
+        node.subnet_env().display(),
+        node.dir.join("cni").display(),
+        node.dir.join("ipam").display()
+    )
+}
+
+impl Cluster {
+    /// `n` nodes running flanneld with `args` against `net_config`, each up (subnet.env
+    /// written) before this returns.
+    pub fn start(tag: &str, net_config: &str, n: u8, args: &[&str]) -> Cluster {
+        let underlay = Underlay::new(tag);
+        let etcd = EtcdServer::start_in(&underlay.switch.name, SWITCH_IP);
+        etcd.etcdctl(&["put", "/coreos.com/network/config", net_config]);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            etcd,
+            underlay,
+            tag: tag.into(),
+            dir,
+        };
+        for i in 1..=n {
+            let ns = c.underlay.node(i);
+            let node_dir = c.dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            c.nodes.push(Node {
+                i,
+                ns,
+                dir: node_dir,
+                flanneld: None,
+            });
+            c.start_flanneld(i, args);
+        }
+        for node in &c.nodes {
+            wait_for(
+                &format!("node {} to write subnet.env", node.i),
+                Duration::from_secs(30),
+                || {
+                    node.subnet_env()
+                        .exists()
+                        .then_some(())
+                        .ok_or_else(|| node.log())
+                },
+            );
+        }
+        c
+    }
+
+    pub fn node(&self, i: u8) -> &Node {
+        &self.nodes[usize::from(i - 1)]
+    }
+
+    pub fn start_flanneld(&mut self, i: u8, args: &[&str]) {
+        let node = &mut self.nodes[usize::from(i - 1)];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("flanneld.log"))
+            .unwrap();
+        let endpoints = format!("--etcd-endpoints=http://{SWITCH_IP}:2379");
+        let subnet_file = format!("--subnet-file={}", node.subnet_env().display());
+        let mut all = vec![
+            env!("CARGO_BIN_EXE_flanneld"),
+            &endpoints,
+            "--iface=eth0",
+            &subnet_file,
+        ];
+        all.extend_from_slice(args);
+        node.flanneld = Some(node.ns.spawn(&all, log));
+    }
+
+    /// Run our CNI plugin for `command` in node `i` for container `id` with netns `pod_ns`.
+    pub fn cni(
+        &self,
+        i: u8,
+        command: &str,
+        id: &str,
+        pod_ns: &str,
+        config: &str,
+    ) -> (bool, String) {
+        let node = self.node(i);
+        let mut cmd = node.ns.command(env!("CARGO_BIN_EXE_flannel"));
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", CNI_PLUGINS)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("running the flannel CNI plugin");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(config.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.success(),
+            if out.status.success() {
+                text
+            } else {
+                format!("{text} / stderr: {}", String::from_utf8_lossy(&out.stderr))
+            },
+        )
+    }
+
+    /// A pod on node `i` (its own namespace), added through the CNI plugin.
+    pub fn add_pod(&self, i: u8, j: u8, version: &str) -> Pod {
+        let ns = Netns::new(&format!("{}-n{i}p{j}", self.tag));
+        let id = format!("ctr-{i}-{j}");
+        let (ok, out) = self.cni(i, "ADD", &id, &ns.name, &cni_config(self.node(i), version));
+        assert!(ok, "CNI ADD on node {i}: {out}");
+        let result: serde_json::Value = serde_json::from_str(&out).expect("CNI result JSON");
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("no address in {out}"))
+            .to_string();
+        Pod {
+            ns,
+            ip,
+            id,
+            node: i,
+        }
+    }
+
+    /// Every pod reaches every other pod (ICMP), waiting for routes to settle.
+    pub fn all_pods_reach_each_other(&self, pods: &[Pod]) {
+        for a in pods {
+            for b in pods.iter().filter(|b| b.ip != a.ip) {
+                wait_for(
+                    &format!(
+                        "pod {} (node {}) to reach {} (node {})",
+                        a.ip, a.node, b.ip, b.node
+                    ),
+                    Duration::from_secs(30),
+                    || {
+                        let out = a.ns.run(&["ping", "-c1", "-W1", &b.ip], None);
+                        out.status.success().then_some(()).ok_or_else(|| {
+                            format!(
+                                "{}; routes on node {}:\n{}",
+                                String::from_utf8_lossy(&out.stdout),
+                                a.node,
+                                self.node(a.node).ns.ok(&["ip", "route"])
+                            )
+                        })
+                    },
+                );
+            }
+        }
+    }
+}
