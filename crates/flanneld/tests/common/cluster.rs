@@ -1,7 +1,9 @@
 //! A cluster in network namespaces for the data-plane tests: etcd on the switch of a shared
 //! underlay, one flanneld per node namespace (the real binary, run with `ip netns exec`),
 //! and pods created through our `flannel` CNI plugin delegating to Debian's real `bridge`
-//! and `host-local` plugins. Everything is torn down on drop.
+//! and `host-local` plugins. Everything is torn down on drop. Shared by the data-plane tests
+//! and the iperf3 bench, which each use part of it.
+#![allow(dead_code)]
 
 use flanneld_testing::netns::{wait_for, Netns, Underlay, SWITCH_IP};
 use flanneld_testing::EtcdServer;
