@@ -47,7 +47,10 @@ fn setup(name: &'static str, tag: &str, config: &str) -> Setup {
             ]);
         }
     }
-    let pods = vec![cluster.add_pod(1, 1, "1.0.0"), cluster.add_pod(2, 1, "1.0.0")];
+    let pods = vec![
+        cluster.add_pod(1, 1, "1.0.0"),
+        cluster.add_pod(2, 1, "1.0.0"),
+    ];
     cluster.all_pods_reach_each_other(&pods);
     let server = pods[1]
         .ns
