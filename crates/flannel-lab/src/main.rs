@@ -1,0 +1,176 @@
+//! `flannel-lab`: the cluster-in-a-box command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use flannel_lab::lab::{self, Bins, ConsoleAction, Lab};
+use flannel_lab::topology::{Backend, LabSpec, Mode};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "flannel-lab",
+    about = "A Tencent-VPC-style flannel cluster in network namespaces (root)"
+)]
+struct Cli {
+    /// Prefix of the lab's namespace names (several labs can coexist).
+    #[arg(long, global = true, default_value = "fl")]
+    prefix: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the lab and wait until every pod reaches every other pod.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: u8,
+        #[arg(long, value_enum, default_value = "tencent-vpc")]
+        backend: Backend,
+        #[arg(long, value_enum, default_value = "per-node")]
+        mode: Mode,
+        /// The lease store (etcd is the one the lab runs).
+        #[arg(long, default_value = "etcd", value_parser = ["etcd"])]
+        store: String,
+        /// Where flanneld, flannel and tencent-vpc-emulator are (default: beside flannel-lab).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
+    },
+    /// Nodes, leases, route tables and the reachability matrix.
+    Status,
+    /// The pod-to-pod reachability matrix only.
+    Ping,
+    /// Add a node (and a pod on it); waits until it is reachable.
+    AddNode,
+    /// Kill a node's flanneld (SIGKILL: it cleans nothing up).
+    KillNode { name: String },
+    /// Start a node's flanneld again.
+    RestartNode { name: String },
+    /// Edit the route tables as a user would in the cloud console.
+    Console {
+        #[command(subcommand)]
+        action: Console,
+    },
+    /// Answer PERCENT % of all cloud API calls with RequestLimitExceeded (0 stops it).
+    Throttle { percent: u8 },
+    /// Remove the lab: processes, namespaces, files.
+    Down,
+}
+
+#[derive(Subcommand)]
+enum Console {
+    /// Delete the routes to DESTINATION (in TABLE, or in every table).
+    DeleteRoute {
+        destination: String,
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Disable the routes to DESTINATION.
+    DisableRoute {
+        destination: String,
+        #[arg(long)]
+        table: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flannel-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_status(lab: &Lab) -> anyhow::Result<()> {
+    let status = flannel_lab::status(lab)?;
+    print!("{}", flannel_lab::render::render(&status));
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let prefix = cli.prefix;
+    match cli.command {
+        Command::Up {
+            nodes,
+            backend,
+            mode,
+            store: _,
+            bin_dir,
+        } => {
+            let spec = LabSpec {
+                prefix: prefix.clone(),
+                backend,
+                mode,
+            };
+            let started = std::time::Instant::now();
+            let lab = Lab::up(spec, nodes, Bins::from_dir(bin_dir), &mut |step| {
+                println!("[{:5.1}s] {step}", started.elapsed().as_secs_f64());
+            })
+            .with_context(|| format!("lab up failed; logs in {}; `flannel-lab --prefix {prefix} down` removes what was made", lab::state_dir(&prefix).display()))?;
+            println!();
+            print_status(&lab)?;
+            println!("\nThe lab stays up: `flannel-lab status`, `ping`, `add-node`, `kill-node node-2`, `console delete-route 10.244.x.0/24`, `throttle 50`, `down`.");
+            println!("Logs and files: {}", lab.dir.display());
+        }
+        Command::Status => print_status(&Lab::load(&prefix)?)?,
+        Command::Ping => {
+            let lab = Lab::load(&prefix)?;
+            let mut status = flannel_lab::status(&lab)?;
+            status.tables.clear();
+            print!("{}", flannel_lab::render::render(&status));
+        }
+        Command::AddNode => {
+            let mut lab = Lab::load(&prefix)?;
+            let n = lab.add_node()?;
+            println!(
+                "{} added ({}, {}); reachable after {:.1} s",
+                n.name,
+                n.ip,
+                n.subnet.id(),
+                lab.state.converged_secs.unwrap_or_default()
+            );
+        }
+        Command::KillNode { name } => {
+            Lab::load(&prefix)?.kill_node(&name)?;
+            println!("{name}: flanneld killed (its lease and routes stay until they expire or are collected)");
+        }
+        Command::RestartNode { name } => {
+            Lab::load(&prefix)?.restart_node(&name)?;
+            println!("{name}: flanneld restarted");
+        }
+        Command::Console { action } => {
+            let lab = Lab::load(&prefix)?;
+            let (what, destination, table) = match &action {
+                Console::DeleteRoute { destination, table } => {
+                    (ConsoleAction::DeleteRoute, destination, table)
+                }
+                Console::DisableRoute { destination, table } => {
+                    (ConsoleAction::DisableRoute, destination, table)
+                }
+            };
+            let touched = lab.console(what, destination, table.as_deref())?;
+            anyhow::ensure!(
+                !touched.is_empty(),
+                "no route to {destination} in {}",
+                table.as_deref().unwrap_or("any table")
+            );
+            println!("{:?} {}: {}", what, destination, touched.join(", "));
+        }
+        Command::Throttle { percent } => {
+            Lab::load(&prefix)?.throttle(percent)?;
+            println!("throttling {percent} % of API calls");
+        }
+        Command::Down => {
+            let removed = lab::down(&prefix)?;
+            println!(
+                "removed {} namespaces and {} processes",
+                removed.namespaces.len(),
+                removed.processes
+            );
+        }
+    }
+    Ok(())
+}

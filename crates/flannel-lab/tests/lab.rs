@@ -1,0 +1,267 @@
+//! End-to-end tests on the lab (root; CI runs as root): the real flanneld, CNI plugin,
+//! bridge/host-local plugins, etcd and the emulator with its data plane, in namespaces that
+//! each test's lab owns (its own prefix) and removes.
+//!
+//! The binaries come from this build's target directory; `cargo test --workspace` builds them.
+
+use flannel_lab::lab::{self, Bins, ConsoleAction, Lab};
+use flannel_lab::netns::{self, wait_until};
+use flannel_lab::topology::{Backend, LabSpec, Mode, USER_ROUTE};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// A lab removed on drop (even when the test fails).
+struct TestLab {
+    lab: Lab,
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = lab::down(&self.lab.spec().prefix);
+    }
+}
+
+fn bins() -> Bins {
+    let dir = Path::new(env!("CARGO_BIN_EXE_flannel-lab"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    Bins::from_dir(Some(dir))
+}
+
+fn up(prefix: &str, backend: Backend, mode: Mode, nodes: u8) -> TestLab {
+    let _ = lab::down(prefix);
+    let spec = LabSpec {
+        prefix: prefix.into(),
+        backend,
+        mode,
+    };
+    match Lab::up(spec, nodes, bins(), &mut |_| {}) {
+        Ok(lab) => TestLab { lab },
+        Err(e) => {
+            let logs = std::fs::read_dir(lab::state_dir(prefix))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path().display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            let _ = lab::down(prefix);
+            panic!("lab up: {e} (files: {logs})")
+        }
+    }
+}
+
+fn full(m: &[Vec<bool>]) -> bool {
+    m.iter()
+        .enumerate()
+        .all(|(i, r)| r.iter().enumerate().all(|(j, ok)| i == j || *ok))
+}
+
+/// Destination → next hops, per table.
+fn routes(lab: &Lab) -> BTreeMap<String, BTreeMap<String, String>> {
+    lab.cloud()
+        .unwrap()
+        .route_tables
+        .iter()
+        .map(|t| {
+            (
+                t.route_table_id.clone(),
+                t.routes
+                    .iter()
+                    .filter(|r| r.enabled)
+                    .map(|r| (r.destination_cidr_block.to_string(), r.gateway_id.clone()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn writes(lab: &Lab) -> u64 {
+    lab.calls()
+        .unwrap()
+        .iter()
+        .filter(|(action, _)| {
+            [
+                "CreateRoutes",
+                "DeleteRoutes",
+                "ReplaceRoutes",
+                "EnableRoutes",
+                "DisableRoutes",
+            ]
+            .contains(&action.as_str())
+        })
+        .flat_map(|(_, results)| results.values())
+        .sum()
+}
+
+fn assert_user_route(lab: &Lab) {
+    assert_eq!(
+        routes(lab)["rtb-a"].get(USER_ROUTE).map(String::as_str),
+        Some("vpngw-lab"),
+        "the user's own route is untouched"
+    );
+}
+
+const RESYNC: Duration = Duration::from_secs(30);
+
+#[test]
+fn tencent_vpc_lab_survives_faults() {
+    let mut t = up("lt1", Backend::TencentVpc, Mode::PerNode, 3);
+    let lab = &mut t.lab;
+    assert!(full(&lab.ping_matrix()));
+    let nodes = lab.nodes();
+    let leases: Vec<String> = nodes.iter().map(|n| lab.lease_of(n).unwrap()).collect();
+    // Every lease is routed in both tables, to its node.
+    for table in ["rtb-a", "rtb-b"] {
+        for (n, lease) in nodes.iter().zip(&leases) {
+            assert_eq!(routes(lab)[table][lease], n.ip.to_string(), "{table}");
+        }
+    }
+
+    // A route deleted in the console comes back within one resync.
+    let victim = leases[1].clone();
+    let touched = lab
+        .console(ConsoleAction::DeleteRoute, &victim, Some("rtb-a"))
+        .unwrap();
+    assert_eq!(touched.len(), 1);
+    assert!(!routes(lab)["rtb-a"].contains_key(&victim));
+    wait_until(RESYNC, || {
+        routes(lab)["rtb-a"]
+            .contains_key(&victim)
+            .then_some(())
+            .ok_or_else(|| format!("{:?}", routes(lab)["rtb-a"]))
+    })
+    .unwrap();
+
+    // A 4th node joins under 50 % throttling and is reachable from every pod.
+    lab.throttle(50).unwrap();
+    let n4 = lab.add_node().unwrap();
+    assert!(full(&lab.ping_matrix()));
+    lab.throttle(0).unwrap();
+    let lease4 = lab.lease_of(&n4).unwrap();
+    for table in ["rtb-a", "rtb-b"] {
+        assert_eq!(routes(lab)[table][&lease4], n4.ip.to_string());
+    }
+
+    // etcd restarted: nobody's lease changes.
+    lab.restart_etcd().unwrap();
+    for n in lab.nodes() {
+        let before = lab.lease_of(&n);
+        wait_until(RESYNC, || {
+            lab.agent_ready(&n)
+                .then_some(())
+                .ok_or_else(|| format!("{} not ready", n.name))
+        })
+        .unwrap();
+        assert_eq!(lab.lease_of(&n), before, "{}", n.name);
+    }
+    assert!(full(&lab.ping_matrix()));
+
+    // flanneld restarted on a node: same subnet, and no route written.
+    let n1 = lab.find("node-1").unwrap();
+    let lease1 = lab.lease_of(&n1).unwrap();
+    let writes_before = writes(lab);
+    lab.restart_node("node-1").unwrap();
+    wait_until(RESYNC, || {
+        lab.agent_ready(&n1)
+            .then_some(())
+            .ok_or_else(|| "node-1 not ready".into())
+    })
+    .unwrap();
+    assert_eq!(lab.lease_of(&n1).unwrap(), lease1);
+    assert_eq!(
+        writes(lab),
+        writes_before,
+        "a restarted agent writes no route"
+    );
+
+    // A killed node: its lease goes (expiry, done here by deleting the key), and the leader
+    // garbage-collects its routes from both tables.
+    let n3 = lab.find("node-3").unwrap();
+    let lease3 = lab.lease_of(&n3).unwrap();
+    lab.kill_node("node-3").unwrap();
+    lab.etcdctl(&[
+        "del",
+        &format!("/coreos.com/network/subnets/{}", lease3.replace('/', "-")),
+    ])
+    .unwrap();
+    wait_until(Duration::from_secs(60), || {
+        let r = routes(lab);
+        (!r["rtb-a"].contains_key(&lease3) && !r["rtb-b"].contains_key(&lease3))
+            .then_some(())
+            .ok_or_else(|| format!("{r:?}"))
+    })
+    .unwrap();
+    assert_user_route(lab);
+
+    // down leaves nothing.
+    let prefix = lab.spec().prefix.clone();
+    let removed = lab::down(&prefix).unwrap();
+    assert!(removed.processes >= 5, "{removed:?}");
+    assert!(netns::list().iter().all(|n| !n.starts_with("lt1-")));
+    assert!(!lab::state_dir(&prefix).exists());
+    assert!(!Path::new("/run/netns/lt1-vpc").exists());
+}
+
+#[test]
+fn controller_mode_routes_every_node() {
+    let t = up("lt2", Backend::TencentVpc, Mode::Controller, 3);
+    assert!(full(&t.lab.ping_matrix()));
+    let r = routes(&t.lab);
+    for n in t.lab.nodes() {
+        let lease = t.lab.lease_of(&n).unwrap();
+        assert_eq!(r["rtb-b"][&lease], n.ip.to_string());
+    }
+    assert_user_route(&t.lab);
+}
+
+#[test]
+fn host_gw_and_vxlan_labs_converge_without_cloud_routes() {
+    for (prefix, backend) in [("lt3", Backend::HostGw), ("lt4", Backend::Vxlan)] {
+        let t = up(prefix, backend, Mode::PerNode, 3);
+        assert!(full(&t.lab.ping_matrix()), "{backend:?}");
+        let r = routes(&t.lab);
+        assert!(
+            r.values()
+                .flat_map(|t| t.keys())
+                .all(|d| !d.starts_with("10.244.")),
+            "{backend:?} writes no VPC route: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn a_second_up_is_refused_and_down_after_a_failed_up_cleans_up() {
+    let t = up("lt5", Backend::HostGw, Mode::PerNode, 1);
+    let again = Lab::up(t.lab.spec().clone(), 1, bins(), &mut |_| {});
+    assert_eq!(
+        again.err().unwrap().to_string(),
+        "a lab named \"lt5\" is already up (run `flannel-lab down` first)"
+    );
+    drop(t);
+    // A failed up (no such binaries) makes nothing, and says what is missing.
+    let spec = LabSpec {
+        prefix: "lt6".into(),
+        backend: Backend::Vxlan,
+        mode: Mode::PerNode,
+    };
+    let err = Lab::up(
+        spec,
+        2,
+        Bins::from_dir(Some("/nonexistent".into())),
+        &mut |_| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.starts_with("missing prerequisites:\n  - /nonexistent/flanneld: cargo build --release"),
+        "{err}"
+    );
+    assert!(netns::list()
+        .iter()
+        .all(|n| !n.starts_with("lt5-") && !n.starts_with("lt6-")));
+}
