@@ -234,8 +234,15 @@ impl Lab {
 
         progress("VPC router: subnet-a 172.16.1.0/24 (rtb-a), subnet-b 172.16.2.0/24 (rtb-b)");
         let router = Netns::create(&lab.spec().router())?;
-        for (bridge, gw) in [("br-a", ROUTER_A), ("br-b", ROUTER_B)] {
-            router.ok(&["ip", "link", "add", bridge, "type", "bridge"])?;
+        // A fixed MAC: a bridge without one takes its lowest port MAC, so a node joining
+        // would change the gateway's MAC under every other node's ARP entry.
+        for (bridge, gw, mac) in [
+            ("br-a", ROUTER_A, "02:00:ac:10:01:01"),
+            ("br-b", ROUTER_B, "02:00:ac:10:02:01"),
+        ] {
+            router.ok(&[
+                "ip", "link", "add", bridge, "address", mac, "type", "bridge",
+            ])?;
             router.ok(&["ip", "addr", "add", &format!("{gw}/24"), "dev", bridge])?;
             router.ok(&["ip", "link", "set", bridge, "up"])?;
         }
@@ -257,7 +264,7 @@ impl Lab {
             progress("route controller (flanneld --controller)");
             lab.start_controller()?;
         }
-        let started = Instant::now();
+        let mut first_start = None;
         for i in 1..=nodes {
             let n = lab.spec().node(i);
             progress(&format!(
@@ -268,14 +275,15 @@ impl Lab {
                 n.instance_id,
                 lab.spec().backend.name()
             ));
-            lab.create_node(&n)?;
+            let started = lab.create_node(&n)?;
+            first_start.get_or_insert(started);
         }
         for n in lab.nodes() {
             lab.add_pod(&n)?;
         }
         lab.save()?;
         progress("waiting for every pod to reach every other pod");
-        lab.converge(started)?;
+        lab.converge(first_start.unwrap_or_else(Instant::now))?;
         Ok(lab)
     }
 
@@ -401,8 +409,8 @@ impl Lab {
         Ok(())
     }
 
-    /// The node's namespace, its cable to the router, and its flanneld.
-    fn create_node(&mut self, n: &NodeSpec) -> Result<(), LabError> {
+    /// The node's namespace, its cable to the router, and its flanneld; when flanneld started.
+    fn create_node(&mut self, n: &NodeSpec) -> Result<Instant, LabError> {
         let router = self.router();
         let ns = Netns::create(&n.ns)?;
         router.ok(&[
@@ -445,7 +453,9 @@ impl Lab {
             flanneld_pid: None,
             pod_ip: None,
         });
-        self.start_flanneld(n)
+        let started = Instant::now();
+        self.start_flanneld(n)?;
+        Ok(started)
     }
 
     fn start_flanneld(&mut self, n: &NodeSpec) -> Result<(), LabError> {
@@ -563,14 +573,19 @@ impl Lab {
         })
     }
 
-    /// Wait for a full matrix; record the time since `started`.
+    /// Wait for a full matrix; record the time since `started` (a lost ping costs 0.2 s, so
+    /// that is the resolution).
     pub fn converge(&mut self, started: Instant) -> Result<(), LabError> {
         wait(
             "every pod to reach every other pod",
             Duration::from_secs(120),
             || {
                 let m = self.ping_matrix();
-                let bad = m.iter().flatten().filter(|ok| !**ok).count();
+                let bad = m
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, r)| r.iter().enumerate().filter(move |(j, ok)| *j != i && !**ok))
+                    .count();
                 (bad == 0)
                     .then_some(())
                     .ok_or_else(|| format!("{bad} pod pairs cannot talk yet"))
@@ -580,6 +595,63 @@ impl Lab {
         self.save()
     }
 
+    /// Wait until node `index`'s pod and every other pod reach each other (all pings in
+    /// parallel); record the time since `started`.
+    fn converge_node(&mut self, index: u8, started: Instant) -> Result<(), LabError> {
+        let me = self.spec().node(index);
+        let my_ip = self.pod_ip(index);
+        let others: Vec<(NodeSpec, Option<String>)> = self
+            .state
+            .nodes
+            .iter()
+            .filter(|n| n.index != index)
+            .map(|n| (self.spec().node(n.index), n.pod_ip.clone()))
+            .collect();
+        wait(
+            &format!("{}'s pod and every other pod to reach each other", me.name),
+            Duration::from_secs(120),
+            || {
+                let failed = std::thread::scope(|scope| {
+                    let checks: Vec<_> = others
+                        .iter()
+                        .flat_map(|(other, ip)| {
+                            [
+                                (me.pod_ns.clone(), ip.clone()),
+                                (other.pod_ns.clone(), my_ip.clone()),
+                            ]
+                        })
+                        .map(|(from, to)| {
+                            scope.spawn(move || match to {
+                                Some(ip) => {
+                                    Netns::named(&from).succeeds(&["ping", "-c1", "-W0.2", &ip])
+                                }
+                                None => false,
+                            })
+                        })
+                        .collect();
+                    checks
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or(false))
+                        .filter(|ok| !ok)
+                        .count()
+                });
+                (failed == 0)
+                    .then_some(())
+                    .ok_or_else(|| format!("{failed} pings failed"))
+            },
+        )?;
+        self.state.converged_secs = Some(started.elapsed().as_secs_f64());
+        self.save()
+    }
+
+    fn pod_ip(&self, index: u8) -> Option<String> {
+        self.state
+            .nodes
+            .iter()
+            .find(|n| n.index == index)
+            .and_then(|n| n.pod_ip.clone())
+    }
+
     /// One more node (and its pod), the lab waiting until it is reachable.
     pub fn add_node(&mut self) -> Result<NodeSpec, LabError> {
         let next = self.state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
@@ -587,10 +659,9 @@ impl Lab {
             return Err(LabError::Full(next - 1));
         }
         let n = self.spec().node(next);
-        let started = Instant::now();
-        self.create_node(&n)?;
+        let started = self.create_node(&n)?;
         self.add_pod(&n)?;
-        self.converge(started)?;
+        self.converge_node(n.index, started)?;
         Ok(n)
     }
 

@@ -131,7 +131,17 @@ pub const SWITCH_IP: &str = "172.16.0.254";
 impl Underlay {
     pub fn new(tag: &str) -> Underlay {
         let switch = Netns::new(&format!("{tag}-sw"));
-        switch.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        // A fixed MAC, so that cabling a node never changes the switch's (see flannel-lab).
+        switch.ok(&[
+            "ip",
+            "link",
+            "add",
+            "br0",
+            "address",
+            "02:00:ac:10:00:fe",
+            "type",
+            "bridge",
+        ]);
         switch.ok(&[
             "ip",
             "addr",

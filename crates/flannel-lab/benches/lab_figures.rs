@@ -1,0 +1,227 @@
+//! Figures from the lab (root; tencent-vpc, per-node mode, emulator API latency 0):
+//! - join: from a new node's flanneld start to its pod reachable from every pod and every pod
+//!   reachable from it (median of JOINS), and the API calls each join cost (all agents);
+//! - steady state: API calls per node per resync interval while nothing changes;
+//! - flanneld RSS and CPU at idle, during the joins (an existing node's agent), and with 1,000
+//!   synthetic peer leases written to etcd.
+//!
+//! `cargo build --release -p flanneld -p tencent-vpc-emulator && cargo bench -p flannel-lab --bench lab_figures`
+
+use flannel_lab::lab::{self, Bins, Lab};
+use flannel_lab::netns::wait_until;
+use flannel_lab::topology::{Backend, LabSpec, Mode};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "lbench";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A `/proc/<pid>/status` figure in MB (`VmRSS`: all resident pages; `RssAnon`: heap and
+/// stacks, without the binary's own file-backed pages).
+fn status_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    status_mb(pid, "VmRSS")
+}
+
+fn anon_mb(pid: u32) -> f64 {
+    status_mb(pid, "RssAnon")
+}
+
+/// User + system CPU time of a process, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the comm: state is field 0, utime 11, stime 12 (clock ticks, 100 per second).
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (tick(11) + tick(12)) / 100.0
+}
+
+fn total_calls(lab: &Lab) -> u64 {
+    lab.calls().unwrap().values().flat_map(|r| r.values()).sum()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let joins = env_or("JOINS", 10) as usize;
+    let idle_secs = env_or("IDLE_SECS", 30);
+    let synthetic = env_or("PEERS", 1000);
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_flannel-lab"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let _ = lab::down(PREFIX);
+    let spec = LabSpec {
+        prefix: PREFIX.into(),
+        backend: Backend::TencentVpc,
+        mode: Mode::PerNode,
+    };
+    let mut lab = Lab::up(spec, 3, Bins::from_dir(Some(bin_dir)), &mut |s| {
+        eprintln!("  {s}")
+    })
+    .unwrap_or_else(|e| {
+        let _ = lab::down(PREFIX);
+        panic!("lab up: {e}")
+    });
+    println!(
+        "lab up with 3 nodes: converged {:.2} s after the first flanneld started",
+        lab.state.converged_secs.unwrap_or_default()
+    );
+    let watcher = lab.state.nodes[0].flanneld_pid.unwrap();
+
+    // Joins.
+    let mut times = Vec::new();
+    let mut calls = Vec::new();
+    let cpu0 = cpu_secs(watcher);
+    let t0 = Instant::now();
+    for _ in 0..joins {
+        let before = total_calls(&lab);
+        let n = lab.add_node().unwrap();
+        let secs = lab.state.converged_secs.unwrap();
+        let spent = total_calls(&lab) - before;
+        println!(
+            "  join {}: reachable {secs:.2} s after flanneld start, {spent} API calls",
+            n.name
+        );
+        times.push(secs);
+        calls.push(spent as f64);
+    }
+    let churn_cpu = (cpu_secs(watcher) - cpu0) / t0.elapsed().as_secs_f64();
+    let churn_rss = rss_mb(watcher);
+    let churn_anon = anon_mb(watcher);
+
+    // Steady state.
+    let nodes = lab.state.nodes.len() as f64;
+    let before = lab.calls().unwrap();
+    let cpu1 = cpu_secs(watcher);
+    std::thread::sleep(Duration::from_secs(idle_secs)); // a measurement window, not a sync
+    let after = lab.calls().unwrap();
+    let idle_cpu = (cpu_secs(watcher) - cpu1) / idle_secs as f64;
+    let idle_rss: Vec<f64> = lab
+        .state
+        .nodes
+        .iter()
+        .filter_map(|n| n.flanneld_pid)
+        .map(rss_mb)
+        .collect();
+    let idle_anon = anon_mb(watcher);
+    let mut steady = Vec::new();
+    for (action, results) in &after {
+        let n: u64 = results.values().sum::<u64>()
+            - before.get(action).map_or(0, |r| r.values().sum::<u64>());
+        if n > 0 {
+            steady.push(format!(
+                "{action} {:.2}",
+                n as f64 / nodes / (idle_secs as f64 / 10.0)
+            ));
+        }
+    }
+
+    // 1,000 synthetic peers (leases of nodes that do not exist), written in one etcdctl txn
+    // per 100 keys.
+    let keys: Vec<String> = (0..synthetic)
+        .map(|i| {
+            let (a, b) = (100 + i / 250, (i % 250) as u8);
+            format!(
+                r#"put /coreos.com/network/subnets/10.{a}.{b}.0-24 "{{\"PublicIP\":\"172.16.3.{}\",\"PublicIPv6\":null,\"BackendType\":\"tencent-vpc\"}}""#,
+                1 + i % 250
+            )
+        })
+        .collect();
+    for chunk in keys.chunks(100) {
+        // etcdctl txn reads: compares, blank line, success requests, blank, failure, blank.
+        let txn = format!("\n{}\n\n\n", chunk.join("\n"));
+        let endpoints = lab.spec().etcd_endpoint();
+        lab.router()
+            .ok_with(
+                &[
+                    "env",
+                    "ETCDCTL_API=3",
+                    "etcdctl",
+                    "--endpoints",
+                    &endpoints,
+                    "txn",
+                ],
+                Some(txn.as_bytes()),
+            )
+            .unwrap();
+    }
+    let n1 = lab.find("node-1").unwrap();
+    wait_until(Duration::from_secs(60), || {
+        let m = flannel_lab::netns::Netns::named(&n1.ns)
+            .ok(&["curl", "-fsS", "http://127.0.0.1:8081/metrics"])
+            .map_err(|e| e.to_string())?;
+        let peers = m
+            .lines()
+            .find_map(|l| l.strip_prefix("flannel_peers "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        (peers >= synthetic as f64)
+            .then_some(())
+            .ok_or_else(|| format!("{peers} peers"))
+    })
+    .unwrap();
+    let many_rss = rss_mb(watcher);
+    let many_anon = anon_mb(watcher);
+
+    let _ = lab::down(PREFIX);
+    println!("\nlab figures (tencent-vpc per-node, emulator latency 0, {joins} joins):");
+    println!(
+        "  join → reachable from every pod: median {:.2} s (min {:.2}, max {:.2})",
+        median(&mut times.clone()),
+        times.iter().copied().fold(f64::INFINITY, f64::min),
+        times.iter().copied().fold(0.0, f64::max)
+    );
+    println!(
+        "  API calls per join (all agents): median {:.0}",
+        median(&mut calls)
+    );
+    println!(
+        "  steady state, calls per node per 10 s resync over {idle_secs} s: {}",
+        if steady.is_empty() {
+            "none".to_string()
+        } else {
+            steady.join(", ")
+        }
+    );
+    println!(
+        "  flanneld RSS idle: {:.1}–{:.1} MB (node-1 anonymous {idle_anon:.1} MB); CPU idle {:.2} %, during joins {:.2} % (RSS {churn_rss:.1} MB, anonymous {churn_anon:.1} MB)",
+        idle_rss.iter().copied().fold(f64::INFINITY, f64::min),
+        idle_rss.iter().copied().fold(0.0, f64::max),
+        100.0 * idle_cpu,
+        100.0 * churn_cpu
+    );
+    println!(
+        "  flanneld RSS with {synthetic} peer leases: {many_rss:.1} MB (anonymous {many_anon:.1} MB)"
+    );
+}
