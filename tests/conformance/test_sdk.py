@@ -149,3 +149,46 @@ def test_describe_vpcs_with_string_paging(emulator):
     r = c.DescribeVpcs(request(models.DescribeVpcsRequest, Filters=[{"Name": "vpc-id", "Values": ["vpc-lab"]}], Offset="0", Limit="20"))
     assert r.TotalCount == 1
     assert (r.VpcSet[0].VpcId, r.VpcSet[0].CidrBlock) == ("vpc-lab", "172.16.0.0/16")
+
+
+@pytest.fixture()
+def tls_emulator(tmp_path):
+    """The emulator with its HTTPS listener, on a certificate signed by a CA made here (as
+    flannel-lab makes one at `up`)."""
+    ca_key, ca, key, csr, cert = (tmp_path / n for n in ("ca.key", "ca.pem", "tls.key", "tls.csr", "tls.pem"))
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=flannel-lab CA")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    ext = tmp_path / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "1", "-extfile", ext)
+    binary = os.environ.get("EMULATOR_BIN", str(ROOT / "target/debug/tencent-vpc-emulator"))
+    proc = subprocess.Popen(
+        [binary, "--scenario", str(SCENARIO), "--listen", "127.0.0.1:0",
+         "--tls-listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line, "the emulator printed its addresses"
+        yield json.loads(line), str(ca)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_the_sdk_over_https_trusting_the_lab_ca(tls_emulator):
+    addrs, ca = tls_emulator
+    assert addrs["api_tls"], addrs
+    https = ClientProfile(httpProfile=HttpProfile(protocol="https", endpoint=addrs["api_tls"], reqTimeout=10, certification=ca))
+    c = vpc_client.VpcClient(credential.Credential(SECRET_ID, SECRET_KEY), "ap-guangzhou", https)
+    r = c.DescribeRouteTables(request(models.DescribeRouteTablesRequest))
+    assert r.TotalCount == 2
+    r = c.CreateRoutes(request(models.CreateRoutesRequest, RouteTableId="rtb-b", Routes=[cvm_route("10.244.9.0/24", "172.16.2.7")]))
+    assert r.RouteTableSet[0].RouteSet[0].DestinationCidrBlock == "10.244.9.0/24"
+    # Without the lab CA the certificate is refused: TLS is really checked.
+    untrusted = ClientProfile(httpProfile=HttpProfile(protocol="https", endpoint=addrs["api_tls"], reqTimeout=10))
+    with pytest.raises(TencentCloudSDKException) as e:
+        vpc_client.VpcClient(credential.Credential(SECRET_ID, SECRET_KEY), "ap-guangzhou", untrusted).DescribeRouteTables(request(models.DescribeRouteTablesRequest))
+    assert "certificate" in str(e.value).lower() or "ssl" in str(e.value).lower(), str(e.value)

@@ -109,6 +109,7 @@ pub fn missing_prerequisites(bins: &Bins) -> Vec<String> {
         ("etcdctl", "etcd-client"),
         ("iptables", "iptables"),
         ("curl", "curl"),
+        ("openssl", "openssl"),
         ("ping", "iputils-ping"),
         ("bridge", "iproute2"),
     ] {
@@ -361,7 +362,68 @@ impl Lab {
         Ok(self.router().ok(&all)?)
     }
 
+    /// A CA and the API's certificate for 172.16.1.1 (made here, trusted by nobody until the
+    /// user adds `ca.pem`).
+    fn make_certificate(&self) -> Result<(), LabError> {
+        let d = |f: &str| self.dir.join(f).display().to_string();
+        let ext = self.dir.join("san.ext");
+        std::fs::write(&ext, format!("subjectAltName=IP:{ROUTER_A}\n")).map_err(io(&ext))?;
+        for args in [
+            vec![
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &d("ca.key"),
+                "-out",
+                &d("ca.pem"),
+                "-days",
+                "30",
+                "-subj",
+                "/CN=flannel-lab CA",
+            ],
+            vec![
+                "openssl",
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &d("tls.key"),
+                "-out",
+                &d("tls.csr"),
+                "-subj",
+                "/CN=172.16.1.1",
+            ],
+            vec![
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                &d("tls.csr"),
+                "-CA",
+                &d("ca.pem"),
+                "-CAkey",
+                &d("ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &d("tls.pem"),
+                "-days",
+                "30",
+                "-extfile",
+                &d("san.ext"),
+            ],
+        ] {
+            netns::host(&args)?;
+        }
+        Ok(())
+    }
+
     fn start_emulator(&self) -> Result<(), LabError> {
+        self.make_certificate()?;
         let scenario = self.dir.join("scenario.json");
         std::fs::write(&scenario, self.spec().scenario()).map_err(io(&scenario))?;
         let emulator = self.state.bins.emulator.display().to_string();
@@ -378,6 +440,12 @@ impl Lab {
                 ADMIN,
                 "--dataplane-netns",
                 &self.spec().router(),
+                "--tls-listen",
+                &format!("{ROUTER_A}:443"),
+                "--tls-cert",
+                &self.dir.join("tls.pem").display().to_string(),
+                "--tls-key",
+                &self.dir.join("tls.key").display().to_string(),
             ],
             &[],
             &self.dir.join("emulator.log"),

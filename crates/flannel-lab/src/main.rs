@@ -37,7 +37,11 @@ enum Command {
         bin_dir: Option<std::path::PathBuf>,
     },
     /// Nodes, leases, route tables and the reachability matrix.
-    Status,
+    Status {
+        /// Also draw it as an SVG picture into this file.
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
+    },
     /// The pod-to-pod reachability matrix only.
     Ping,
     /// Add a node (and a pod on it); waits until it is reachable.
@@ -114,8 +118,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_status(&lab)?;
             println!("\nThe lab stays up: `flannel-lab status`, `ping`, `add-node`, `kill-node node-2`, `console delete-route 10.244.x.0/24`, `throttle 50`, `down`.");
             println!("Logs and files: {}", lab.dir.display());
+            println!(
+                "The cloud API also answers on https://172.16.1.1 (inside the lab) for tccli; trust its CA with:\n  cat {}/ca.pem >> \"$(python3 -m certifi)\"   # in tccli's Python environment",
+                lab.dir.display()
+            );
         }
-        Command::Status => print_status(&Lab::load(&prefix)?)?,
+        Command::Status { svg } => {
+            let lab = Lab::load(&prefix)?;
+            let status = flannel_lab::status(&lab)?;
+            print!("{}", flannel_lab::render::render(&status));
+            if let Some(path) = svg {
+                std::fs::write(&path, flannel_lab::render::render_svg(&status))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("drawn to {}", path.display());
+            }
+        }
         Command::Ping => {
             let lab = Lab::load(&prefix)?;
             let mut status = flannel_lab::status(&lab)?;

@@ -153,6 +153,149 @@ pub fn render(s: &Status) -> String {
     out
 }
 
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The same view as a picture: the subnets with their nodes (private IP, pod subnet, agent
+/// state), each route table beside the subnets it serves with its routes, and the
+/// reachability matrix as coloured cells.
+pub fn render_svg(s: &Status) -> String {
+    const W: usize = 1000;
+    let mut body = String::new();
+    let mut y = 60;
+    let _ = writeln!(
+        body,
+        r#"<text x="20" y="30" font-size="18" font-weight="bold">{}</text>"#,
+        esc(&s.title)
+    );
+    // Subnets and their nodes.
+    let mut subnets: Vec<&str> = s.nodes.iter().map(|n| n.subnet.as_str()).collect();
+    subnets.dedup();
+    subnets.sort_unstable();
+    subnets.dedup();
+    for subnet in subnets {
+        let nodes: Vec<&NodeRow> = s.nodes.iter().filter(|n| n.subnet == subnet).collect();
+        let tables: Vec<&str> = s
+            .tables
+            .iter()
+            .filter(|t| t.subnets.iter().any(|x| x == subnet))
+            .map(|t| t.id.as_str())
+            .collect();
+        let height = 40 + 70 * nodes.len().div_ceil(4);
+        let _ = writeln!(
+            body,
+            r##"<rect x="20" y="{y}" width="{}" height="{height}" rx="8" fill="#eef4fb" stroke="#6b8fb5"/><text x="32" y="{}" font-size="14" font-weight="bold">{} (route table {})</text>"##,
+            W - 40,
+            y + 20,
+            esc(subnet),
+            esc(&tables.join(", "))
+        );
+        for (k, n) in nodes.iter().enumerate() {
+            let (x, ny) = (32 + (k % 4) * 238, y + 32 + (k / 4) * 70);
+            let fill = match n.agent {
+                "ready" => "#e3f6e3",
+                "stopped" => "#f9dede",
+                _ => "#fdf3d6",
+            };
+            let _ = writeln!(
+                body,
+                r##"<rect x="{x}" y="{ny}" width="226" height="60" rx="6" fill="{fill}" stroke="#888"/><text x="{}" y="{}" font-size="13" font-weight="bold">{} · {}</text><text x="{}" y="{}" font-size="12">{} · pods {}</text><text x="{}" y="{}" font-size="11" fill="#555">flanneld {}</text>"##,
+                x + 8,
+                ny + 18,
+                esc(&n.name),
+                esc(&n.ip),
+                x + 8,
+                ny + 36,
+                esc(&n.instance),
+                esc(n.lease.as_deref().unwrap_or("-")),
+                x + 8,
+                ny + 52,
+                n.agent
+            );
+        }
+        y += height + 16;
+    }
+    // Route tables.
+    for t in &s.tables {
+        let height = 30 + 18 * t.routes.len().max(1);
+        let _ = writeln!(
+            body,
+            r##"<rect x="20" y="{y}" width="{}" height="{height}" rx="8" fill="#fafafa" stroke="#999"/><text x="32" y="{}" font-size="14" font-weight="bold">route table {} (serves {})</text>"##,
+            W - 40,
+            y + 20,
+            esc(&t.id),
+            esc(&t.subnets.join(", "))
+        );
+        for (k, (dest, hop, note)) in t.routes.iter().enumerate() {
+            let _ = writeln!(
+                body,
+                r#"<text x="44" y="{}" font-size="12" font-family="monospace">{:<18} → {:<28} {}</text>"#,
+                y + 40 + 18 * k,
+                esc(dest),
+                esc(hop),
+                esc(note)
+            );
+        }
+        y += height + 16;
+    }
+    // Reachability matrix.
+    let _ = writeln!(
+        body,
+        r#"<text x="20" y="{}" font-size="14" font-weight="bold">pod-to-pod reachability (row pings column)</text>"#,
+        y + 14
+    );
+    y += 30;
+    let cell = 22;
+    for (j, n) in s.nodes.iter().enumerate() {
+        let _ = writeln!(
+            body,
+            r#"<text x="{}" y="{}" font-size="10" transform="rotate(-45 {} {})">{}</text>"#,
+            110 + j * cell,
+            y + 20,
+            110 + j * cell,
+            y + 20,
+            esc(&n.name)
+        );
+    }
+    y += 30;
+    for (i, row) in s.matrix.iter().enumerate() {
+        let name = s.nodes.get(i).map_or("", |n| n.name.as_str());
+        let _ = writeln!(
+            body,
+            r#"<text x="20" y="{}" font-size="11">{}</text>"#,
+            y + 15 + i * cell,
+            esc(name)
+        );
+        for (j, ok) in row.iter().enumerate() {
+            let fill = if i == j {
+                "#dddddd"
+            } else if *ok {
+                "#5cb85c"
+            } else {
+                "#d9534f"
+            };
+            let _ = writeln!(
+                body,
+                r#"<rect x="{}" y="{}" width="{}" height="{}" fill="{fill}" stroke="white"/>"#,
+                100 + j * cell,
+                y + i * cell,
+                cell,
+                cell
+            );
+        }
+    }
+    y += cell * s.matrix.len() + 20;
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{y}" font-family="sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+{body}</svg>
+"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +348,15 @@ mod tests {
         );
         assert!(text.contains("  node-1  ·       FAIL"), "{text}");
         assert!(text.ends_with("0/2 pod pairs reachable\n"), "{text}");
+        let svg = render_svg(&s);
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+        assert!(svg.contains("subnet-a (route table ") && svg.contains("node-1 · 172.16.1.11"));
+        assert!(svg.contains("10.244.7.0/24"));
+        assert_eq!(
+            svg.matches("fill=\"#d9534f\"").count(),
+            2,
+            "two failing pairs in red"
+        );
+        assert!(svg.trim_end().ends_with("</svg>"));
     }
 }

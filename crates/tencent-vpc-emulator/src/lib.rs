@@ -26,6 +26,16 @@ pub struct EmulatorConfig {
     pub dataplane_netns: Option<String>,
     /// Metadata answers for this instance when the source address is no instance's.
     pub metadata_default_instance: Option<String>,
+    /// The API over HTTPS as well (what `tccli` needs: it refuses plain HTTP).
+    pub api_tls: Option<TlsListen>,
+}
+
+/// An HTTPS listener: address, certificate chain and private key (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl EmulatorConfig {
@@ -39,6 +49,7 @@ impl EmulatorConfig {
             state_file: None,
             dataplane_netns: None,
             metadata_default_instance: None,
+            api_tls: None,
         }
     }
 }
@@ -58,6 +69,8 @@ pub enum StartError {
     Scenario(scenario::ScenarioError),
     #[error("data plane in netns {netns}: {message}")]
     Dataplane { netns: String, message: String },
+    #[error("TLS certificate {path}: {message}")]
+    Tls { path: String, message: String },
 }
 
 /// A running emulator; servers stop when it is dropped.
@@ -65,6 +78,7 @@ pub struct Emulator {
     pub api: SocketAddr,
     pub metadata: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    pub api_tls: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -92,6 +106,65 @@ async fn serve(
         let app = router.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(what, error = %error_report::Report(&e), "server stopped");
+        }
+    });
+    Ok((local, task))
+}
+
+/// Serve `router` over TLS: each accepted connection is handshaken, then served by hyper.
+async fn serve_tls(
+    what: &'static str,
+    tls: &TlsListen,
+    router: axum::Router,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &PathBuf, message: String| StartError::Tls {
+        path: path.display().to_string(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(&tls.cert, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| bad(&tls.key, e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+    .map_err(|e| bad(&tls.cert, e.to_string()))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let addr = tls.addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            tokio::spawn(async move {
+                let stream = match acceptor.accept(tcp).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let served = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+                if let Err(e) = served {
+                    tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
+                }
+            });
         }
     });
     Ok((local, task))
@@ -177,10 +250,20 @@ impl Emulator {
             }
             None => None,
         };
+        let api_tls = match &cfg.api_tls {
+            Some(tls) => {
+                let (addr, t) =
+                    serve_tls("the API (HTTPS)", tls, server::api_router(shared.clone())).await?;
+                tasks.push(t);
+                Some(addr)
+            }
+            None => None,
+        };
         Ok(Emulator {
             api,
             metadata,
             admin,
+            api_tls,
             shared,
             tasks,
         })

@@ -6,7 +6,7 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tencent_vpc_emulator::scenario::Scenario;
-use tencent_vpc_emulator::{Emulator, EmulatorConfig};
+use tencent_vpc_emulator::{Emulator, EmulatorConfig, TlsListen};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +36,15 @@ struct Args {
     /// Metadata answers for this instance when the caller's address is no instance's.
     #[arg(long = "metadata-default-instance")]
     metadata_default_instance: Option<String>,
+    /// Also serve the API over HTTPS here (with --tls-cert and --tls-key), for tccli.
+    #[arg(long = "tls-listen", requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) of the HTTPS listener.
+    #[arg(long = "tls-cert")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the HTTPS listener.
+    #[arg(long = "tls-key")]
+    tls_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -61,11 +70,15 @@ async fn main() -> anyhow::Result<()> {
         state_file: args.state,
         dataplane_netns: args.dataplane_netns,
         metadata_default_instance: args.metadata_default_instance,
+        api_tls: match (args.tls_listen, args.tls_cert, args.tls_key) {
+            (Some(addr), Some(cert), Some(key)) => Some(TlsListen { addr, cert, key }),
+            _ => None,
+        },
     })
     .await?;
     println!(
         "{}",
-        serde_json::json!({"api": emu.api.to_string(), "metadata": emu.metadata.map(|a| a.to_string()), "admin": emu.admin.map(|a| a.to_string())})
+        serde_json::json!({"api": emu.api.to_string(), "api_tls": emu.api_tls.map(|a| a.to_string()), "metadata": emu.metadata.map(|a| a.to_string()), "admin": emu.admin.map(|a| a.to_string())})
     );
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
