@@ -79,6 +79,21 @@ pub struct VxlanConfig {
     pub direct_routing: bool,
 }
 
+impl Default for VxlanConfig {
+    /// Upstream's defaults: VNI 1, the kernel's port, the interface MTU − 50, no GBP, no
+    /// learning, no direct routing.
+    fn default() -> Self {
+        VxlanConfig {
+            vni: 1,
+            port: 0,
+            mtu: 0,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+        }
+    }
+}
+
 /// Who writes the VPC routes (`Backend.Mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TencentVpcMode {
@@ -113,6 +128,10 @@ pub struct TencentVpcConfig {
     /// Seconds; `None` means the daemon's `--resync-period` is not used either: 60.
     pub resync_interval_secs: Option<u64>,
     pub mode: TencentVpcMode,
+    /// `"Fallback": "vxlan"`: peers the route tables cannot hold are reached over vxlan.
+    pub fallback_vxlan: bool,
+    /// `ReservedRoutes`: entries per table left free for the user's own routes (with Fallback).
+    pub reserved_routes: usize,
 }
 
 /// The default ClusterName for a Network: `10.244.0.0/16` gives `10-244-0-0-16`.
@@ -163,14 +182,7 @@ impl BackendConfig {
 }
 
 fn parse_vxlan(obj: &Map<String, Value>) -> Result<VxlanConfig, BackendConfigError> {
-    let mut c = VxlanConfig {
-        vni: 1,
-        port: 0,
-        mtu: 0,
-        gbp: false,
-        learning: false,
-        direct_routing: false,
-    };
+    let mut c = VxlanConfig::default();
     const F: &[&str] = &["VNI", "Port", "MTU", "GBP", "Learning", "DirectRouting"];
     for (field, v) in gojson::matched(obj, F) {
         match field {
@@ -220,6 +232,8 @@ fn parse_tencent(obj: &Map<String, Value>) -> Result<TencentVpcConfig, BackendCo
         "AdoptUntaggedRoutes",
         "ResyncInterval",
         "Mode",
+        "Fallback",
+        "ReservedRoutes",
     ];
     let invalid =
         |field: &'static str, problem: String| BackendConfigError::Invalid { field, problem };
@@ -227,6 +241,12 @@ fn parse_tencent(obj: &Map<String, Value>) -> Result<TencentVpcConfig, BackendCo
         match field {
             "AdoptUntaggedRoutes" => {
                 c.adopt_untagged_routes = gojson::as_bool(field, v)?;
+                continue;
+            }
+            "ReservedRoutes" => {
+                let n = gojson::as_int(field, v)?;
+                c.reserved_routes = usize::try_from(n)
+                    .map_err(|_| invalid("ReservedRoutes", format!("{n} is negative")))?;
                 continue;
             }
             "ResyncInterval" => {
@@ -291,6 +311,13 @@ fn parse_tencent(obj: &Map<String, Value>) -> Result<TencentVpcConfig, BackendCo
             "Endpoint" => c.endpoint = Some(s.to_string()),
             "VpcId" => c.vpc_id = Some(s.to_string()),
             "MetadataURL" => c.metadata_url = Some(s.to_string()),
+            "Fallback" => {
+                c.fallback_vxlan = match s.to_ascii_lowercase().as_str() {
+                    "vxlan" => true,
+                    "none" => false,
+                    _ => return Err(invalid("Fallback", format!("{s:?} is not vxlan or none"))),
+                }
+            }
             "ClusterName" => {
                 if !valid_cluster_name(s) {
                     return Err(invalid(

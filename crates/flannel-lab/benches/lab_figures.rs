@@ -85,6 +85,8 @@ fn main() {
         prefix: PREFIX.into(),
         backend: Backend::TencentVpc,
         mode: Mode::PerNode,
+        route_quota: flannel_lab::topology::DEFAULT_QUOTA,
+        fallback: false,
     };
     let mut lab = Lab::up(spec, 3, Bins::from_dir(Some(bin_dir)), &mut |s| {
         eprintln!("  {s}")

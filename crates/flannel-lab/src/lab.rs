@@ -845,6 +845,17 @@ impl Lab {
         Ok(touched)
     }
 
+    /// Change the routes-per-table quota, as a raise by support would.
+    pub fn set_quota(&mut self, quota: usize) -> Result<(), LabError> {
+        self.admin(
+            "POST",
+            "/quota",
+            Some(&format!(r#"{{"route_quota":{quota}}}"#)),
+        )?;
+        self.state.spec.route_quota = quota;
+        self.save()
+    }
+
     /// Answer `percent` % of all API calls with RequestLimitExceeded (0 clears).
     pub fn throttle(&self, percent: u8) -> Result<(), LabError> {
         self.admin("DELETE", "/faults", None)?;

@@ -29,6 +29,12 @@ enum Command {
         backend: Backend,
         #[arg(long, value_enum, default_value = "per-node")]
         mode: Mode,
+        /// Routes per route table (the account quota).
+        #[arg(long, default_value_t = flannel_lab::topology::DEFAULT_QUOTA)]
+        route_quota: usize,
+        /// tencent-vpc: reach the leases the tables cannot hold over vxlan ("Fallback": "vxlan").
+        #[arg(long)]
+        fallback: bool,
         /// The lease store (etcd is the one the lab runs).
         #[arg(long, default_value = "etcd", value_parser = ["etcd"])]
         store: String,
@@ -55,6 +61,8 @@ enum Command {
         #[command(subcommand)]
         action: Console,
     },
+    /// Change the routes-per-table quota (as a raise by support would).
+    Quota { routes: usize },
     /// Answer PERCENT % of all cloud API calls with RequestLimitExceeded (0 stops it).
     Throttle { percent: u8 },
     /// Remove the lab: processes, namespaces, files.
@@ -101,6 +109,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             nodes,
             backend,
             mode,
+            route_quota,
+            fallback,
             store: _,
             bin_dir,
         } => {
@@ -108,6 +118,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 prefix: prefix.clone(),
                 backend,
                 mode,
+                route_quota,
+                fallback,
             };
             let started = std::time::Instant::now();
             let lab = Lab::up(spec, nodes, Bins::from_dir(bin_dir), &mut |step| {
@@ -175,6 +187,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 table.as_deref().unwrap_or("any table")
             );
             println!("{:?} {}: {}", what, destination, touched.join(", "));
+        }
+        Command::Quota { routes } => {
+            Lab::load(&prefix)?.set_quota(routes)?;
+            println!("route quota now {routes} per table");
         }
         Command::Throttle { percent } => {
             Lab::load(&prefix)?.throttle(percent)?;

@@ -102,7 +102,20 @@ pub struct LabSpec {
     pub prefix: String,
     pub backend: Backend,
     pub mode: Mode,
+    /// Routes per route table (the account quota; Tencent's default is 50).
+    #[serde(default = "default_quota")]
+    pub route_quota: usize,
+    /// tencent-vpc with `"Fallback": "vxlan"`.
+    #[serde(default)]
+    pub fallback: bool,
 }
+
+fn default_quota() -> usize {
+    DEFAULT_QUOTA
+}
+
+/// Tencent's default routes per route table.
+pub const DEFAULT_QUOTA: usize = 50;
 
 /// One node (a CVM): its namespace, address and instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +190,7 @@ impl LabSpec {
                  "zone": "ap-guangzhou-4", "name": "nodes-b", "route_table_id": "rtb-b"}
             ],
             "instances": instances,
-            "route_quota": 50,
+            "route_quota": self.route_quota,
             "rate_limit_per_second": 100
         })
         .to_string()
@@ -201,6 +214,10 @@ impl LabSpec {
             }),
             (other, _) => json!({ "Type": other.name() }),
         };
+        let mut backend = backend;
+        if self.fallback && self.backend == Backend::TencentVpc {
+            backend["Fallback"] = "vxlan".into();
+        }
         json!({ "Network": POD_NETWORK, "Backend": backend }).to_string()
     }
 
@@ -218,6 +235,8 @@ mod tests {
             prefix: "fl".into(),
             backend,
             mode,
+            route_quota: DEFAULT_QUOTA,
+            fallback: false,
         }
     }
 

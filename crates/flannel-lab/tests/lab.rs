@@ -31,12 +31,22 @@ fn bins() -> Bins {
 }
 
 fn up(prefix: &str, backend: Backend, mode: Mode, nodes: u8) -> TestLab {
+    up_spec(
+        LabSpec {
+            prefix: prefix.into(),
+            backend,
+            mode,
+            route_quota: flannel_lab::topology::DEFAULT_QUOTA,
+            fallback: false,
+        },
+        nodes,
+    )
+}
+
+fn up_spec(spec: LabSpec, nodes: u8) -> TestLab {
+    let prefix = spec.prefix.clone();
+    let prefix = prefix.as_str();
     let _ = lab::down(prefix);
-    let spec = LabSpec {
-        prefix: prefix.into(),
-        backend,
-        mode,
-    };
     match Lab::up(spec, nodes, bins(), &mut |_| {}) {
         Ok(lab) => TestLab { lab },
         Err(e) => {
@@ -247,6 +257,8 @@ fn a_second_up_is_refused_and_down_after_a_failed_up_cleans_up() {
         prefix: "lt6".into(),
         backend: Backend::Vxlan,
         mode: Mode::PerNode,
+        route_quota: flannel_lab::topology::DEFAULT_QUOTA,
+        fallback: false,
     };
     let err = Lab::up(
         spec,
@@ -264,4 +276,168 @@ fn a_second_up_is_refused_and_down_after_a_failed_up_cleans_up() {
     assert!(netns::list()
         .iter()
         .all(|n| !n.starts_with("lt5-") && !n.starts_with("lt6-")));
+}
+
+/// Our routes per table: destination → next hop (the user's route left out).
+fn ours(lab: &Lab, table: &str) -> BTreeMap<String, String> {
+    routes(lab)[table]
+        .iter()
+        .filter(|(d, _)| d.starts_with("10.244."))
+        .map(|(d, h)| (d.clone(), h.clone()))
+        .collect()
+}
+
+#[test]
+fn fallback_reaches_over_vxlan_what_the_route_tables_cannot_hold() {
+    // Quota 6 with the user's VPN route in rtb-a: room for 5 of our routes per table.
+    let mut t = up_spec(
+        LabSpec {
+            prefix: "lt7".into(),
+            backend: Backend::TencentVpc,
+            mode: Mode::PerNode,
+            route_quota: 6,
+            fallback: true,
+        },
+        8,
+    );
+    let lab = &mut t.lab;
+    assert!(
+        full(&lab.ping_matrix()),
+        "every pod reaches every other pod"
+    );
+    let leases: Vec<String> = lab
+        .nodes()
+        .iter()
+        .map(|n| lab.lease_of(n).unwrap())
+        .collect();
+    for table in ["rtb-a", "rtb-b"] {
+        assert_eq!(ours(lab, table).len(), 5, "{table}: {:?}", ours(lab, table));
+    }
+    assert_eq!(
+        ours(lab, "rtb-a"),
+        ours(lab, "rtb-b"),
+        "the same split in every table"
+    );
+    let fallback: Vec<String> = leases
+        .iter()
+        .filter(|l| !ours(lab, "rtb-a").contains_key(*l))
+        .cloned()
+        .collect();
+    assert_eq!(fallback.len(), 3);
+    // Every node reaches the fallback subnets over flannel.1 (MTU 1450 everywhere).
+    let n1 = lab.find("node-1").unwrap();
+    let kernel_routes = netns::Netns::named(&n1.ns).ok(&["ip", "route"]).unwrap();
+    for f in fallback
+        .iter()
+        .filter(|f| Some(*f) != lab.lease_of(&n1).as_ref())
+    {
+        assert!(
+            kernel_routes.contains(&format!(
+                "{f} via {} dev flannel.1",
+                f.trim_end_matches("/24")
+            )),
+            "{f} over vxlan on node-1: {kernel_routes}"
+        );
+    }
+    let env = std::fs::read_to_string(lab.dir.join("node-1/subnet.env")).unwrap();
+    assert!(env.contains("FLANNEL_MTU=1450"), "{env}");
+
+    // A routed node leaves (killed, its lease gone): its routes are collected and a
+    // fallback lease takes the freed place.
+    let leaver = lab
+        .nodes()
+        .into_iter()
+        .find(|n| n.name != "node-1" && ours(lab, "rtb-a").contains_key(&lab.lease_of(n).unwrap()))
+        .unwrap();
+    let gone = lab.lease_of(&leaver).unwrap();
+    lab.kill_node(&leaver.name).unwrap();
+    lab.etcdctl(&[
+        "del",
+        &format!("/coreos.com/network/subnets/{}", gone.replace('/', "-")),
+    ])
+    .unwrap();
+    wait_until(Duration::from_secs(90), || {
+        let a = ours(lab, "rtb-a");
+        let promoted = fallback.iter().filter(|f| a.contains_key(*f)).count();
+        (!a.contains_key(&gone) && a.len() == 5 && promoted == 1)
+            .then_some(())
+            .ok_or_else(|| format!("{a:?}"))
+    })
+    .unwrap();
+
+    // The quota is raised: the fallback leases move to VPC routes with no lost ping between
+    // a routed pod and a fallback pod.
+    let still: Vec<String> = fallback
+        .iter()
+        .filter(|f| !ours(lab, "rtb-a").contains_key(*f))
+        .cloned()
+        .collect();
+    let target_node = lab
+        .nodes()
+        .into_iter()
+        .find(|n| lab.lease_of(n).as_ref() == still.first())
+        .unwrap();
+    let target_ip = lab
+        .state
+        .nodes
+        .iter()
+        .find(|s| s.index == target_node.index)
+        .unwrap()
+        .pod_ip
+        .clone()
+        .unwrap();
+    let from = netns::Netns::named(&lab.find("node-1").unwrap().pod_ns);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (lost, gap) = std::thread::scope(|scope| {
+        let pinger = scope.spawn(|| {
+            let (mut lost, mut gap, mut last_ok) = (0, Duration::ZERO, std::time::Instant::now());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = std::time::Instant::now();
+                if from.succeeds(&["ping", "-c1", "-W0.2", &target_ip]) {
+                    gap = gap.max(now - last_ok);
+                    last_ok = now;
+                } else {
+                    lost += 1;
+                }
+            }
+            (lost, gap)
+        });
+        lab.set_quota(50).unwrap();
+        let moved = wait_until(Duration::from_secs(60), || {
+            let (a, b) = (ours(lab, "rtb-a"), ours(lab, "rtb-b"));
+            let kernel = netns::Netns::named(&lab.find("node-1").unwrap().ns)
+                .ok(&["ip", "route"])
+                .unwrap_or_default();
+            (a.len() == 7 && b.len() == 7 && !kernel.contains("dev flannel.1"))
+                .then_some(())
+                .ok_or_else(|| {
+                    format!(
+                        "rtb-a {} routes, rtb-b {}; node-1: {kernel}",
+                        a.len(),
+                        b.len()
+                    )
+                })
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        moved.unwrap();
+        pinger.join().unwrap()
+    });
+    println!("fallback → VPC route: {lost} pings lost, longest gap between replies {gap:?}");
+    assert_eq!(
+        lost, 0,
+        "no lost ping while moving to VPC routes (longest gap {gap:?})"
+    );
+    // Every pod but the departed node's reaches every other.
+    let gone_at = lab
+        .state
+        .nodes
+        .iter()
+        .position(|s| s.index == leaver.index)
+        .unwrap();
+    let m = lab.ping_matrix();
+    assert!(m.iter().enumerate().all(|(i, r)| r
+        .iter()
+        .enumerate()
+        .all(|(j, ok)| i == j || i == gone_at || j == gone_at || *ok)));
+    assert_user_route(lab);
 }

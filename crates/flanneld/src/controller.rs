@@ -246,6 +246,7 @@ impl Controller {
                     leased: &leased,
                     fresh,
                 }),
+                split: None,
             })
             .await?;
         let status = RouteStatus {

@@ -24,6 +24,8 @@ use tracing::{info, warn};
 pub const VXLAN_OVERHEAD: u32 = 50;
 
 pub struct VxlanBackend {
+    /// The BackendType of the leases it reaches (tencent-vpc's for its Fallback).
+    peer_kind: BackendKind,
     ext: ExternalInterface,
     networks: Vec<IpNet>,
     direct_routing: bool,
@@ -53,13 +55,14 @@ pub fn desired(
     peers: &[Lease],
     direct_routing: bool,
     on_link: &BTreeSet<Ipv4Addr>,
+    peer_kind: BackendKind,
 ) -> Desired {
     let mut d = Desired::default();
     let neighbours = d.neighbours.entry(dev).or_default();
     let mut fdb = Vec::new();
     for p in peers
         .iter()
-        .filter(|p| p.attrs.backend_type == BackendKind::Vxlan.name())
+        .filter(|p| p.attrs.backend_type == peer_kind.name())
     {
         let Some(subnet) = p.subnet() else { continue };
         let public = p.attrs.public_ip;
@@ -93,6 +96,17 @@ impl VxlanBackend {
         network: &ValidatedNetConfig,
         config: &VxlanConfig,
         kernel: Arc<dyn Kernel>,
+    ) -> Result<VxlanBackend, BackendError> {
+        Self::reaching(ext, network, config, kernel, BackendKind::Vxlan).await
+    }
+
+    /// A vxlan data plane for the peers of another backend type (tencent-vpc's Fallback).
+    pub async fn reaching(
+        ext: ExternalInterface,
+        network: &ValidatedNetConfig,
+        config: &VxlanConfig,
+        kernel: Arc<dyn Kernel>,
+        peer_kind: BackendKind,
     ) -> Result<VxlanBackend, BackendError> {
         if network.enable_ipv6() {
             return Err(BackendError::Unsupported(
@@ -128,6 +142,7 @@ impl VxlanBackend {
             mac,
         };
         let b = VxlanBackend {
+            peer_kind,
             networks: host_gw::networks(network),
             direct_routing: config.direct_routing,
             ext,
@@ -183,7 +198,13 @@ impl VxlanBackend {
         Ok(link)
     }
 
-    async fn sync(&self, own: &Lease, peers: &[Lease]) -> Result<(), BackendError> {
+    /// The VNI and VtepMAC peers need, as upstream publishes them in BackendData.
+    pub fn vtep(&self) -> (u32, Mac) {
+        (self.spec.vni, self.spec.mac)
+    }
+
+    /// Bring the device and the entries for exactly `peers` in line.
+    pub async fn sync(&self, own: &Lease, peers: &[Lease]) -> Result<(), BackendError> {
         let dev = self.ensure_device(Some(own)).await?;
         let mut on_link = BTreeSet::new();
         if self.direct_routing {
@@ -197,7 +218,14 @@ impl VxlanBackend {
                 }
             }
         }
-        let want = desired(&self.ext, dev.index, peers, self.direct_routing, &on_link);
+        let want = desired(
+            &self.ext,
+            dev.index,
+            peers,
+            self.direct_routing,
+            &on_link,
+            self.peer_kind,
+        );
         kernel_sync::reconcile(
             self.kernel.as_ref(),
             &self.networks,

@@ -82,6 +82,7 @@ impl Routes {
                 node_subnets: &subnets,
                 scope: Scope::Cluster,
                 gc: None,
+                split: None,
             })
             .await?)
     }

@@ -69,6 +69,27 @@ async fn admin_reset(State(sh): Sh) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// Change the routes-per-table quota at run time (`{"route_quota": N}`), as a quota raise
+/// by support would: DescribeVpcLimits answers the new value, CreateRoutes checks against it.
+async fn admin_quota(State(sh): Sh, body: Bytes) -> Response {
+    let quota = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("route_quota")?.as_u64())
+        .filter(|q| *q > 0);
+    let Some(quota) = quota else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"Code": "InvalidParameter", "Message": "expected {\"route_quota\": N} with N > 0"})),
+        )
+            .into_response();
+    };
+    console(&sh, |s| {
+        s.route_quota = quota as usize;
+        Ok(json!({"route_quota": quota}))
+    })
+    .await
+}
+
 /// Console edits bypass authentication, rate limits and call counts, like a human in the
 /// web console; they still go to the state file and the data plane.
 async fn console(sh: &Shared, f: impl FnOnce(&mut Scenario) -> Result<Value, ApiErr>) -> Response {
@@ -143,6 +164,7 @@ pub fn admin_router(sh: std::sync::Arc<Shared>) -> Router {
                 .delete(admin_clear_faults),
         )
         .route("/reset", post(admin_reset))
+        .route("/quota", post(admin_quota))
         .route("/route-tables/{rtb}/routes", post(admin_add_route))
         .route(
             "/route-tables/{rtb}/routes/{id}",

@@ -18,6 +18,7 @@ pub mod apply;
 pub mod gc;
 pub mod plan;
 pub mod reconcile;
+pub mod split;
 pub mod tables;
 
 use super::{base_attrs, Backend, BackendContext, BackendError};
@@ -32,7 +33,7 @@ use flannel_core::lease::{Lease, LeaseAttrs, LeaseEvent, SubnetKey};
 use gc::LeaseView;
 use ipnet::Ipv4Net;
 use plan::{Ownership, Scope, Wanted};
-use reconcile::{Reconciler, Target};
+use reconcile::{Reconciler, SplitRequest, Target};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -63,6 +64,10 @@ pub struct Settings {
     pub adopt_untagged: bool,
     pub route_table_ids: Vec<String>,
     pub resync: Duration,
+    /// `"Fallback": "vxlan"`: leases the tables cannot hold are reached over vxlan.
+    pub fallback: bool,
+    /// `ReservedRoutes`: entries per table kept free for the user's routes (with Fallback).
+    pub reserved: usize,
 }
 
 impl Settings {
@@ -81,6 +86,8 @@ impl Settings {
             adopt_untagged: cfg.adopt_untagged_routes,
             route_table_ids: cfg.route_table_ids.clone(),
             resync: Duration::from_secs(cfg.resync_interval_secs.unwrap_or(DEFAULT_RESYNC_SECS)),
+            fallback: cfg.fallback_vxlan,
+            reserved: cfg.reserved_routes,
         }
     }
 }
@@ -169,6 +176,40 @@ pub struct TencentVpcBackend {
     writer: Writer,
     peers: Mutex<BTreeMap<SubnetKey, Lease>>,
     ready: AtomicBool,
+    fallback: Option<Fallback>,
+}
+
+/// `"Fallback": "vxlan"`: the vxlan data plane for the leases the route tables cannot hold.
+struct Fallback {
+    vxlan: crate::backend::vxlan::VxlanBackend,
+    /// The last split, and the leases whose route is in every programmed table.
+    view: std::sync::Mutex<FallbackView>,
+}
+
+#[derive(Default)]
+struct FallbackView {
+    split: split::Split,
+    routed_everywhere: BTreeSet<Ipv4Net>,
+    /// This node's own lease was on the vxlan side at the last reconcile.
+    own_fallback: bool,
+}
+
+impl FallbackView {
+    /// Peers reached over vxlan: the split's fallback side, and any lease whose VPC route is
+    /// not in every table yet (a newcomer, or one moving to routes: its vxlan entries go only
+    /// once the route is there).
+    fn over_vxlan(&self, peers: &[Lease]) -> Vec<Lease> {
+        peers
+            .iter()
+            .filter(|p| {
+                p.subnet().is_some_and(|s| {
+                    let s = s.trunc();
+                    self.split.fallback.contains(&s) || !self.routed_everywhere.contains(&s)
+                })
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 impl TencentVpcBackend {
@@ -192,7 +233,17 @@ impl TencentVpcBackend {
             },
             peers: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
+            fallback: None,
         }
+    }
+
+    /// Reach the leases the route tables cannot hold through `vxlan` (`"Fallback": "vxlan"`).
+    pub fn with_fallback(mut self, vxlan: crate::backend::vxlan::VxlanBackend) -> Self {
+        self.fallback = Some(Fallback {
+            vxlan,
+            view: std::sync::Mutex::new(FallbackView::default()),
+        });
+        self
     }
 
     /// A controller-mode agent: no cloud client, the route status read from `store`.
@@ -210,6 +261,7 @@ impl TencentVpcBackend {
             writer: Writer::Controller { store, record },
             peers: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
+            fallback: None,
         }
     }
 
@@ -228,6 +280,11 @@ impl TencentVpcBackend {
             (None, None) => unreachable!("a validated config has an address family"),
         };
         let env = |k: &str| std::env::var(k).ok();
+        if cfg.fallback_vxlan && cfg.mode == TencentVpcMode::Controller {
+            return Err(BackendError::Unsupported(
+                "Backend.Fallback with Mode controller is not supported yet by flannel-rs (use per-node mode)".into(),
+            ));
+        }
         if cfg.mode == TencentVpcMode::Controller {
             // No credentials on the node: only the metadata service, for its own facts.
             let md = MetadataClient::new(&crate::cloud::metadata_url(
@@ -263,14 +320,30 @@ impl TencentVpcBackend {
             &format!("tencent-vpc-gc-{cluster}"),
             &node.private_ip.to_string(),
         ));
-        Ok(TencentVpcBackend::new(
+        let backend = TencentVpcBackend::new(
             ctx.ext.clone(),
             node,
             settings,
             Arc::new(cloud.client),
             metrics,
             Some(seat),
-        ))
+        );
+        if !cfg.fallback_vxlan {
+            return Ok(backend);
+        }
+        let vxlan = crate::backend::vxlan::VxlanBackend::reaching(
+            ctx.ext.clone(),
+            ctx.network,
+            &flannel_core::backend_config::VxlanConfig::default(),
+            Arc::new(crate::kernel::Netlink::connect()?),
+            BackendKind::TencentVpc,
+        )
+        .await?;
+        info!(
+            reserved_routes = cfg.reserved_routes,
+            "Fallback vxlan: leases the route tables cannot hold are reached over flannel.1"
+        );
+        Ok(backend.with_fallback(vxlan))
     }
 
     /// This node's route.
@@ -331,6 +404,17 @@ impl TencentVpcBackend {
             }
             (leased, subnets)
         };
+        let lease_routes: Vec<Wanted> = match &self.fallback {
+            Some(_) => {
+                let peers = self.peers.lock().await;
+                peers.values().filter_map(route_of).chain([mine]).collect()
+            }
+            None => Vec::new(),
+        };
+        let evict = self
+            .fallback
+            .as_ref()
+            .is_some_and(|f| f.view.lock().expect("fallback view").own_fallback);
         let leader = gc_seat.as_ref().is_some_and(LeaderSeat::is_leader);
         let gc = match fresh {
             Some(fresh) if leader => Some(LeaseView {
@@ -346,9 +430,46 @@ impl TencentVpcBackend {
                 node_subnets: &node_subnets,
                 scope: Scope::Node(self.node.private_ip),
                 gc,
+                split: self.fallback.as_ref().map(|_| SplitRequest {
+                    leases: &lease_routes,
+                    reserved: self.settings.reserved,
+                    evict,
+                }),
             })
             .await?;
         let routed = outcome.routed(mine.dest) && !outcome.refresh;
+        if let (Some(f), Some(s)) = (&self.fallback, &outcome.split) {
+            // Fallback: this node is ready with its route everywhere or, on the vxlan side,
+            // with its vxlan device up (its VtepMAC is in its lease).
+            let own_fallback = s.fallback.contains(&mine.dest);
+            let routed_everywhere: BTreeSet<Ipv4Net> = lease_routes
+                .iter()
+                .filter(|w| {
+                    !outcome.observed.is_empty()
+                        && outcome
+                            .observed
+                            .iter()
+                            .all(|t| split::holds(t, &self.settings.owner, w))
+                })
+                .map(|w| w.dest)
+                .chain(routed.then_some(mine.dest))
+                .collect();
+            {
+                let mut view = f.view.lock().expect("fallback view");
+                if own_fallback != view.own_fallback {
+                    info!(dest = %mine.dest, routed = s.routed.len(), fallback = s.fallback.len(), capacity = s.capacity, "this node's subnet is reached over {}", if own_fallback { "vxlan (the route tables are full)" } else { "VPC routes" });
+                }
+                view.split = s.clone();
+                view.routed_everywhere = routed_everywhere;
+                view.own_fallback = own_fallback;
+            }
+            self.sync_fallback(own).await?;
+            self.set_ready(routed || own_fallback, mine.dest, &outcome.tables);
+            return match outcome.errors.into_iter().next() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
+        }
         self.set_ready(routed, mine.dest, &outcome.tables);
         match (
             outcome.errors.into_iter().next(),
@@ -358,6 +479,18 @@ impl TencentVpcBackend {
             (None, Some(p)) if !routed => Err(BackendError::NotRouted(p)),
             _ => Ok(()),
         }
+    }
+}
+
+impl TencentVpcBackend {
+    /// Program vxlan entries for exactly the peers reached over vxlan now.
+    async fn sync_fallback(&self, own: &Lease) -> Result<(), BackendError> {
+        let Some(f) = &self.fallback else {
+            return Ok(());
+        };
+        let peers: Vec<Lease> = self.peers.lock().await.values().cloned().collect();
+        let over = f.view.lock().expect("fallback view").over_vxlan(&peers);
+        f.vxlan.sync(own, &over).await
     }
 }
 
@@ -418,10 +551,16 @@ impl Backend for TencentVpcBackend {
 
     async fn lease_attrs(&self) -> Result<LeaseAttrs, BackendError> {
         let mut attrs = base_attrs(BackendKind::TencentVpc, &self.ext)?;
-        attrs.backend_data = Some(json!({
+        let mut data = json!({
             "PrivateIP": self.node.private_ip.to_string(),
             "SubnetId": self.node.subnet_id,
-        }));
+        });
+        if let Some(f) = &self.fallback {
+            let (vni, mac) = f.vxlan.vtep();
+            data["VNI"] = vni.into();
+            data["VtepMAC"] = mac.to_string().into();
+        }
+        attrs.backend_data = Some(data);
         Ok(attrs)
     }
 
@@ -466,6 +605,9 @@ impl Backend for TencentVpcBackend {
         };
         if new_subnet && matches!(self.writer, Writer::Agent { .. }) {
             self.reconcile(own, None).await?;
+        } else {
+            // A newcomer is reached over vxlan at once, until its route is everywhere.
+            self.sync_fallback(own).await?;
         }
         Ok(())
     }
@@ -476,7 +618,11 @@ impl Backend for TencentVpcBackend {
     }
 
     fn mtu(&self) -> u32 {
-        self.ext.mtu
+        // With Fallback any peer may be reached over vxlan.
+        match &self.fallback {
+            Some(f) => f.vxlan.mtu(),
+            None => self.ext.mtu,
+        }
     }
 
     fn ready(&self) -> bool {

@@ -31,6 +31,19 @@ pub struct Target<'a> {
     pub scope: Scope,
     /// Collect garbage with this view of the leases (only the elected collector passes one).
     pub gc: Option<LeaseView<'a>>,
+    /// With Fallback: after the read, keep only the wanted routes the split routes.
+    pub split: Option<SplitRequest<'a>>,
+}
+
+/// The inputs of the Fallback split (see `split`).
+#[derive(Debug, Clone, Copy)]
+pub struct SplitRequest<'a> {
+    /// Every lease's route.
+    pub leases: &'a [Wanted],
+    pub reserved: usize,
+    /// Delete a wanted route the split moved to vxlan (else it is kept one more round, so
+    /// peers add their vxlan entries before the route goes).
+    pub evict: bool,
 }
 
 /// What a reconcile found and did.
@@ -46,6 +59,9 @@ pub struct Outcome {
     pub errors: Vec<BackendError>,
     /// Why wanted routes are missing: conflicts and full tables, one line each.
     pub problems: Vec<String>,
+    /// With Fallback: the split, and the programmed tables as read.
+    pub split: Option<super::split::Split>,
+    pub observed: Vec<plan::TableState>,
 }
 
 impl Outcome {
@@ -111,8 +127,10 @@ impl Reconciler {
         &self.settings.owner
     }
 
+    /// The routes-per-table limit: read once, or (with Fallback, whose split depends on
+    /// it) at every read, forgetting lowered limits when the account's is raised.
     async fn account_limit(&self, state: &mut State) -> usize {
-        if let Some(l) = state.limit {
+        if let (Some(l), false) = (state.limit, self.settings.fallback) {
             return l;
         }
         match self
@@ -125,14 +143,20 @@ impl Reconciler {
                     .iter()
                     .find(|l| l.limit_type == ROUTE_TABLE_MAX_POLICIES)
                     .map_or(DEFAULT_ROUTE_LIMIT, |l| l.limit_value as usize);
-                info!(limit = l, "routes per route table (DescribeVpcLimits)");
+                if state.limit != Some(l) {
+                    info!(limit = l, "routes per route table (DescribeVpcLimits)");
+                    if state.limit.is_some_and(|old| l > old) {
+                        state.lowered.clear();
+                    }
+                }
                 state.limit = Some(l);
                 l
             }
             Err(e) => {
                 // Not worth failing for: LimitExceeded answers teach us the real limit.
-                warn!(error = %crate::Report(&e), default = DEFAULT_ROUTE_LIMIT, "reading the route quota failed; assuming the default");
-                DEFAULT_ROUTE_LIMIT
+                let l = state.limit.unwrap_or(DEFAULT_ROUTE_LIMIT);
+                warn!(error = %crate::Report(&e), assumed = l, "reading the route quota failed");
+                l
             }
         }
     }
@@ -235,10 +259,34 @@ impl Reconciler {
             }
             None => BTreeSet::new(),
         };
+        let split = target
+            .split
+            .map(|r| super::split::split(r.leases, &states, &self.settings.owner, r.reserved));
+        let mut leased = target.leased.clone();
+        let wanted: Vec<Wanted> = match (&split, target.split) {
+            (Some(s), Some(r)) => target
+                .wanted
+                .iter()
+                .filter(|w| {
+                    let keep = s.routed.contains(&w.dest)
+                        || (!r.evict
+                            && states
+                                .iter()
+                                .any(|t| super::split::holds(t, &self.settings.owner, w)));
+                    if !keep {
+                        // Not leased as far as the planner knows: our route to it goes.
+                        leased.remove(&w.dest);
+                    }
+                    keep
+                })
+                .copied()
+                .collect(),
+            _ => target.wanted.to_vec(),
+        };
         let mut plan = plan::plan(&PlanInput {
             tables: &states,
-            wanted: target.wanted,
-            leased: target.leased,
+            wanted: &wanted,
+            leased: &leased,
             owner: &self.settings.owner,
             adopt_untagged: self.settings.adopt_untagged,
             scope: target.scope,
@@ -308,7 +356,7 @@ impl Reconciler {
                 .filter(|c| c.table == tp.table)
                 .map(|c| c.wanted.dest)
                 .collect();
-            for w in target.wanted {
+            for w in &wanted {
                 if !blocked.contains(&w.dest) && !conflicting.contains(&w.dest) {
                     present.insert((tp.table.clone(), w.dest));
                 }
@@ -318,7 +366,7 @@ impl Reconciler {
             // A duplicate or stale record: the routes may well be right, but only a read says.
             present.retain(|(t, _)| !plan.tables.iter().any(|tp| &tp.table == t));
         }
-        self.record(&states, &plan, &present, &applied.full, target.wanted.len());
+        self.record(&states, &plan, &present, &applied.full, wanted.len());
         debug!(tables = ?reading.selected, writes = plan.writes(), elapsed = ?started.elapsed(), "reconciled");
         self.metrics
             .reconcile_seconds
@@ -329,12 +377,15 @@ impl Reconciler {
             .map(ToString::to_string)
             .chain(plan.blocked.iter().map(ToString::to_string))
             .collect();
+        let observed = if split.is_some() { states } else { Vec::new() };
         Ok(Outcome {
             tables: reading.selected,
             present,
             refresh: applied.refresh,
             errors: applied.errors,
             problems,
+            split,
+            observed,
         })
     }
 
