@@ -347,6 +347,32 @@ fn parse_tencent(obj: &Map<String, Value>) -> Result<TencentVpcConfig, BackendCo
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn fallback_and_reserved_routes() {
+        let parse =
+            |j: &str| BackendConfig::parse("tencent-vpc", Some(&serde_json::from_str(j).unwrap()));
+        match parse(r#"{"Fallback":"VXLAN","ReservedRoutes":3}"#).unwrap() {
+            BackendConfig::TencentVpc(c) => {
+                assert!(c.fallback_vxlan);
+                assert_eq!(c.reserved_routes, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse("{}").unwrap() {
+            BackendConfig::TencentVpc(c) => assert!(!c.fallback_vxlan, "off by default"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(r#"{"Fallback":"udp"}"#).unwrap_err().to_string(),
+            "Backend.Fallback: \"udp\" is not vxlan or none"
+        );
+        assert_eq!(
+            parse(r#"{"ReservedRoutes":-1}"#).unwrap_err().to_string(),
+            "Backend.ReservedRoutes: -1 is negative"
+        );
+    }
+
     use super::*;
     use secrecy::ExposeSecret;
     use serde_json::json;

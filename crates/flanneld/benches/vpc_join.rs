@@ -171,6 +171,8 @@ async fn per_node(n: usize, rate: Option<f64>) -> Result {
                 adopt_untagged: false,
                 route_table_ids: vec![],
                 resync: Duration::from_secs(60),
+                fallback: false,
+                reserved: 0,
             },
             client(&emu),
             Metrics::default().vpc,

@@ -46,6 +46,16 @@ pub struct VpcMetrics {
     pub table_usage: Family<TableLabels, Gauge>,
     pub table_limit: Family<TableLabels, Gauge>,
     pub gc_deleted: Counter,
+    /// With Fallback: leases by how they are reached (routed, fallback).
+    pub split: Family<SideLabels, Gauge>,
+    /// With Fallback: routes of ours the tables can hold.
+    pub route_capacity: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SideLabels {
+    /// routed (VPC routes) or fallback (vxlan).
+    pub side: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,7 +114,19 @@ impl Default for Metrics {
             table_usage: Family::default(),
             table_limit: Family::default(),
             gc_deleted: Counter::default(),
+            split: Family::default(),
+            route_capacity: Gauge::default(),
         };
+        registry.register(
+            "vpc_leases",
+            "With Fallback: leases reached over VPC routes (side=routed) or vxlan (side=fallback)",
+            vpc.split.clone(),
+        );
+        registry.register(
+            "vpc_route_capacity",
+            "With Fallback: routes of this cluster the route tables can hold",
+            vpc.route_capacity.clone(),
+        );
         registry.register(
             "vpc_api_calls",
             "Tencent Cloud API requests, by action and result (Success or the error code)",

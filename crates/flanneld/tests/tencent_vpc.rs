@@ -236,6 +236,8 @@ impl Cloud {
                 adopt_untagged: false,
                 route_table_ids: vec![],
                 resync: Duration::from_secs(60),
+                fallback: false,
+                reserved: 0,
             },
             self.client(),
             Metrics::default().vpc,

@@ -23,7 +23,7 @@ pub mod tables;
 
 use super::{base_attrs, Backend, BackendContext, BackendError};
 use crate::iface::ExternalInterface;
-use crate::metrics::{ApiCallLabels, VpcMetrics};
+use crate::metrics::{ApiCallLabels, SideLabels, VpcMetrics};
 use crate::subnet::election::LeaderSeat;
 use async_trait::async_trait;
 use flannel_core::backend_config::{
@@ -170,6 +170,7 @@ enum Writer {
 }
 
 pub struct TencentVpcBackend {
+    metrics: Option<VpcMetrics>,
     ext: ExternalInterface,
     node: NodeFacts,
     settings: Settings,
@@ -222,8 +223,9 @@ impl TencentVpcBackend {
         metrics: VpcMetrics,
         gc_seat: Option<LeaderSeat>,
     ) -> TencentVpcBackend {
-        let reconciler = Reconciler::new(client, settings.clone(), metrics);
+        let reconciler = Reconciler::new(client, settings.clone(), metrics.clone());
         TencentVpcBackend {
+            metrics: Some(metrics),
             ext,
             node,
             settings,
@@ -255,6 +257,7 @@ impl TencentVpcBackend {
     ) -> TencentVpcBackend {
         let record = RouteStatus::record_name(&settings.owner.cluster);
         TencentVpcBackend {
+            metrics: None,
             ext,
             node,
             settings,
@@ -458,6 +461,15 @@ impl TencentVpcBackend {
                 let mut view = f.view.lock().expect("fallback view");
                 if own_fallback != view.own_fallback {
                     info!(dest = %mine.dest, routed = s.routed.len(), fallback = s.fallback.len(), capacity = s.capacity, "this node's subnet is reached over {}", if own_fallback { "vxlan (the route tables are full)" } else { "VPC routes" });
+                }
+                if let Some(m) = &self.metrics {
+                    m.split
+                        .get_or_create(&SideLabels { side: "routed" })
+                        .set(s.routed.len() as i64);
+                    m.split
+                        .get_or_create(&SideLabels { side: "fallback" })
+                        .set(s.fallback.len() as i64);
+                    m.route_capacity.set(s.capacity as i64);
                 }
                 view.split = s.clone();
                 view.routed_everywhere = routed_everywhere;
