@@ -341,6 +341,27 @@ fn fallback_reaches_over_vxlan_what_the_route_tables_cannot_hold() {
     }
     let env = std::fs::read_to_string(lab.dir.join("node-1/subnet.env")).unwrap();
     assert!(env.contains("FLANNEL_MTU=1450"), "{env}");
+    // flannelctl routes plan shows the split (run on node-1, as an operator would).
+    let flannelctl = Path::new(env!("CARGO_BIN_EXE_flannel-lab")).with_file_name("flannelctl");
+    let out = netns::Netns::named(&n1.ns)
+        .command(flannelctl.to_str().unwrap())
+        .args([
+            "routes",
+            "plan",
+            "--etcd-endpoints",
+            &lab.spec().etcd_endpoint(),
+        ])
+        .env("TENCENTCLOUD_SECRET_ID", flannel_lab::topology::SECRET_ID)
+        .env("TENCENTCLOUD_SECRET_KEY", flannel_lab::topology::SECRET_KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("fallback vxlan: 5 leases routed (room for 5), 3 over vxlan: ")
+            && text.contains("nothing to do"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A routed node leaves (killed, its lease gone): its routes are collected and a
     // fallback lease takes the freed place.

@@ -316,8 +316,11 @@ async fn routes_plan(etcd: flanneld::cli::EtcdArgs, cloud: CloudArgs) -> ExitCod
         Err(code) => return code,
     };
     match routes.plan(&leases).await {
-        Ok((reading, plan)) => {
-            print!("{}", flanneld::ctl::routes::render_plan(&reading, &plan));
+        Ok((reading, plan, split)) => {
+            print!(
+                "{}",
+                flanneld::ctl::routes::render_plan(&reading, &plan, split.as_ref())
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -3,7 +3,8 @@
 //! this cluster's tag.
 
 use crate::backend::tencent_vpc::plan::{Ownership, Plan, Scope, TableState, Wanted};
-use crate::backend::tencent_vpc::reconcile::{Reading, Reconciler, Target};
+use crate::backend::tencent_vpc::reconcile::{Reading, Reconciler, SplitRequest, Target};
+use crate::backend::tencent_vpc::split::Split;
 use crate::backend::tencent_vpc::{self as tvpc};
 use crate::backend::BackendError;
 use flannel_core::backend_config::{BackendConfig, TencentVpcConfig};
@@ -32,6 +33,8 @@ pub enum RoutesError {
 pub struct Routes {
     reconciler: Reconciler,
     owner: Ownership,
+    /// `Fallback: vxlan`: the entries per table kept free (ReservedRoutes).
+    fallback_reserved: Option<usize>,
 }
 
 /// What the operator may override on the command line.
@@ -64,13 +67,18 @@ impl Routes {
             .ok_or(RoutesError::NoVpc)?;
         let settings = tvpc::Settings::from_config(&cfg, network, vpc_id);
         Ok(Routes {
+            fallback_reserved: settings.fallback.then_some(settings.reserved),
             owner: settings.owner.clone(),
             reconciler: Reconciler::new(Arc::new(cloud.client), settings, metrics),
         })
     }
 
-    /// The plan a controller would apply for these leases, and the orphans of the cluster.
-    pub async fn plan(&self, leases: &[Lease]) -> Result<(Reading, Plan), RoutesError> {
+    /// The plan a controller would apply for these leases (with Fallback, for the leases
+    /// the split routes, and the split).
+    pub async fn plan(
+        &self,
+        leases: &[Lease],
+    ) -> Result<(Reading, Plan, Option<Split>), RoutesError> {
         let wanted: Vec<Wanted> = leases.iter().filter_map(tvpc::route_of).collect();
         let leased = tvpc::leased_subnets(leases);
         let subnets: BTreeSet<String> = leases.iter().filter_map(tvpc::subnet_of).collect();
@@ -82,7 +90,11 @@ impl Routes {
                 node_subnets: &subnets,
                 scope: Scope::Cluster,
                 gc: None,
-                split: None,
+                split: self.fallback_reserved.map(|reserved| SplitRequest {
+                    leases: &wanted,
+                    reserved,
+                    evict: false,
+                }),
             })
             .await?)
     }
@@ -291,7 +303,7 @@ pub fn orphans_in(
 }
 
 /// The plan as text: one line per action, then conflicts and full tables.
-pub fn render_plan(reading: &Reading, plan: &Plan) -> String {
+pub fn render_plan(reading: &Reading, plan: &Plan, split: Option<&Split>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -299,8 +311,32 @@ pub fn render_plan(reading: &Reading, plan: &Plan) -> String {
         reading.selected.join(", "),
         reading.account
     );
+    if let Some(s) = split {
+        let list = |set: &BTreeSet<Ipv4Net>| {
+            set.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "fallback vxlan: {} leases routed (room for {}), {} over vxlan{}",
+            s.routed.len(),
+            s.capacity,
+            s.fallback.len(),
+            if s.fallback.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", list(&s.fallback))
+            }
+        );
+    }
     if plan.tables.is_empty() && plan.conflicts.is_empty() && plan.blocked.is_empty() {
-        out.push_str("nothing to do: every lease is routed\n");
+        out.push_str(if split.is_some() {
+            "nothing to do: every lease on the routed side is routed\n"
+        } else {
+            "nothing to do: every lease is routed\n"
+        });
         return out;
     }
     for tp in &plan.tables {

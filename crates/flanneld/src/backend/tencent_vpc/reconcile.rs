@@ -208,22 +208,36 @@ impl Reconciler {
         })
     }
 
-    /// Plan without applying (`flannelctl routes plan`).
+    /// Plan without applying (`flannelctl routes plan`); with a split request, the split
+    /// too (the wanted routes it moves to vxlan left out of the plan).
     pub async fn preview(
         &self,
         target: &Target<'_>,
-    ) -> Result<(Reading, plan::Plan), BackendError> {
+    ) -> Result<(Reading, plan::Plan, Option<super::split::Split>), BackendError> {
         let reading = self.read(target.node_subnets).await?;
+        let states = reading.selected_states();
+        let split = target
+            .split
+            .map(|r| super::split::split(r.leases, &states, &self.settings.owner, r.reserved));
+        let wanted: Vec<Wanted> = match &split {
+            Some(s) => target
+                .wanted
+                .iter()
+                .filter(|w| s.routed.contains(&w.dest))
+                .copied()
+                .collect(),
+            None => target.wanted.to_vec(),
+        };
         let p = plan::plan(&PlanInput {
-            tables: &reading.selected_states(),
-            wanted: target.wanted,
+            tables: &states,
+            wanted: &wanted,
             leased: target.leased,
             owner: &self.settings.owner,
             adopt_untagged: self.settings.adopt_untagged,
             scope: target.scope,
             collect: &BTreeSet::new(),
         });
-        Ok((reading, p))
+        Ok((reading, p, split))
     }
 
     pub fn client(&self) -> &Client {
