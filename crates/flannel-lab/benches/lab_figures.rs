@@ -8,19 +8,13 @@
 //! `cargo build --release -p flanneld -p tencent-vpc-emulator && cargo bench -p flannel-lab --bench lab_figures`
 
 use flannel_lab::lab::{self, Bins, Lab};
+use flannel_lab::measure::{env_or, median};
 use flannel_lab::netns::wait_until;
 use flannel_lab::topology::{Backend, LabSpec, Mode};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PREFIX: &str = "lbench";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A `/proc/<pid>/status` figure in MB (`VmRSS`: all resident pages; `RssAnon`: heap and
 /// stacks, without the binary's own file-backed pages).
@@ -62,11 +56,6 @@ fn cpu_secs(pid: u32) -> f64 {
 
 fn total_calls(lab: &Lab) -> u64 {
     lab.calls().unwrap().values().flat_map(|r| r.values()).sum()
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -200,13 +189,13 @@ fn main() {
     println!("\nlab figures (tencent-vpc per-node, emulator latency 0, {joins} joins):");
     println!(
         "  join → reachable from every pod: median {:.2} s (min {:.2}, max {:.2})",
-        median(&mut times.clone()),
+        median(times.clone()),
         times.iter().copied().fold(f64::INFINITY, f64::min),
         times.iter().copied().fold(0.0, f64::max)
     );
     println!(
         "  API calls per join (all agents): median {:.0}",
-        median(&mut calls)
+        median(calls)
     );
     println!(
         "  steady state, calls per node per 10 s resync over {idle_secs} s: {}",

@@ -201,13 +201,26 @@ impl Lab {
         Ok(Lab { state, dir })
     }
 
-    /// Build the lab with `nodes` nodes, reporting progress; on failure everything made so
-    /// far stays for `down` to remove (and for its logs to be read).
+    /// Build the lab with `nodes` nodes, reporting progress, and wait for the full
+    /// reachability matrix; on failure everything made so far stays for `down` to remove (and
+    /// for its logs to be read).
     pub fn up(
         spec: LabSpec,
         nodes: u8,
         bins: Bins,
         progress: &mut dyn FnMut(&str),
+    ) -> Result<Lab, LabError> {
+        Self::up_until(spec, nodes, bins, progress, Reach::Full)
+    }
+
+    /// `up`, waiting for `reach` (a big lab checks node-1 against every other node only: the
+    /// full matrix grows with the square of the nodes).
+    pub fn up_until(
+        spec: LabSpec,
+        nodes: u8,
+        bins: Bins,
+        progress: &mut dyn FnMut(&str),
+        reach: Reach,
     ) -> Result<Lab, LabError> {
         let missing = missing_prerequisites(&bins);
         if !missing.is_empty() {
@@ -283,8 +296,17 @@ impl Lab {
             lab.add_pod(&n)?;
         }
         lab.save()?;
-        progress("waiting for every pod to reach every other pod");
-        lab.converge(first_start.unwrap_or_else(Instant::now))?;
+        let started = first_start.unwrap_or_else(Instant::now);
+        match reach {
+            Reach::Full => {
+                progress("waiting for every pod to reach every other pod");
+                lab.converge(started)?;
+            }
+            Reach::FromFirst => {
+                progress("waiting for node-1's pod and every other pod to reach each other");
+                lab.converge_node(1, started)?;
+            }
+        }
         Ok(lab)
     }
 
@@ -889,6 +911,15 @@ impl Lab {
             .map(|s| s.subnet_id.clone())
             .collect()
     }
+}
+
+/// What `up` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Every pod reaches every other pod.
+    Full,
+    /// node-1's pod and every other pod reach each other.
+    FromFirst,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

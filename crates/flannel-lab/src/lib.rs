@@ -3,6 +3,7 @@
 //! thing through `netns`.
 
 pub mod lab;
+pub mod measure;
 pub mod netns;
 pub mod render;
 pub mod topology;

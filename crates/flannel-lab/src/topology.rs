@@ -22,7 +22,7 @@ pub const ETCD_PORT: u16 = 2379;
 /// The emulator's admin API, on the router's loopback.
 pub const ADMIN: &str = "127.0.0.1:9100";
 /// Instances the emulator knows from the start: nodes can be added up to this many.
-pub const MAX_NODES: u8 = 40;
+pub const MAX_NODES: u8 = 200;
 /// The lab account (an emulator credential, handed to agents through the environment).
 pub const SECRET_ID: &str = "AKIDlab0000000000000000000000000000";
 pub const SECRET_KEY: &str = "lab-secret-key-0000000000000000";

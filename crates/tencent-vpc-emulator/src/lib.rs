@@ -91,17 +91,23 @@ impl Drop for Emulator {
     }
 }
 
+/// A listener on `addr` and the address it got.
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Bind { what, addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
+}
+
 async fn serve(
     what: &'static str,
     addr: SocketAddr,
     router: axum::Router,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { what, addr, source })?;
+    let (listener, local) = bind(what, addr).await?;
     let task = tokio::spawn(async move {
         let app = router.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
@@ -134,13 +140,7 @@ async fn serve_tls(
     .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
     .map_err(|e| bad(&tls.cert, e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let addr = tls.addr;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { what, addr, source })?;
+    let (listener, local) = bind(what, tls.addr).await?;
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {

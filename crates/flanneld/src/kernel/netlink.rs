@@ -274,10 +274,16 @@ impl Netlink {
             .collect())
     }
 
-    fn neighbour_message(dev: u32, family: AddressFamily) -> NeighbourMessage {
+    /// A message naming the entry of `dst` on `dev` (what a delete matches on).
+    fn neighbour_message(dev: u32, family: AddressFamily, dst: IpAddr) -> NeighbourMessage {
         let mut m = NeighbourMessage::default();
         m.header.family = family;
         m.header.ifindex = dev;
+        m.attributes
+            .push(NeighbourAttribute::Destination(match dst {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }));
         m
     }
 }
@@ -499,12 +505,7 @@ impl Neighbours for Netlink {
         } else {
             AddressFamily::Inet6
         };
-        let mut m = Self::neighbour_message(dev, family);
-        m.attributes
-            .push(NeighbourAttribute::Destination(match n.ip {
-                IpAddr::V4(a) => NeighbourAddress::Inet(a),
-                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-            }));
+        let m = Self::neighbour_message(dev, family, n.ip);
         absent_ok(
             self.handle.neighbours().del(m).execute().await,
             format!("delete neighbour {} on link #{dev}", n.ip),
@@ -542,15 +543,10 @@ impl Neighbours for Netlink {
     }
 
     async fn delete_fdb(&self, dev: u32, e: &FdbEntry) -> Result<(), KernelError> {
-        let mut m = Self::neighbour_message(dev, AddressFamily::Bridge);
+        let mut m = Self::neighbour_message(dev, AddressFamily::Bridge, e.dst);
         m.header.flags = NeighbourFlags::Own;
         m.attributes
             .push(NeighbourAttribute::LinkLayerAddress(e.mac.0.to_vec()));
-        m.attributes
-            .push(NeighbourAttribute::Destination(match e.dst {
-                IpAddr::V4(a) => NeighbourAddress::Inet(a),
-                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-            }));
         absent_ok(
             self.handle.neighbours().del(m).execute().await,
             format!("delete fdb {} dst {} on link #{dev}", e.mac, e.dst),
