@@ -10,6 +10,7 @@ pub mod backend_config;
 pub mod config;
 pub mod gojson;
 pub mod ip;
+pub mod kube;
 pub mod lease;
 pub mod subnet_env;
 pub mod traffic;
