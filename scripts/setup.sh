@@ -14,6 +14,9 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# A real kube-apiserver for the Kubernetes subnet manager's tests (built from Debian source).
+scripts/build-kube-apiserver.sh
+
 command -v cargo >/dev/null || { echo "setup: cargo not found (the machine's Rust toolchain is required)" >&2; exit 1; }
 
 # The official Tencent Cloud Python SDK (a client of our emulator in the conformance tests).

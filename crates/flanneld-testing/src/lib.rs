@@ -378,3 +378,118 @@ impl Drop for TcpProxy {
         self.task.abort();
     }
 }
+
+/// A real kube-apiserver (built from Debian's kubernetes source by `scripts/setup.sh` into
+/// `/opt/flannel-rs/bin`, or `KUBE_APISERVER`) on a free loopback port over a real etcd, with a
+/// static admin token; stopped on drop.
+pub struct KubeApiServer {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    _etcd: EtcdServer,
+}
+
+/// The static token of the test API server's admin.
+pub const KUBE_TOKEN: &str = "flannel-rs-test-token";
+
+impl KubeApiServer {
+    pub fn binary() -> PathBuf {
+        std::env::var_os("KUBE_APISERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/opt/flannel-rs/bin/kube-apiserver"))
+    }
+
+    pub fn start() -> KubeApiServer {
+        let etcd = EtcdServer::start();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let d = |f: &str| dir.path().join(f).display().to_string();
+        std::fs::write(
+            dir.path().join("tokens.csv"),
+            format!("{KUBE_TOKEN},admin,admin-uid,system:masters\n"),
+        )
+        .expect("token file");
+        let key = Command::new("openssl")
+            .args(["genrsa", "-out", &d("sa.key"), "2048"])
+            .output()
+            .expect("openssl");
+        assert!(key.status.success(), "openssl genrsa");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("apiserver.log")).expect("log");
+        let child = Command::new(Self::binary())
+            .args([
+                &format!("--etcd-servers={}", etcd.endpoint()),
+                "--bind-address=127.0.0.1",
+                &format!("--secure-port={port}"),
+                &format!("--cert-dir={}", d("certs")),
+                &format!("--token-auth-file={}", d("tokens.csv")),
+                "--authorization-mode=RBAC",
+                &format!("--service-account-key-file={}", d("sa.key")),
+                &format!("--service-account-signing-key-file={}", d("sa.key")),
+                "--service-account-issuer=https://kubernetes.default.svc",
+                "--service-cluster-ip-range=10.96.0.0/12",
+                "--insecure-port=0",
+                "--advertise-address=127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {} ({e}); scripts/setup.sh builds it",
+                    Self::binary().display()
+                )
+            });
+        let s = KubeApiServer {
+            child,
+            port,
+            dir,
+            _etcd: etcd,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = Command::new("curl")
+                .args([
+                    "-fsSk",
+                    "-H",
+                    &format!("Authorization: Bearer {KUBE_TOKEN}"),
+                ])
+                .arg(format!("https://127.0.0.1:{port}/readyz"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|st| st.success());
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready: {}",
+                std::fs::read_to_string(s.dir.path().join("apiserver.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    /// A kubeconfig for the admin (token, server certificate not verified: it is made up
+    /// at start).
+    pub fn kubeconfig(&self) -> PathBuf {
+        let path = self.dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://127.0.0.1:{}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {KUBE_TOKEN}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: admin\ncurrent-context: t\n",
+                self.port
+            ),
+        )
+        .expect("kubeconfig");
+        path
+    }
+}
+
+impl Drop for KubeApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

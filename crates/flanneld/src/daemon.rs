@@ -238,6 +238,8 @@ pub async fn run(
     };
     let mut resync_at = tokio::time::Instant::now() + first;
     let mut traffic_at = tokio::time::Instant::now() + cfg.traffic_resync;
+    let mut reported: Option<bool> = None;
+    report_ready(sm.as_ref(), &health, &mut reported).await;
     loop {
         if stream.is_none() {
             match or_shutdown(sm.watch_leases(), &mut shutdown).await {
@@ -318,6 +320,7 @@ pub async fn run(
                     warn!(error = %crate::report(e), "backend resync failed");
                 }
                 ensure_subnet_env(&cfg, &env, &health, backend.as_ref());
+                report_ready(sm.as_ref(), &health, &mut reported).await;
                 let wait = if r.is_ok() && backend.ready() {
                     resync_pauses.reset();
                     jittered(resync_period)
@@ -377,6 +380,21 @@ async fn traffic_for(
     };
     let routes = Arc::new(crate::kernel::Netlink::connect().map_err(TrafficError::from)?);
     Ok(Traffic::new(&options, config, own, filter, routes))
+}
+
+/// Tell the subnet manager when readiness changed (Kubernetes sets NetworkUnavailable); a
+/// failure is logged and retried at the next resync.
+async fn report_ready(sm: &dyn SubnetManager, health: &Health, reported: &mut Option<bool>) {
+    let ready = health.is_ready();
+    if *reported == Some(ready) {
+        return;
+    }
+    match sm.report_ready(ready).await {
+        Ok(()) => *reported = Some(ready),
+        Err(e) => {
+            warn!(error = %crate::report(&e), "reporting readiness to the subnet manager failed")
+        }
+    }
 }
 
 /// Time until the lease should be renewed (expiry minus margin); a reservation never is.

@@ -213,12 +213,18 @@ fn flanneld_bad_inputs_leave_no_subnet_file() {
     assert!(!env_file.exists());
 
     let out = Command::new(FLANNELD)
-        .args(["--kube-subnet-mgr"])
+        .args([
+            "--kube-subnet-mgr",
+            "--net-config-path=/nonexistent/net-conf.json",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--kube-subnet-mgr is not supported yet"));
+    assert!(
+        stderr.contains("flanneld: Kubernetes subnet manager: reading network config /nonexistent/net-conf.json: No such file or directory"),
+        "{stderr}"
+    );
     assert!(
         !stderr.contains('\x1b'),
         "plain logs to a pipe carry no colour codes: {stderr:?}"

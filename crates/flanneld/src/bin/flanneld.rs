@@ -47,9 +47,6 @@ fn main() -> ExitCode {
 }
 
 fn unsupported_flags(opts: &Options) -> anyhow::Result<()> {
-    if opts.kube_subnet_mgr {
-        bail!("--kube-subnet-mgr is not supported yet by flannel-rs");
-    }
     if !opts.vmodule.is_empty() || !opts.log_backtrace_at.is_empty() {
         warn!("-vmodule and -log_backtrace_at are accepted for compatibility and ignored");
     }
@@ -57,6 +54,25 @@ fn unsupported_flags(opts: &Options) -> anyhow::Result<()> {
 }
 
 async fn subnet_manager(opts: &Options) -> anyhow::Result<Arc<dyn SubnetManager>> {
+    if opts.kube_subnet_mgr {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let o = flanneld::subnet::kube::KubeOptions {
+            kubeconfig: (!opts.kubeconfig_file.is_empty())
+                .then(|| opts.kubeconfig_file.clone().into()),
+            api_url: (!opts.kube_api_url.is_empty()).then(|| opts.kube_api_url.clone()),
+            node_name: env("NODE_NAME"),
+            pod_name: env("POD_NAME"),
+            pod_namespace: env("POD_NAMESPACE"),
+            annotation_prefix: opts.kube_annotation_prefix.clone(),
+            net_config_path: opts.net_config_path.clone(),
+            set_network_unavailable: opts.set_node_network_unavailable,
+        };
+        return Ok(Arc::new(
+            flanneld::subnet::kube::KubeManager::connect(&o)
+                .await
+                .context("Kubernetes subnet manager")?,
+        ));
+    }
     if opts.local_subnet_mgr {
         let path = &opts.net_config_path;
         let text = std::fs::read_to_string(path).map_err(|source| SubnetError::ConfigFile {

@@ -4,6 +4,7 @@
 
 pub mod election;
 pub mod etcd;
+pub mod kube;
 pub mod memory;
 
 use async_trait::async_trait;
@@ -69,6 +70,9 @@ pub enum SubnetError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The store could not be reached or answered with an error.
+    /// This node's Kubernetes object cannot give a lease (no podCIDR, outside the network).
+    #[error(transparent)]
+    Kube(flannel_core::kube::KubeError),
     #[error("{manager} store: {op}")]
     Store {
         manager: &'static str,
@@ -121,4 +125,8 @@ pub trait SubnetManager: Send + Sync {
     /// it), e.g. the tencent-vpc controller's view of which leases are routed.
     async fn put_record(&self, name: &str, value: &str) -> Result<(), SubnetError>;
     async fn get_record(&self, name: &str) -> Result<Option<String>, SubnetError>;
+    /// The node's readiness changed (Kubernetes: its NetworkUnavailable condition).
+    async fn report_ready(&self, _ready: bool) -> Result<(), SubnetError> {
+        Ok(())
+    }
 }

@@ -1,0 +1,501 @@
+//! The Kubernetes subnet manager (`--kube-subnet-mgr`): the lease is the node's
+//! `spec.podCIDR(s)`, published with upstream's annotations through a status patch; peers are
+//! the other nodes carrying the `kube-subnet-manager` annotation, watched; the node's
+//! NetworkUnavailable condition follows readiness; elections use a coordination.k8s.io Lease;
+//! records live in a ConfigMap. Formats are `flannel_core::kube` (pure).
+
+use super::election::{LeaderElection, Leadership};
+use super::{AcquireRequest, LeaseStream, SubnetError, SubnetManager};
+use async_trait::async_trait;
+use flannel_core::kube::{self as fk, AnnotationPrefix, NodeView};
+use flannel_core::lease::{Expiry, Lease, LeaseEvent, SubnetKey};
+use flannel_core::watch::WatchUpdate;
+use flannel_core::ValidatedNetConfig;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease as KubeLease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tracing::{info, warn};
+
+const MANAGER: &str = "kube";
+/// How long acquisition waits for this node's object (upstream: 30 s).
+const NODE_WAIT: Duration = Duration::from_secs(30);
+
+/// How to reach the API server and who this node is.
+#[derive(Debug, Clone, Default)]
+pub struct KubeOptions {
+    /// `--kubeconfig-file`; empty: in-cluster config.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--kube-api-url`: overrides the server of either.
+    pub api_url: Option<String>,
+    /// The node: NODE_NAME, else the pod's spec.nodeName (POD_NAME, POD_NAMESPACE).
+    pub node_name: Option<String>,
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
+    pub annotation_prefix: String,
+    pub net_config_path: PathBuf,
+    /// `--set-node-network-unavailable`: keep the node's NetworkUnavailable condition.
+    pub set_network_unavailable: bool,
+}
+
+pub struct KubeManager {
+    client: kube::Client,
+    node: String,
+    namespace: String,
+    prefix: AnnotationPrefix,
+    config: ValidatedNetConfig,
+    set_network_unavailable: bool,
+}
+
+fn store(
+    op: impl std::fmt::Display,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> SubnetError {
+    SubnetError::store(MANAGER, op, e)
+}
+
+fn view(node: &Node) -> NodeView {
+    let spec = node.spec.clone().unwrap_or_default();
+    let mut pod_cidrs = spec.pod_cidrs.unwrap_or_default();
+    if pod_cidrs.is_empty() {
+        pod_cidrs.extend(spec.pod_cidr);
+    }
+    NodeView {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        pod_cidrs,
+        annotations: node.metadata.annotations.clone().unwrap_or_default(),
+    }
+}
+
+impl KubeManager {
+    pub async fn connect(o: &KubeOptions) -> Result<KubeManager, SubnetError> {
+        let bad =
+            |what: String| SubnetError::store(MANAGER, what, std::io::Error::other("invalid"));
+        let prefix = AnnotationPrefix::parse(&o.annotation_prefix)
+            .map_err(|e| SubnetError::store(MANAGER, "--kube-annotation-prefix", e))?;
+        let text = std::fs::read_to_string(&o.net_config_path).map_err(|source| {
+            SubnetError::ConfigFile {
+                path: o.net_config_path.display().to_string(),
+                source,
+            }
+        })?;
+        let config = flannel_core::config::parse_and_check(&text).map_err(|source| {
+            SubnetError::RemoteConfig {
+                key: o.net_config_path.display().to_string(),
+                source,
+            }
+        })?;
+        let mut cfg = match &o.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| store(format!("reading kubeconfig {}", path.display()), e))?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .map_err(|e| store(format!("kubeconfig {}", path.display()), e))?
+            }
+            None => kube::Config::incluster().map_err(|e| store("in-cluster config", e))?,
+        };
+        if let Some(url) = &o.api_url {
+            cfg.cluster_url = url
+                .parse()
+                .map_err(|_| bad(format!("--kube-api-url {url:?} is not a URL")))?;
+        }
+        let client = kube::Client::try_from(cfg).map_err(|e| store("building the client", e))?;
+        let namespace = o
+            .pod_namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "kube-flannel".into());
+        let node = match o.node_name.clone().filter(|n| !n.is_empty()) {
+            Some(n) => n,
+            None => {
+                let (Some(pod), Some(ns)) = (&o.pod_name, &o.pod_namespace) else {
+                    return Err(bad(
+                        "env variables POD_NAME and POD_NAMESPACE must be set".into()
+                    ));
+                };
+                let p: k8s_openapi::api::core::v1::Pod = Api::namespaced(client.clone(), ns)
+                    .get(pod)
+                    .await
+                    .map_err(|e| store(format!("get pod {ns}/{pod}"), e))?;
+                p.spec
+                    .and_then(|s| s.node_name)
+                    .ok_or_else(|| bad(format!("pod {ns}/{pod} has no nodeName")))?
+            }
+        };
+        Ok(KubeManager {
+            client,
+            node,
+            namespace,
+            prefix,
+            config,
+            set_network_unavailable: o.set_network_unavailable,
+        })
+    }
+
+    fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+
+    /// This node's object, waiting for it (and its podCIDR) up to 30 s.
+    async fn own_node(&self) -> Result<Node, SubnetError> {
+        let deadline = tokio::time::Instant::now() + NODE_WAIT;
+        loop {
+            match self.nodes().get(&self.node).await {
+                Ok(n) => return Ok(n),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(store(format!("get node {}", self.node), e))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(3)).await,
+            }
+        }
+    }
+
+    /// Set NetworkUnavailable to False (ready) or True with a reason.
+    pub async fn set_network_unavailable(
+        &self,
+        up: bool,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), SubnetError> {
+        let patch = serde_json::json!({"status": {"conditions": [fk::network_unavailable(up, reason, message)]}});
+        self.nodes()
+            .patch_status(
+                &self.node,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            )
+            .await
+            .map_err(|e| store(format!("patch node {} status", self.node), e))?;
+        Ok(())
+    }
+
+    fn config_maps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+}
+
+/// The records ConfigMap (flannel-rs's own small records, never read by upstream).
+const RECORDS: &str = "flannel-rs-records";
+
+#[async_trait]
+impl SubnetManager for KubeManager {
+    fn name(&self) -> &'static str {
+        MANAGER
+    }
+
+    async fn network_config(&self) -> Result<ValidatedNetConfig, SubnetError> {
+        Ok(self.config.clone())
+    }
+
+    async fn acquire_lease(&self, req: &AcquireRequest) -> Result<Lease, SubnetError> {
+        let node = self.own_node().await?;
+        let v = view(&node);
+        let (v4, v6) = fk::own_subnets(&v, self.config.network(), self.config.ipv6_network())
+            .map_err(SubnetError::Kube)?;
+        let want = fk::node_annotations(&self.prefix, &req.attrs);
+        let differs = want
+            .iter()
+            .any(|(k, val)| v.annotations.get(k) != Some(val));
+        if differs {
+            let patch = serde_json::json!({"metadata": {"annotations": want}});
+            self.nodes()
+                .patch_status(&self.node, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| store(format!("patch node {} annotations", self.node), e))?;
+            info!(node = %self.node, "node annotations written");
+        }
+        Ok(Lease {
+            key: SubnetKey {
+                ipv4: v4.unwrap_or_default(),
+                ipv6: v6,
+            },
+            attrs: req.attrs.clone(),
+            expiry: Expiry::Never,
+        })
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, SubnetError> {
+        // A podCIDR does not expire.
+        Ok(lease.clone())
+    }
+
+    async fn watch_leases(&self) -> Result<LeaseStream, SubnetError> {
+        let prefix = self.prefix.clone();
+        let stream = watcher(self.nodes(), watcher::Config::default());
+        // Per node: its last lease, so updates that do not change it are dropped.
+        let state = std::sync::Arc::new(std::sync::Mutex::new((
+            BTreeMap::<String, NodeView>::new(),
+            Vec::<Lease>::new(),
+        )));
+        let s = stream.filter_map(move |ev| {
+            let prefix = prefix.clone();
+            let state = state.clone();
+            async move {
+                let mut st = state.lock().expect("watch state");
+                match ev {
+                    Err(e) => Some(Err(store("watch nodes", e))),
+                    Ok(watcher::Event::Init) => {
+                        st.1.clear();
+                        None
+                    }
+                    Ok(watcher::Event::InitApply(n)) => {
+                        let v = view(&n);
+                        if let Some(l) = fk::peer_lease(&prefix, &v) {
+                            st.1.push(l);
+                        }
+                        st.0.insert(v.name.clone(), v);
+                        None
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        Some(Ok(WatchUpdate::Snapshot(std::mem::take(&mut st.1))))
+                    }
+                    Ok(watcher::Event::Apply(n)) => {
+                        let v = view(&n);
+                        let changed =
+                            st.0.get(&v.name)
+                                .is_none_or(|old| fk::lease_changed(&prefix, old, &v));
+                        let lease = fk::peer_lease(&prefix, &v);
+                        st.0.insert(v.name.clone(), v);
+                        match (changed, lease) {
+                            (true, Some(l)) => {
+                                Some(Ok(WatchUpdate::Events(vec![LeaseEvent::Added(l)])))
+                            }
+                            _ => None,
+                        }
+                    }
+                    Ok(watcher::Event::Delete(n)) => {
+                        let v = view(&n);
+                        st.0.remove(&v.name);
+                        fk::peer_lease(&prefix, &v)
+                            .map(|l| Ok(WatchUpdate::Events(vec![LeaseEvent::Removed(l)])))
+                    }
+                }
+            }
+        });
+        Ok(s.boxed())
+    }
+
+    fn leader_election(&self, name: &str, identity: &str) -> Box<dyn LeaderElection> {
+        Box::new(LeaseElection {
+            api: Api::namespaced(self.client.clone(), &self.namespace),
+            name: name.to_string(),
+            identity: identity.to_string(),
+        })
+    }
+
+    async fn put_record(&self, name: &str, value: &str) -> Result<(), SubnetError> {
+        let patch = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": RECORDS}, "data": {name: value}});
+        self.config_maps()
+            .patch(
+                RECORDS,
+                &PatchParams::apply("flannel-rs").force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|e| store(format!("write record {name}"), e))?;
+        Ok(())
+    }
+
+    async fn report_ready(&self, ready: bool) -> Result<(), SubnetError> {
+        if !self.set_network_unavailable {
+            return Ok(());
+        }
+        if ready {
+            self.set_network_unavailable(true, "FlannelIsUp", "Flannel is running on this node")
+                .await
+        } else {
+            self.set_network_unavailable(
+                false,
+                "FlannelNotReady",
+                "flanneld runs but this node's routes are not in place yet (see its log and /readyz)",
+            )
+            .await
+        }
+    }
+
+    async fn get_record(&self, name: &str) -> Result<Option<String>, SubnetError> {
+        match self.config_maps().get_opt(RECORDS).await {
+            Ok(cm) => Ok(cm.and_then(|c| c.data).and_then(|d| d.get(name).cloned())),
+            Err(e) => Err(store(format!("read record {name}"), e)),
+        }
+    }
+}
+
+/// A coordination.k8s.io/v1 Lease as a leader election: acquire when free or expired, renew
+/// at a third of the duration, optimistic concurrency through resourceVersion.
+struct LeaseElection {
+    api: Api<KubeLease>,
+    name: String,
+    identity: String,
+}
+
+const LEASE_SECS: i32 = 15;
+/// How often a holder renews, and how often a candidate looks again.
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+
+impl LeaseElection {
+    fn record(&self, mut lease: KubeLease, holder: &str, acquired: bool) -> KubeLease {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        spec.holder_identity = Some(holder.to_string());
+        spec.lease_duration_seconds = Some(LEASE_SECS);
+        spec.renew_time = Some(now.clone());
+        if acquired {
+            spec.acquire_time = Some(now);
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        lease.metadata.name = Some(self.name.clone());
+        lease
+    }
+
+    /// Try once to take or keep the Lease; true when this identity holds it now.
+    async fn try_hold(&self) -> Result<bool, SubnetError> {
+        let current = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| store(format!("get lease {}", self.name), e))?;
+        let result = match current {
+            None => {
+                let lease = self.record(KubeLease::default(), &self.identity, true);
+                self.api
+                    .create(&PostParams::default(), &lease)
+                    .await
+                    .map(drop)
+            }
+            Some(lease) => {
+                let spec = lease.spec.clone().unwrap_or_default();
+                let holder = spec.holder_identity.clone().unwrap_or_default();
+                let expired = spec.renew_time.as_ref().is_none_or(|t| {
+                    let secs = i64::from(spec.lease_duration_seconds.unwrap_or(LEASE_SECS));
+                    t.0.as_second() + secs < k8s_openapi::jiff::Timestamp::now().as_second()
+                });
+                if holder != self.identity && !holder.is_empty() && !expired {
+                    return Ok(false);
+                }
+                let taking = holder != self.identity;
+                // The resourceVersion read above makes this a compare-and-swap.
+                let lease = self.record(lease, &self.identity, taking);
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                    .map(drop)
+            }
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(store(format!("write lease {}", self.name), e)),
+        }
+    }
+}
+
+#[async_trait]
+impl LeaderElection for LeaseElection {
+    async fn campaign(&self) -> Result<Box<dyn Leadership>, SubnetError> {
+        loop {
+            let sent = tokio::time::Instant::now();
+            if self.try_hold().await? {
+                let margin = Duration::from_millis(1500);
+                let ttl = Duration::from_secs(LEASE_SECS as u64);
+                let deadline = super::election::Deadline::new(sent + ttl - margin);
+                let renewer = LeaseElection {
+                    api: self.api.clone(),
+                    name: self.name.clone(),
+                    identity: self.identity.clone(),
+                };
+                let d = deadline.clone();
+                let task = tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(RENEW_EVERY).await;
+                        let sent = tokio::time::Instant::now();
+                        match renewer.try_hold().await {
+                            Ok(true) => d.extend(sent + ttl - margin),
+                            Ok(false) => {
+                                warn!(lease = %renewer.name, "another holder took the lease");
+                                d.lose();
+                                return;
+                            }
+                            Err(e) => warn!(error = %crate::report(&e), "lease renewal failed"),
+                        }
+                        if !d.holds() {
+                            return;
+                        }
+                    }
+                });
+                return Ok(Box::new(LeaseHeld {
+                    deadline,
+                    task,
+                    api: self.api.clone(),
+                    name: self.name.clone(),
+                    identity: self.identity.clone(),
+                }));
+            }
+            tokio::time::sleep(RENEW_EVERY / 2).await;
+        }
+    }
+
+    async fn leader(&self) -> Result<Option<String>, SubnetError> {
+        let lease = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| store(format!("get lease {}", self.name), e))?;
+        Ok(lease
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty()))
+    }
+}
+
+struct LeaseHeld {
+    deadline: super::election::Deadline,
+    task: tokio::task::JoinHandle<()>,
+    api: Api<KubeLease>,
+    name: String,
+    identity: String,
+}
+
+#[async_trait]
+impl Leadership for LeaseHeld {
+    fn is_leader(&self) -> bool {
+        self.deadline.holds()
+    }
+
+    async fn lost(&self) {
+        self.deadline.expired().await;
+    }
+
+    async fn resign(self: Box<Self>) {
+        self.task.abort();
+        self.deadline.lose();
+        if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await {
+            if lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_deref())
+                == Some(&self.identity)
+            {
+                if let Some(spec) = lease.spec.as_mut() {
+                    spec.holder_identity = Some(String::new());
+                }
+                let _ = self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await;
+            }
+        }
+    }
+}
+
+impl Drop for LeaseHeld {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,198 @@
+//! The Kubernetes subnet manager against a real kube-apiserver (built by scripts/setup.sh)
+//! over a real etcd: leases from podCIDRs, upstream's annotations on the Node objects, peers
+//! and their removal through the watch, NetworkUnavailable, one Lease holder among three.
+
+use flannel_core::lease::{LeaseAttrs, LeaseEvent};
+use flannel_core::watch::WatchUpdate;
+use flanneld::subnet::election::LeaderElection;
+use flanneld::subnet::kube::{KubeManager, KubeOptions};
+use flanneld::subnet::{AcquireRequest, SubnetManager};
+use flanneld_testing::KubeApiServer;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, DeleteParams, PostParams};
+use std::time::Duration;
+
+async fn admin(server: &KubeApiServer) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+fn node(name: &str, cidr: &str) -> Node {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}
+    }))
+    .unwrap()
+}
+
+fn attrs(i: u8) -> LeaseAttrs {
+    let mut a = LeaseAttrs::new(format!("172.16.0.{i}").parse().unwrap());
+    a.backend_type = "vxlan".into();
+    a.backend_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("02:00:00:00:00:0{i}")}));
+    a
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_subnet_manager_against_a_real_api_server() {
+    let server = tokio::task::spawn_blocking(KubeApiServer::start)
+        .await
+        .unwrap();
+    let client = admin(&server).await;
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-flannel"}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    for i in 1..=3 {
+        nodes
+            .create(
+                &PostParams::default(),
+                &node(&format!("n{i}"), &format!("10.244.{i}.0/24")),
+            )
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("net-conf.json");
+    std::fs::write(
+        &conf,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let mut managers = Vec::new();
+    for i in 1..=3u8 {
+        let m = KubeManager::connect(&KubeOptions {
+            kubeconfig: Some(server.kubeconfig()),
+            node_name: Some(format!("n{i}")),
+            pod_namespace: Some("kube-flannel".into()),
+            annotation_prefix: flannel_core::kube::DEFAULT_PREFIX.into(),
+            net_config_path: conf.clone(),
+            set_network_unavailable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let lease = m
+            .acquire_lease(&AcquireRequest {
+                attrs: attrs(i),
+                previous: None,
+                previous_ipv6: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            lease.subnet().unwrap().to_string(),
+            format!("10.244.{i}.0/24")
+        );
+        managers.push(m);
+    }
+
+    // The annotations are upstream's names and values.
+    let n2 = nodes.get("n2").await.unwrap();
+    let a = n2.metadata.annotations.unwrap();
+    let p = "flannel.alpha.coreos.com";
+    assert_eq!(a[&format!("{p}/kube-subnet-manager")], "true");
+    assert_eq!(a[&format!("{p}/backend-type")], "vxlan");
+    assert_eq!(a[&format!("{p}/public-ip")], "172.16.0.2");
+    assert_eq!(
+        a[&format!("{p}/backend-data")],
+        r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}"#
+    );
+
+    // The watch: a snapshot of the three, then a deleted node is Removed.
+    let mut watch = managers[0].watch_leases().await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let WatchUpdate::Snapshot(mut leases) = first else {
+        panic!("a snapshot first, got {first:?}")
+    };
+    leases.sort_by_key(|l| l.key.ipv4);
+    let seen: Vec<(String, String)> = leases
+        .iter()
+        .map(|l| (l.key.ipv4.to_string(), l.attrs.public_ip.to_string()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("10.244.1.0/24".to_string(), "172.16.0.1".to_string()),
+            ("10.244.2.0/24".into(), "172.16.0.2".into()),
+            ("10.244.3.0/24".into(), "172.16.0.3".into())
+        ]
+    );
+    assert_eq!(leases[2].attrs.backend_data, attrs(3).backend_data);
+    nodes.delete("n3", &DeleteParams::default()).await.unwrap();
+    let removed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(Ok(WatchUpdate::Events(ev))) = watch.next().await {
+                if let Some(LeaseEvent::Removed(l)) = ev.into_iter().next() {
+                    return l;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(removed.key.ipv4.to_string(), "10.244.3.0/24");
+
+    // NetworkUnavailable: True while not ready, False with upstream's reason once it is.
+    managers[0].report_ready(false).await.unwrap();
+    let n1 = nodes.get_status("n1").await.unwrap();
+    let c = n1.status.unwrap().conditions.unwrap();
+    assert!(c.iter().any(|c| c.type_ == "NetworkUnavailable"
+        && c.status == "True"
+        && c.reason.as_deref() == Some("FlannelNotReady")));
+    managers[0].report_ready(true).await.unwrap();
+    let n1 = nodes.get_status("n1").await.unwrap();
+    let cond = n1
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "NetworkUnavailable")
+        .unwrap();
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_deref()),
+        ("False", Some("FlannelIsUp"))
+    );
+
+    // One Lease holder among three candidates.
+    let elections: Vec<Box<dyn LeaderElection>> = managers
+        .iter()
+        .enumerate()
+        .map(|(i, m)| m.leader_election("flannel-leader", &format!("n{}", i + 1)))
+        .collect();
+    let won = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures::future::select_all(elections.iter().map(|e| e.campaign())),
+    )
+    .await
+    .unwrap();
+    let held = won.0.unwrap();
+    assert!(held.is_leader());
+    let leader = elections[0].leader().await.unwrap().unwrap();
+    assert!(["n1", "n2", "n3"].contains(&leader.as_str()));
+    // The others cannot take it while it is held.
+    let others: Vec<_> = won.2;
+    let second =
+        tokio::time::timeout(Duration::from_secs(3), futures::future::select_all(others)).await;
+    assert!(second.is_err(), "a second holder while the first holds");
+    assert_eq!(elections[1].leader().await.unwrap().unwrap(), leader);
+
+    // Records for controller mode.
+    managers[1].put_record("r", "v1").await.unwrap();
+    assert_eq!(
+        managers[2].get_record("r").await.unwrap().as_deref(),
+        Some("v1")
+    );
+    assert_eq!(managers[2].get_record("missing").await.unwrap(), None);
+}
