@@ -14,6 +14,8 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# kubectl for the manifests' server-side dry run: this machine kind has one; else Debian's.
+command -v kubectl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
 # A real kube-apiserver for the Kubernetes subnet manager's tests (built from Debian source).
 scripts/build-kube-apiserver.sh
 

@@ -196,3 +196,52 @@ async fn kube_subnet_manager_against_a_real_api_server() {
     );
     assert_eq!(managers[2].get_record("missing").await.unwrap(), None);
 }
+
+/// The manifests in deploy/ as an operator applies them, validated by the API server itself
+/// (a server-side dry run; the namespace is created for real first, since a dry-run
+/// Namespace is not persisted).
+#[test]
+fn deploy_manifests_pass_a_server_side_dry_run() {
+    let server = KubeApiServer::start();
+    let kubeconfig = server.kubeconfig();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(args)
+            .output()
+            .expect("kubectl (scripts/setup.sh installs kubernetes-client when missing)");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let ns = deploy.join("namespace.yaml");
+    let (ok, out) = kubectl(&["apply", "-f", ns.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    for f in [
+        "rbac.yaml",
+        "configmap.yaml",
+        "secret.yaml",
+        "daemonset.yaml",
+        "controller.yaml",
+    ] {
+        let path = deploy.join(f);
+        let (ok, out) = kubectl(&["apply", "--dry-run=server", "-f", path.to_str().unwrap()]);
+        assert!(ok, "{f}: {out}");
+        assert!(out.contains("(server dry run)"), "{f}: {out}");
+    }
+    // The CAM policy is JSON with only the VPC route actions the backend calls.
+    let policy: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy.join("cam-policy.json")).unwrap())
+            .unwrap();
+    let actions = policy["statement"][0]["action"].as_array().unwrap();
+    assert!(actions
+        .iter()
+        .all(|a| a.as_str().unwrap().starts_with("vpc:")));
+    assert_eq!(actions.len(), 7);
+}
