@@ -14,11 +14,6 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-# kubectl for the manifests' server-side dry run: this machine kind has one; else Debian's.
-command -v kubectl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
-# A real kube-apiserver for the Kubernetes subnet manager's tests (built from Debian source).
-scripts/build-kube-apiserver.sh
-
 command -v cargo >/dev/null || { echo "setup: cargo not found (the machine's Rust toolchain is required)" >&2; exit 1; }
 
 # The official Tencent Cloud Python SDK (a client of our emulator in the conformance tests).

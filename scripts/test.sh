@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The test command: install what is missing, run every Rust test in the workspace (etcd and
-# network-namespace tests included: run as root), then the official Tencent Cloud Python SDK
-# against the emulator.
+# The test command: install what is missing, run every Rust test in the workspace (etcd,
+# kube-apiserver and network-namespace tests included: run as root), then the official Tencent
+# Cloud Python SDK against the emulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Only the tests need these: kubectl for the manifests' server-side dry run (this machine kind
+# has one; else Debian's), and a real kube-apiserver built from Debian's source (4-6 min once).
+command -v kubectl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
+scripts/build-kube-apiserver.sh
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
 cargo build --locked -p tencent-vpc-emulator
 EMULATOR_BIN="$PWD/target/debug/tencent-vpc-emulator" .venv/bin/pytest -q tests/conformance
