@@ -238,8 +238,8 @@ pub async fn run(
     };
     let mut resync_at = tokio::time::Instant::now() + first;
     let mut traffic_at = tokio::time::Instant::now() + cfg.traffic_resync;
-    let mut reported: Option<bool> = None;
-    report_ready(sm.as_ref(), &health, &mut reported).await;
+    let mut reported: Option<(bool, Option<String>)> = None;
+    report_ready(sm.as_ref(), &health, None, &mut reported).await;
     loop {
         if stream.is_none() {
             match or_shutdown(sm.watch_leases(), &mut shutdown).await {
@@ -320,7 +320,8 @@ pub async fn run(
                     warn!(error = %crate::report(e), "backend resync failed");
                 }
                 ensure_subnet_env(&cfg, &env, &health, backend.as_ref());
-                report_ready(sm.as_ref(), &health, &mut reported).await;
+                let problem = r.as_ref().err().map(|e| crate::report(e));
+                report_ready(sm.as_ref(), &health, problem, &mut reported).await;
                 let wait = if r.is_ok() && backend.ready() {
                     resync_pauses.reset();
                     jittered(resync_period)
@@ -382,15 +383,22 @@ async fn traffic_for(
     Ok(Traffic::new(&options, config, own, filter, routes))
 }
 
-/// Tell the subnet manager when readiness changed (Kubernetes sets NetworkUnavailable); a
-/// failure is logged and retried at the next resync.
-async fn report_ready(sm: &dyn SubnetManager, health: &Health, reported: &mut Option<bool>) {
+/// Tell the subnet manager when readiness, or the reason the node is not ready, changed
+/// (Kubernetes: the NetworkUnavailable condition and an Event); a failure is logged and
+/// retried at the next resync.
+async fn report_ready(
+    sm: &dyn SubnetManager,
+    health: &Health,
+    problem: Option<String>,
+    reported: &mut Option<(bool, Option<String>)>,
+) {
     let ready = health.is_ready();
-    if *reported == Some(ready) {
+    let now = (ready, if ready { None } else { problem });
+    if reported.as_ref() == Some(&now) {
         return;
     }
-    match sm.report_ready(ready).await {
-        Ok(()) => *reported = Some(ready),
+    match sm.report_ready(now.0, now.1.as_deref()).await {
+        Ok(()) => *reported = Some(now),
         Err(e) => {
             warn!(error = %crate::report(&e), "reporting readiness to the subnet manager failed")
         }

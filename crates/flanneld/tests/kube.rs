@@ -144,13 +144,30 @@ async fn kube_subnet_manager_against_a_real_api_server() {
     assert_eq!(removed.key.ipv4.to_string(), "10.244.3.0/24");
 
     // NetworkUnavailable: True while not ready, False with upstream's reason once it is.
-    managers[0].report_ready(false).await.unwrap();
+    let full = "create route 10.244.1.0/24 via 172.16.0.1 in rtb-a: route table full (5/5 routes)";
+    managers[0].report_ready(false, Some(full)).await.unwrap();
     let n1 = nodes.get_status("n1").await.unwrap();
     let c = n1.status.unwrap().conditions.unwrap();
-    assert!(c.iter().any(|c| c.type_ == "NetworkUnavailable"
-        && c.status == "True"
-        && c.reason.as_deref() == Some("FlannelNotReady")));
-    managers[0].report_ready(true).await.unwrap();
+    assert!(
+        c.iter().any(|c| c.type_ == "NetworkUnavailable"
+            && c.status == "True"
+            && c.reason.as_deref() == Some("FlannelNotReady")
+            && c.message.as_deref() == Some(full)),
+        "{c:?}"
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let listed = events.list(&Default::default()).await.unwrap();
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|e| e.involved_object.name.as_deref() == Some("n1")
+                && e.reason.as_deref() == Some("FlannelRoutesNotInPlace")
+                && e.message.as_deref() == Some(full)
+                && e.type_.as_deref() == Some("Warning")),
+        "a Warning Event on the node names the full table"
+    );
+    managers[0].report_ready(true, None).await.unwrap();
     let n1 = nodes.get_status("n1").await.unwrap();
     let cond = n1
         .status

@@ -174,6 +174,32 @@ impl KubeManager {
         Ok(())
     }
 
+    /// A Warning Event on this node (what `kubectl describe node` shows): a route conflict, a
+    /// full route table.
+    async fn node_event(&self, reason: &str, message: &str) -> Result<(), SubnetError> {
+        use k8s_openapi::api::core::v1::Event;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let event: Event = serde_json::from_value(serde_json::json!({
+            "metadata": {"generateName": format!("{}.", self.node), "namespace": "default"},
+            "involvedObject": {"kind": "Node", "name": self.node, "apiVersion": "v1"},
+            "reason": reason,
+            "message": message,
+            "type": "Warning",
+            "source": {"component": "flanneld", "host": self.node},
+            "count": 1,
+        }))
+        .map_err(|e| store("building an event", e))?;
+        let mut event = event;
+        event.first_timestamp = Some(now.clone());
+        event.last_timestamp = Some(now);
+        Api::<Event>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &event)
+            .await
+            .map_err(|e| store(format!("create event on node {}", self.node), e))?;
+        Ok(())
+    }
+
     fn config_maps(&self) -> Api<ConfigMap> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
@@ -301,21 +327,29 @@ impl SubnetManager for KubeManager {
         Ok(())
     }
 
-    async fn report_ready(&self, ready: bool) -> Result<(), SubnetError> {
-        if !self.set_network_unavailable {
+    async fn report_ready(&self, ready: bool, problem: Option<&str>) -> Result<(), SubnetError> {
+        if ready {
+            if self.set_network_unavailable {
+                self.set_network_unavailable(
+                    true,
+                    "FlannelIsUp",
+                    "Flannel is running on this node",
+                )
+                .await?;
+            }
             return Ok(());
         }
-        if ready {
-            self.set_network_unavailable(true, "FlannelIsUp", "Flannel is running on this node")
-                .await
-        } else {
-            self.set_network_unavailable(
-                false,
-                "FlannelNotReady",
-                "flanneld runs but this node's routes are not in place yet (see its log and /readyz)",
-            )
-            .await
+        let message = problem.unwrap_or(
+            "flanneld runs but this node's routes are not in place yet (see its log and /readyz)",
+        );
+        if self.set_network_unavailable {
+            self.set_network_unavailable(false, "FlannelNotReady", message)
+                .await?;
         }
+        if let Some(p) = problem {
+            self.node_event("FlannelRoutesNotInPlace", p).await?;
+        }
+        Ok(())
     }
 
     async fn get_record(&self, name: &str) -> Result<Option<String>, SubnetError> {

@@ -125,8 +125,9 @@ pub trait SubnetManager: Send + Sync {
     /// it), e.g. the tencent-vpc controller's view of which leases are routed.
     async fn put_record(&self, name: &str, value: &str) -> Result<(), SubnetError>;
     async fn get_record(&self, name: &str) -> Result<Option<String>, SubnetError>;
-    /// The node's readiness changed (Kubernetes: its NetworkUnavailable condition).
-    async fn report_ready(&self, _ready: bool) -> Result<(), SubnetError> {
+    /// The node's readiness changed, or why it is not ready (Kubernetes: its
+    /// NetworkUnavailable condition, and an Event naming the problem).
+    async fn report_ready(&self, _ready: bool, _problem: Option<&str>) -> Result<(), SubnetError> {
         Ok(())
     }
 }
