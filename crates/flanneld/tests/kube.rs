@@ -262,3 +262,152 @@ fn deploy_manifests_pass_a_server_side_dry_run() {
         .all(|a| a.as_str().unwrap().starts_with("vpc:")));
     assert_eq!(actions.len(), 7);
 }
+
+mod common;
+
+/// A backend whose data plane is in place only once the test says so; until then its resync
+/// fails as tencent-vpc does at a full table.
+struct Gate(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+const FULL: &str =
+    "create route 10.244.1.0/24 via 172.16.0.7 in rtb-a: route table full (50/50 routes)";
+
+#[async_trait::async_trait]
+impl flanneld::backend::Backend for Gate {
+    fn kind(&self) -> flannel_core::backend_config::BackendKind {
+        flannel_core::backend_config::BackendKind::Alloc
+    }
+    async fn lease_attrs(&self) -> Result<LeaseAttrs, flanneld::backend::BackendError> {
+        let mut a = LeaseAttrs::new("172.16.0.7".parse().unwrap());
+        a.backend_type = "alloc".into();
+        Ok(a)
+    }
+    async fn activate(
+        &self,
+        _: &flannel_core::lease::Lease,
+        _: &[flannel_core::lease::Lease],
+    ) -> Result<(), flanneld::backend::BackendError> {
+        Ok(())
+    }
+    async fn handle(
+        &self,
+        _: &flannel_core::lease::Lease,
+        _: &[LeaseEvent],
+    ) -> Result<(), flanneld::backend::BackendError> {
+        Ok(())
+    }
+    async fn resync(
+        &self,
+        _: &flannel_core::lease::Lease,
+        _: &[flannel_core::lease::Lease],
+        _: bool,
+    ) -> Result<(), flanneld::backend::BackendError> {
+        if self.ready() {
+            Ok(())
+        } else {
+            Err(flanneld::backend::BackendError::NotRouted(FULL.into()))
+        }
+    }
+    fn mtu(&self) -> u32 {
+        1500
+    }
+    fn ready(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn resync_period(&self) -> Option<Duration> {
+        Some(Duration::from_millis(200))
+    }
+}
+
+struct GateFactory(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+#[async_trait::async_trait]
+impl flanneld::backend::BackendFactory for GateFactory {
+    async fn build(
+        &self,
+        _: &flanneld::backend::BackendContext<'_>,
+    ) -> Result<Box<dyn flanneld::backend::Backend>, flanneld::backend::BackendError> {
+        Ok(Box::new(Gate(self.0.clone())))
+    }
+}
+
+/// The daemon keeps NetworkUnavailable True, naming the problem, until the backend's data plane
+/// is in place, and only then sets it False.
+#[tokio::test(flavor = "multi_thread")]
+async fn network_unavailable_follows_the_data_plane() {
+    let server = tokio::task::spawn_blocking(KubeApiServer::start)
+        .await
+        .unwrap();
+    let client = admin(&server).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(&PostParams::default(), &node("n1", "10.244.1.0/24"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("net-conf.json");
+    std::fs::write(
+        &conf,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"alloc"}}"#,
+    )
+    .unwrap();
+    let sm = KubeManager::connect(&KubeOptions {
+        kubeconfig: Some(server.kubeconfig()),
+        node_name: Some("n1".into()),
+        annotation_prefix: flannel_core::kube::DEFAULT_PREFIX.into(),
+        net_config_path: conf,
+        set_network_unavailable: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cfg = common::daemon_config(dir.path());
+    let factory = GateFactory(ready.clone());
+    let daemon = tokio::spawn(async move {
+        flanneld::daemon::run(
+            cfg,
+            std::sync::Arc::new(sm),
+            &factory,
+            &common::FakeHost("172.16.0.7"),
+            std::sync::Arc::new(flanneld::health::Health::default()),
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
+    let condition = |want: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    let n = nodes.get_status("n1").await.unwrap();
+                    let c = n
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find(|c| c.type_ == "NetworkUnavailable");
+                    // Not ready: wait for the backend's reason (the first report may precede it).
+                    if let Some(c) = c.filter(|c| {
+                        c.status == want && (want == "False" || c.message.as_deref() == Some(FULL))
+                    }) {
+                        return c;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("NetworkUnavailable never became {want}"))
+        }
+    };
+    let blocked = condition("True").await;
+    assert_eq!(blocked.message.as_deref(), Some(FULL));
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let up = condition("False").await;
+    assert_eq!(up.reason.as_deref(), Some("FlannelIsUp"));
+    let _ = stop.send(());
+    daemon.await.unwrap().unwrap();
+}
