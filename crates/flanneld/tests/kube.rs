@@ -21,6 +21,28 @@ async fn admin(server: &KubeApiServer) -> kube::Client {
     kube::Client::try_from(cfg).unwrap()
 }
 
+/// A manager for node `name` with `net_conf` (written into `dir`), as flanneld builds it.
+async fn manager(
+    server: &KubeApiServer,
+    dir: &std::path::Path,
+    name: &str,
+    net_conf: &str,
+) -> KubeManager {
+    let conf = dir.join("net-conf.json");
+    std::fs::write(&conf, net_conf).unwrap();
+    KubeManager::connect(&KubeOptions {
+        kubeconfig: Some(server.kubeconfig()),
+        node_name: Some(name.into()),
+        pod_namespace: Some("kube-flannel".into()),
+        annotation_prefix: flannel_core::kube::DEFAULT_PREFIX.into(),
+        net_config_path: conf,
+        set_network_unavailable: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 fn node(name: &str, cidr: &str) -> Node {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Node",
@@ -59,25 +81,15 @@ async fn kube_subnet_manager_against_a_real_api_server() {
             .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("net-conf.json");
-    std::fs::write(
-        &conf,
-        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
-    )
-    .unwrap();
     let mut managers = Vec::new();
     for i in 1..=3u8 {
-        let m = KubeManager::connect(&KubeOptions {
-            kubeconfig: Some(server.kubeconfig()),
-            node_name: Some(format!("n{i}")),
-            pod_namespace: Some("kube-flannel".into()),
-            annotation_prefix: flannel_core::kube::DEFAULT_PREFIX.into(),
-            net_config_path: conf.clone(),
-            set_network_unavailable: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let m = manager(
+            &server,
+            dir.path(),
+            &format!("n{i}"),
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        )
+        .await;
         let lease = m
             .acquire_lease(&AcquireRequest {
                 attrs: attrs(i),
@@ -345,22 +357,13 @@ async fn network_unavailable_follows_the_data_plane() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("net-conf.json");
-    std::fs::write(
-        &conf,
+    let sm = manager(
+        &server,
+        dir.path(),
+        "n1",
         r#"{"Network":"10.244.0.0/16","Backend":{"Type":"alloc"}}"#,
     )
-    .unwrap();
-    let sm = KubeManager::connect(&KubeOptions {
-        kubeconfig: Some(server.kubeconfig()),
-        node_name: Some("n1".into()),
-        annotation_prefix: flannel_core::kube::DEFAULT_PREFIX.into(),
-        net_config_path: conf,
-        set_network_unavailable: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    .await;
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let cfg = common::daemon_config(dir.path());
