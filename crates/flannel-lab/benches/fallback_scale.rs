@@ -7,8 +7,8 @@
 //!
 //! `cargo build --release -p flanneld -p tencent-vpc-emulator && cargo bench -p flannel-lab --bench fallback_scale`
 
-use flannel_lab::lab::{self, Bins, Lab, Reach};
-use flannel_lab::measure::{env_or, iperf3_gbps, median};
+use flannel_lab::lab::{self, Reach};
+use flannel_lab::measure::{env_or, fresh_lab, iperf3_gbps, median, total_calls};
 use flannel_lab::netns::Netns;
 use flannel_lab::topology::{Backend, LabSpec, Mode, NodeSpec};
 use std::path::Path;
@@ -38,7 +38,6 @@ fn main() {
         .parent()
         .unwrap()
         .to_path_buf();
-    let _ = lab::down(PREFIX);
     let spec = LabSpec {
         prefix: PREFIX.into(),
         backend: Backend::TencentVpc,
@@ -46,20 +45,10 @@ fn main() {
         route_quota: quota,
         fallback: true,
     };
-    let lab = Lab::up_until(
-        spec,
-        nodes,
-        Bins::from_dir(Some(bin_dir)),
-        &mut |s| eprintln!("  {s}"),
-        Reach::FromFirst,
-    )
-    .unwrap_or_else(|e| {
-        let _ = lab::down(PREFIX);
-        panic!("lab up: {e}")
-    });
+    let lab = fresh_lab(spec, nodes, bin_dir, Reach::FromFirst);
     let converged = lab.state.converged_secs.unwrap_or_default();
-    let calls: u64 = lab.calls().unwrap().values().flat_map(|r| r.values()).sum();
     let by_action = lab.calls().unwrap();
+    let calls = total_calls(&by_action);
 
     // The split as the tables show it: which leases have routes.
     let cloud = lab.cloud().unwrap();

@@ -7,8 +7,8 @@
 //!
 //! `cargo build --release -p flanneld -p tencent-vpc-emulator && cargo bench -p flannel-lab --bench lab_figures`
 
-use flannel_lab::lab::{self, Bins, Lab};
-use flannel_lab::measure::{env_or, median};
+use flannel_lab::lab::{self, Reach};
+use flannel_lab::measure::{env_or, fresh_lab, median, total_calls};
 use flannel_lab::netns::wait_until;
 use flannel_lab::topology::{Backend, LabSpec, Mode};
 use std::path::Path;
@@ -54,10 +54,6 @@ fn cpu_secs(pid: u32) -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
-fn total_calls(lab: &Lab) -> u64 {
-    lab.calls().unwrap().values().flat_map(|r| r.values()).sum()
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -69,7 +65,6 @@ fn main() {
         .parent()
         .unwrap()
         .to_path_buf();
-    let _ = lab::down(PREFIX);
     let spec = LabSpec {
         prefix: PREFIX.into(),
         backend: Backend::TencentVpc,
@@ -77,13 +72,7 @@ fn main() {
         route_quota: flannel_lab::topology::DEFAULT_QUOTA,
         fallback: false,
     };
-    let mut lab = Lab::up(spec, 3, Bins::from_dir(Some(bin_dir)), &mut |s| {
-        eprintln!("  {s}")
-    })
-    .unwrap_or_else(|e| {
-        let _ = lab::down(PREFIX);
-        panic!("lab up: {e}")
-    });
+    let mut lab = fresh_lab(spec, 3, bin_dir, Reach::Full);
     println!(
         "lab up with 3 nodes: converged {:.2} s after the first flanneld started",
         lab.state.converged_secs.unwrap_or_default()
@@ -96,10 +85,10 @@ fn main() {
     let cpu0 = cpu_secs(watcher);
     let t0 = Instant::now();
     for _ in 0..joins {
-        let before = total_calls(&lab);
+        let before = total_calls(&lab.calls().unwrap());
         let n = lab.add_node().unwrap();
         let secs = lab.state.converged_secs.unwrap();
-        let spent = total_calls(&lab) - before;
+        let spent = total_calls(&lab.calls().unwrap()) - before;
         println!(
             "  join {}: reachable {secs:.2} s after flanneld start, {spent} API calls",
             n.name

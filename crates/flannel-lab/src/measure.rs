@@ -1,8 +1,35 @@
 //! What the lab's benchmarks share: knobs from the environment, medians, iperf3 between
 //! namespaces.
 
+use crate::lab::{self, Bins, Lab, Reach};
 use crate::netns::{wait_until, Netns};
+use crate::topology::LabSpec;
 use std::time::Duration;
+
+/// A lab for a benchmark: any leftover of the same prefix removed first, progress on stderr,
+/// and on failure removed again before panicking.
+pub fn fresh_lab(spec: LabSpec, nodes: u8, bin_dir: std::path::PathBuf, reach: Reach) -> Lab {
+    let prefix = spec.prefix.clone();
+    let _ = lab::down(&prefix);
+    Lab::up_until(
+        spec,
+        nodes,
+        Bins::from_dir(Some(bin_dir)),
+        &mut |s| eprintln!("  {s}"),
+        reach,
+    )
+    .unwrap_or_else(|e| {
+        let _ = lab::down(&prefix);
+        panic!("lab up: {e}")
+    })
+}
+
+/// Every API call the emulator has answered, whatever the action and result.
+pub fn total_calls(
+    calls: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+) -> u64 {
+    calls.values().flat_map(|r| r.values()).sum()
+}
 
 /// A numeric knob from the environment, or its default.
 pub fn env_or(name: &str, default: u64) -> u64 {

@@ -1,84 +1,40 @@
-//! Network namespaces for tests, benches and the lab (root only; CI runs as root): a named
-//! namespace deleted on drop, commands run inside it, and a switched underlay joining
-//! "node" namespaces the way a VPC subnet joins CVMs. Lab addresses are only ever used
-//! from inside these namespaces.
+//! Network namespaces for tests and benches (root only; CI runs as root), on top of
+//! `flannel_lab::netns`: a namespace deleted on drop, commands that panic with their stderr,
+//! and a switched underlay joining "node" namespaces the way a VPC subnet joins CVMs. Lab
+//! addresses are only ever used from inside these namespaces.
 
-use std::io::Write;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
 
-/// A network namespace, deleted (with its veths) on drop.
-pub struct Netns {
-    pub name: String,
-}
+/// A network namespace, deleted (with its veths) on drop. Everything of the lab's `Netns`
+/// (`name`, `command`, `succeeds`) is reachable through it; `run`, `ok` and `sysctl` panic
+/// instead of returning errors.
+pub struct Netns(flannel_lab::netns::Netns);
 
-/// Run a command on the host, panicking with its stderr if it fails.
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+impl std::ops::Deref for Netns {
+    type Target = flannel_lab::netns::Netns;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Netns {
     /// Create `name` (deleting a leftover of the same name first) with loopback up.
     pub fn new(name: &str) -> Netns {
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-        sh(&["ip", "netns", "add", name]);
-        let ns = Netns { name: name.into() };
-        ns.ok(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// A command that runs inside the namespace.
-    pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
+        Netns(flannel_lab::netns::Netns::create(name).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// Run inside; the output whatever the exit status.
     pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut c = self.command(args[0]);
-        c.args(&args[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        let mut pipe = child.stdin.take().expect("stdin piped");
-        pipe.write_all(stdin.unwrap_or_default())
-            .expect("writing stdin");
-        drop(pipe);
-        child.wait_with_output().expect("waiting for the command")
+        self.0.run(args, stdin).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Run inside and return stdout; panic with stderr on failure.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args, None);
-        assert!(
-            out.status.success(),
-            "in {}: {args:?}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.0.ok(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Whether the command succeeds inside.
-    pub fn succeeds(&self, args: &[&str]) -> bool {
-        self.run(args, None).status.success()
-    }
-
-    /// Start a long-running process inside.
+    /// Start a long-running process inside, owned by the test (killed by it).
     pub fn spawn(&self, args: &[&str], log: std::fs::File) -> Child {
         self.command(args[0])
             .args(&args[1..])
@@ -90,31 +46,21 @@ impl Netns {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) {
-        self.ok(&["sysctl", "-qw", &format!("{key}={value}")]);
+        self.0.sysctl(key, value).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+        self.0.delete();
     }
 }
 
-/// Wait until `f` returns Some, or panic after `timeout` naming `what` and the last state.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+/// Wait until `f` returns Ok, or panic after `timeout` naming `what` and the last state.
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Result<T, String>) -> T {
+    flannel_lab::netns::wait_until(timeout, f).unwrap_or_else(|last| {
+        panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
+    })
 }
 
 /// A switched underlay: namespace `<tag>-sw` holds bridge `br0` with `172.16.0.254/24`
