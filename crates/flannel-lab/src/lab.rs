@@ -5,8 +5,8 @@
 
 use crate::netns::{self, CmdError, Netns};
 use crate::topology::{
-    Backend, LabSpec, Mode, NodeSpec, Subnet, ADMIN, API_PORT, METADATA_IP, ROUTER_A, ROUTER_B,
-    SECRET_ID, SECRET_KEY,
+    Backend, LabSpec, Mode, NodeSpec, ADMIN, API_PORT, METADATA_IP, ROUTER_A, ROUTER_B, SECRET_ID,
+    SECRET_KEY,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -997,14 +997,4 @@ pub fn down(prefix: &str) -> Result<Removed, LabError> {
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
     Ok(removed)
-}
-
-impl Subnet {
-    /// For display: `subnet-a 172.16.1.0/24`.
-    pub fn describe(self) -> String {
-        format!("{} {}.0/24", self.id(), {
-            let g = self.gateway().octets();
-            format!("{}.{}.{}", g[0], g[1], g[2])
-        })
-    }
 }

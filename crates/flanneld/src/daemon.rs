@@ -331,8 +331,10 @@ pub async fn run(
                 resync_at = tokio::time::Instant::now() + wait;
             }
             _ = tokio::time::sleep_until(traffic_at), if traffic.is_some() => {
-                if let Some(Err(e)) = match &traffic { Some(t) => Some(t.ensure().await), None => None } {
-                    warn!(error = %crate::report(&e), "traffic rules check failed; retrying at the next check");
+                if let Some(t) = &traffic {
+                    if let Err(e) = t.ensure().await {
+                        warn!(error = %crate::report(&e), "traffic rules check failed; retrying at the next check");
+                    }
                 }
                 traffic_at = tokio::time::Instant::now() + cfg.traffic_resync;
             }

@@ -73,10 +73,7 @@ fn view(node: &Node) -> NodeView {
 
 impl KubeManager {
     pub async fn connect(o: &KubeOptions) -> Result<KubeManager, SubnetError> {
-        let bad =
-            |what: String| SubnetError::store(MANAGER, what, std::io::Error::other("invalid"));
-        let prefix = AnnotationPrefix::parse(&o.annotation_prefix)
-            .map_err(|e| SubnetError::store(MANAGER, "--kube-annotation-prefix", e))?;
+        let prefix = AnnotationPrefix::parse(&o.annotation_prefix).map_err(SubnetError::Kube)?;
         let text = std::fs::read_to_string(&o.net_config_path).map_err(|source| {
             SubnetError::ConfigFile {
                 path: o.net_config_path.display().to_string(),
@@ -102,7 +99,7 @@ impl KubeManager {
         if let Some(url) = &o.api_url {
             cfg.cluster_url = url
                 .parse()
-                .map_err(|_| bad(format!("--kube-api-url {url:?} is not a URL")))?;
+                .map_err(|e| store(format!("--kube-api-url {url:?}"), e))?;
         }
         let client = kube::Client::try_from(cfg).map_err(|e| store("building the client", e))?;
         let namespace = o
@@ -114,17 +111,17 @@ impl KubeManager {
             Some(n) => n,
             None => {
                 let (Some(pod), Some(ns)) = (&o.pod_name, &o.pod_namespace) else {
-                    return Err(bad(
-                        "env variables POD_NAME and POD_NAMESPACE must be set".into()
+                    return Err(SubnetError::NodeUnknown(
+                        "env variables POD_NAME and POD_NAMESPACE must be set".into(),
                     ));
                 };
                 let p: k8s_openapi::api::core::v1::Pod = Api::namespaced(client.clone(), ns)
                     .get(pod)
                     .await
                     .map_err(|e| store(format!("get pod {ns}/{pod}"), e))?;
-                p.spec
-                    .and_then(|s| s.node_name)
-                    .ok_or_else(|| bad(format!("pod {ns}/{pod} has no nodeName")))?
+                p.spec.and_then(|s| s.node_name).ok_or_else(|| {
+                    SubnetError::NodeUnknown(format!("pod {ns}/{pod} has no nodeName"))
+                })?
             }
         };
         Ok(KubeManager {

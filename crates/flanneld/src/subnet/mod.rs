@@ -70,9 +70,13 @@ pub enum SubnetError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The store could not be reached or answered with an error.
-    /// This node's Kubernetes object cannot give a lease (no podCIDR, outside the network).
+    /// This node's Kubernetes object cannot give a lease (no podCIDR, outside the network),
+    /// or the annotation prefix is invalid.
     #[error(transparent)]
     Kube(flannel_core::kube::KubeError),
+    /// The Kubernetes node this flanneld runs for cannot be determined.
+    #[error("{0}")]
+    NodeUnknown(String),
     #[error("{manager} store: {op}")]
     Store {
         manager: &'static str,
