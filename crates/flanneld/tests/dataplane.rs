@@ -193,28 +193,29 @@ fn vxlan_two_nodes_and_an_upstream_lease() {
     assert!(ok, "{state}");
 
     // A lease as upstream flanneld writes it gets the same entries; deleting it removes them.
+    // Its subnet is one neither node holds (their subnets are picked at random).
+    let held = [c.node(1).subnet(), p2.clone()];
+    let third = (1..=255)
+        .map(|i| format!("10.245.{i}.0/24"))
+        .find(|s| !held.contains(s))
+        .unwrap();
+    let third_gw = third.trim_end_matches("/24").to_string();
     let upstream = r#"{"PublicIP":"172.16.0.9","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:2a:9c:11:22:33"}}"#;
-    c.etcd
-        .etcdctl(&["put", &lease_key("10.245.99.0/24"), upstream]);
+    c.etcd.etcdctl(&["put", &lease_key(&third), upstream]);
     wait_for("entries for the upstream lease", REPAIR, || {
-        let (ok, state) = entries(
-            "10.245.99.0",
-            "0e:2a:9c:11:22:33",
-            "172.16.0.9",
-            "10.245.99.0/24",
-        );
+        let (ok, state) = entries(&third_gw, "0e:2a:9c:11:22:33", "172.16.0.9", &third);
         ok.then_some(()).ok_or(state)
     });
-    c.etcd.etcdctl(&["del", &lease_key("10.245.99.0/24")]);
+    c.etcd.etcdctl(&["del", &lease_key(&third)]);
     wait_for("the upstream lease's entries to go", REPAIR, || {
         let (gone_state, state) = {
             let neigh = listing(n1, &["ip", "neigh", "show", "dev", "flannel.1"]);
             let fdb = listing(n1, &["bridge", "fdb", "show", "dev", "flannel.1"]);
             let r = routes(n1);
             (
-                !neigh.contains("10.245.99.0")
+                !neigh.contains(&format!("{third_gw} "))
                     && !fdb.contains("0e:2a:9c:11:22:33")
-                    && !r.contains("10.245.99.0/24"),
+                    && !r.contains(&third),
                 format!("{neigh}{fdb}{r}"),
             )
         };
