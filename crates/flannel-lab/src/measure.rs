@@ -7,18 +7,16 @@ use crate::topology::LabSpec;
 use std::time::Duration;
 
 /// A lab for a benchmark: any leftover of the same prefix removed first, progress on stderr,
-/// and on failure removed again before panicking.
+/// and on failure removed again before panicking. `FLANNELD=path` runs another build of the
+/// daemon (e.g. `target/dist/flanneld`) than the one in `bin_dir`.
 pub fn fresh_lab(spec: LabSpec, nodes: u8, bin_dir: std::path::PathBuf, reach: Reach) -> Lab {
     let prefix = spec.prefix.clone();
     let _ = lab::down(&prefix);
-    Lab::up_until(
-        spec,
-        nodes,
-        Bins::from_dir(Some(bin_dir)),
-        &mut |s| eprintln!("  {s}"),
-        reach,
-    )
-    .unwrap_or_else(|e| {
+    let mut bins = Bins::from_dir(Some(bin_dir));
+    if let Some(daemon) = std::env::var_os("FLANNELD") {
+        bins.flanneld = daemon.into();
+    }
+    Lab::up_until(spec, nodes, bins, &mut |s| eprintln!("  {s}"), reach).unwrap_or_else(|e| {
         let _ = lab::down(&prefix);
         panic!("lab up: {e}")
     })

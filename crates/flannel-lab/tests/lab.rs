@@ -464,3 +464,92 @@ fn fallback_reaches_over_vxlan_what_the_route_tables_cannot_hold() {
         .all(|(j, ok)| i == j || i == gone_at || j == gone_at || *ok)));
     assert_user_route(lab);
 }
+
+fn node_routes(lab: &Lab, name: &str) -> String {
+    netns::Netns::named(&lab.find(name).unwrap().ns)
+        .ok(&["ip", "route"])
+        .unwrap()
+}
+
+#[test]
+fn controller_mode_fallback_splits_and_promotes_when_the_quota_is_raised() {
+    // Quota 4 with the user's VPN route in rtb-a: room for 3 of our routes per table.
+    let mut t = up_spec(
+        LabSpec {
+            prefix: "lt8".into(),
+            backend: Backend::TencentVpc,
+            mode: Mode::Controller,
+            route_quota: 4,
+            fallback: true,
+        },
+        5,
+    );
+    let lab = &mut t.lab;
+    let m = lab.ping_matrix();
+    assert!(full(&m), "every pod reaches every other pod: {m:?}");
+    let (a, b) = (ours(lab, "rtb-a"), ours(lab, "rtb-b"));
+    assert_eq!(
+        (a.len(), &a),
+        (3, &b),
+        "the same 3 leases routed in both tables"
+    );
+    // Each node reaches the 2 fallback subnets (other than its own) over flannel.1, and
+    // the routed ones through the VPC only. (A newcomer is reached over vxlan until the
+    // controller's status places it; the agents read it again within seconds.)
+    let leases: Vec<String> = lab
+        .nodes()
+        .iter()
+        .map(|n| lab.lease_of(n).unwrap())
+        .collect();
+    wait_until(Duration::from_secs(30), || {
+        let wrong: Vec<String> = lab
+            .nodes()
+            .iter()
+            .flat_map(|n| {
+                let kernel = node_routes(lab, &n.name);
+                let own = lab.lease_of(n).unwrap();
+                leases
+                    .iter()
+                    .filter(|l| **l != own)
+                    .filter(|l| {
+                        let over_vxlan = kernel.contains(&format!(
+                            "{l} via {} dev flannel.1",
+                            l.trim_end_matches("/24")
+                        ));
+                        over_vxlan == a.contains_key(*l)
+                    })
+                    .map(|l| format!("{}: {l}", n.name))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        wrong
+            .is_empty()
+            .then_some(())
+            .ok_or_else(|| format!("routed {a:?}; wrong path on {wrong:?}"))
+    })
+    .unwrap();
+    let m = lab.ping_matrix();
+    assert!(full(&m), "every pod reaches every other pod: {m:?}");
+    assert_user_route(lab);
+
+    // The quota is raised: the controller routes the other 2, and the agents drop their
+    // vxlan entries once the routes are in place.
+    lab.set_quota(50).unwrap();
+    wait_until(Duration::from_secs(60), || {
+        let (a, b) = (ours(lab, "rtb-a"), ours(lab, "rtb-b"));
+        let vxlan: Vec<String> = lab
+            .nodes()
+            .iter()
+            .filter(|n| node_routes(lab, &n.name).contains("dev flannel.1"))
+            .map(|n| n.name.clone())
+            .collect();
+        (a.len() == 5 && b.len() == 5 && vxlan.is_empty())
+            .then_some(())
+            .ok_or_else(|| format!("rtb-a {a:?}, rtb-b {b:?}, vxlan routes on {vxlan:?}"))
+    })
+    .unwrap();
+    assert!(
+        full(&lab.ping_matrix()),
+        "every pod still reaches every other"
+    );
+}

@@ -7,7 +7,7 @@
 
 use crate::backend::tencent_vpc::gc::LeaseView;
 use crate::backend::tencent_vpc::plan::{Scope, Wanted};
-use crate::backend::tencent_vpc::reconcile::{Reconciler, Target};
+use crate::backend::tencent_vpc::reconcile::{Reconciler, SplitRequest, Target};
 use crate::backend::tencent_vpc::{self as tvpc, RouteStatus};
 use crate::backend::BackendError;
 use crate::health::Health;
@@ -82,9 +82,47 @@ pub async fn run(
     controller.run(sm, &seat, &mut shutdown).await
 }
 
+/// What the controller last published, and since when each lease is on the vxlan side.
+#[derive(Debug, Default)]
+struct Published {
+    status: Option<RouteStatus>,
+    fallback_since: BTreeMap<Ipv4Net, Instant>,
+}
+
+impl Published {
+    fn record(&mut self, status: RouteStatus, now: Instant) {
+        self.fallback_since
+            .retain(|dest, _| status.fallback.contains(dest));
+        for dest in &status.fallback {
+            self.fallback_since.entry(*dest).or_insert(now);
+        }
+        self.status = Some(status);
+    }
+
+    /// The leases published on the vxlan side at least `grace` before `now`: their routes
+    /// may go.
+    fn evictable(&self, now: Instant, grace: Duration) -> BTreeSet<Ipv4Net> {
+        self.fallback_since
+            .iter()
+            .filter(|(_, since)| **since + grace <= now)
+            .map(|(dest, _)| *dest)
+            .collect()
+    }
+}
+
 struct Controller {
     reconciler: Reconciler,
     resync: Duration,
+    metrics: crate::metrics::VpcMetrics,
+    /// With Fallback: the entries per table kept free (`ReservedRoutes`).
+    fallback_reserved: Option<usize>,
+}
+
+/// With Fallback, how long a lease the split moved to vxlan keeps its VPC routes after it
+/// was first published on the vxlan side: two resyncs, so that every agent (which reads the
+/// status at its own resync) has its vxlan entries before the route goes.
+fn eviction_grace(resync: Duration) -> Duration {
+    resync * 2
 }
 
 impl Controller {
@@ -104,6 +142,8 @@ impl Controller {
         info!(vpc = %settings.vpc_id, cluster = %settings.owner.cluster, region = %cloud.region, credentials = ?cloud.client, "tencent-vpc controller");
         Ok(Controller {
             resync: settings.resync,
+            metrics: health.metrics.vpc.clone(),
+            fallback_reserved: settings.fallback.then_some(settings.reserved),
             reconciler: Reconciler::new(
                 Arc::new(cloud.client),
                 settings,
@@ -122,7 +162,7 @@ impl Controller {
         let mut watcher = LeaseWatcher::new(None);
         let mut stream = None;
         let mut watch_pauses = crate::daemon::WATCH_RETRY.delays();
-        let mut published: Option<RouteStatus> = None;
+        let mut published = Published::default();
         let mut unroutable: BTreeSet<SubnetKey> = BTreeSet::new();
         // A reconcile is due at `due` (None: nothing pending until the resync).
         let mut due: Option<Instant> = Some(Instant::now());
@@ -150,7 +190,7 @@ impl Controller {
             if leader && !was_leader {
                 info!("leading: routing every lease");
                 due = Some(Instant::now());
-                published = None;
+                published = Published::default();
             }
             was_leader = leader;
             // Standing by, look again soon (leadership may arrive at any moment).
@@ -220,7 +260,7 @@ impl Controller {
         unroutable: &mut BTreeSet<SubnetKey>,
         sm: &dyn SubnetManager,
         record: &str,
-        published: &mut Option<RouteStatus>,
+        published: &mut Published,
     ) -> Result<bool, ControllerError> {
         let mut wanted = Vec::new();
         for l in leases {
@@ -235,6 +275,7 @@ impl Controller {
         }
         let leased = tvpc::leased_subnets(leases);
         let node_subnets: BTreeSet<String> = leases.iter().filter_map(tvpc::subnet_of).collect();
+        let evict = published.evictable(Instant::now(), eviction_grace(self.resync));
         let outcome = self
             .reconciler
             .reconcile(&Target {
@@ -246,30 +287,108 @@ impl Controller {
                     leased: &leased,
                     fresh,
                 }),
-                split: None,
+                split: self.fallback_reserved.map(|reserved| SplitRequest {
+                    leases: &wanted,
+                    reserved,
+                    evict: &evict,
+                }),
             })
             .await?;
+        if let Some(s) = &outcome.split {
+            self.metrics.record_split(s);
+        }
         let status = RouteStatus {
             routes: wanted
                 .iter()
                 .filter(|w| outcome.routed(w.dest))
                 .map(|w: &Wanted| (w.dest, w.next_hop))
                 .collect::<BTreeMap<_, _>>(),
+            fallback: outcome
+                .split
+                .as_ref()
+                .map(|s| s.fallback.clone())
+                .unwrap_or_default(),
         };
-        let complete = status.routes.len() == wanted.len() && !outcome.refresh;
-        if published.as_ref() != Some(&status) {
+        // Every lease is reached one way or the other (a route awaiting its eviction counts).
+        let complete = wanted
+            .iter()
+            .all(|w| status.routes.contains_key(&w.dest) || status.fallback.contains(&w.dest))
+            && !outcome.refresh;
+        if published.status.as_ref() != Some(&status) {
             let value = serde_json::to_string(&status).expect("a status serialises");
             sm.put_record(record, &value).await?;
             debug!(
                 routed = status.routes.len(),
+                fallback = status.fallback.len(),
                 wanted = wanted.len(),
                 "published the route status"
             );
-            *published = Some(status);
+            published.record(status, Instant::now());
         }
         if let Some(e) = outcome.errors.into_iter().next() {
             return Err(e.into());
         }
         Ok(complete)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(routes: &[u8], fallback: &[u8]) -> RouteStatus {
+        let net = |i: &u8| format!("10.244.{i}.0/24").parse::<Ipv4Net>().unwrap();
+        RouteStatus {
+            routes: routes
+                .iter()
+                .map(|i| (net(i), format!("172.16.0.{i}").parse().unwrap()))
+                .collect(),
+            fallback: fallback.iter().map(net).collect(),
+        }
+    }
+
+    #[test]
+    fn a_demoted_route_goes_only_after_the_agents_had_two_resyncs_to_add_vxlan_entries() {
+        let resync = Duration::from_secs(10);
+        let grace = eviction_grace(resync);
+        let t0 = Instant::now();
+        let mut p = Published::default();
+        p.record(status(&[1, 2, 3], &[]), t0);
+        assert!(p.evictable(t0 + grace * 10, grace).is_empty());
+        // A lowered limit moves 10.244.3.0/24 to vxlan while its route is still there.
+        p.record(status(&[1, 2, 3], &[3]), t0 + resync);
+        let three: BTreeSet<Ipv4Net> = ["10.244.3.0/24".parse().unwrap()].into();
+        assert!(p
+            .evictable(t0 + resync + grace - Duration::from_millis(1), grace)
+            .is_empty());
+        assert_eq!(p.evictable(t0 + resync + grace, grace), three);
+        // Republishing does not restart its clock; a newcomer on the vxlan side starts its own.
+        p.record(status(&[1, 2], &[3, 4]), t0 + resync * 2);
+        assert_eq!(p.evictable(t0 + resync + grace, grace), three);
+        // Back on the routed side: forgotten.
+        p.record(status(&[1, 2, 3], &[4]), t0 + resync * 3);
+        assert!(p
+            .fallback_since
+            .keys()
+            .all(|d| d.to_string() == "10.244.4.0/24"));
+    }
+
+    #[test]
+    fn route_status_record_golden() {
+        // Without Fallback the record is what earlier versions wrote (and read).
+        assert_eq!(
+            serde_json::to_string(&status(&[1], &[])).unwrap(),
+            r#"{"Routes":{"10.244.1.0/24":"172.16.0.1"}}"#
+        );
+        let both = status(&[1], &[2]);
+        let text = serde_json::to_string(&both).unwrap();
+        assert_eq!(
+            text,
+            r#"{"Routes":{"10.244.1.0/24":"172.16.0.1"},"Fallback":["10.244.2.0/24"]}"#
+        );
+        assert_eq!(serde_json::from_str::<RouteStatus>(&text).unwrap(), both);
+        let old: RouteStatus =
+            serde_json::from_str(r#"{"Routes":{"10.244.1.0/24":"172.16.0.1"}}"#).unwrap();
+        assert!(old.fallback.is_empty());
     }
 }

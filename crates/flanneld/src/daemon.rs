@@ -308,6 +308,9 @@ pub async fn run(
                         if let Err(e) = r {
                             warn!(error = %crate::report(&e), "backend failed to apply lease events; the next resync retries");
                         }
+                        if !backend.settled().await {
+                            resync_at = resync_at.min(tokio::time::Instant::now() + resync_pauses.next_delay());
+                        }
                         ensure_subnet_env(&cfg, &env, &health, backend.as_ref());
                     }
                 }
@@ -322,7 +325,7 @@ pub async fn run(
                 ensure_subnet_env(&cfg, &env, &health, backend.as_ref());
                 let problem = r.as_ref().err().map(|e| crate::report(e));
                 report_ready(sm.as_ref(), &health, problem, &mut reported).await;
-                let wait = if r.is_ok() && backend.ready() {
+                let wait = if r.is_ok() && backend.ready() && backend.settled().await {
                     resync_pauses.reset();
                     jittered(resync_period)
                 } else {

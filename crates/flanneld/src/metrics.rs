@@ -52,6 +52,16 @@ pub struct VpcMetrics {
     pub route_capacity: Gauge,
 }
 
+impl VpcMetrics {
+    /// With Fallback: the split's two sides and the capacity it was computed for.
+    pub fn record_split(&self, s: &crate::backend::tencent_vpc::split::Split) {
+        for (side, n) in [("routed", s.routed.len()), ("fallback", s.fallback.len())] {
+            self.split.get_or_create(&SideLabels { side }).set(n as i64);
+        }
+        self.route_capacity.set(s.capacity as i64);
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SideLabels {
     /// routed (VPC routes) or fallback (vxlan).

@@ -121,7 +121,7 @@ impl Backend for HostGwBackend {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernel::fake::FakeKernel;
     use crate::kernel::ListedRoute;

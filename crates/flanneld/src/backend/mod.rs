@@ -73,6 +73,12 @@ pub trait Backend: Send + Sync {
     fn ready(&self) -> bool {
         true
     }
+    /// Whether nothing is pending that a sooner resync would pick up. While it does not
+    /// hold, the daemon resyncs within seconds (with backoff) instead of at the period: for
+    /// backends whose resync costs no cloud call.
+    async fn settled(&self) -> bool {
+        true
+    }
     /// This backend's own resync period, overriding `--resync-period`.
     fn resync_period(&self) -> Option<std::time::Duration> {
         None

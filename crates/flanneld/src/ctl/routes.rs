@@ -82,6 +82,7 @@ impl Routes {
         let wanted: Vec<Wanted> = leases.iter().filter_map(tvpc::route_of).collect();
         let leased = tvpc::leased_subnets(leases);
         let subnets: BTreeSet<String> = leases.iter().filter_map(tvpc::subnet_of).collect();
+        let evict_none = BTreeSet::new();
         Ok(self
             .reconciler
             .preview(&Target {
@@ -93,7 +94,7 @@ impl Routes {
                 split: self.fallback_reserved.map(|reserved| SplitRequest {
                     leases: &wanted,
                     reserved,
-                    evict: false,
+                    evict: &evict_none,
                 }),
             })
             .await?)

@@ -23,7 +23,7 @@ pub mod tables;
 
 use super::{base_attrs, Backend, BackendContext, BackendError};
 use crate::iface::ExternalInterface;
-use crate::metrics::{ApiCallLabels, SideLabels, VpcMetrics};
+use crate::metrics::{ApiCallLabels, VpcMetrics};
 use crate::subnet::election::LeaderSeat;
 use async_trait::async_trait;
 use flannel_core::backend_config::{
@@ -142,11 +142,14 @@ pub fn subnet_of(lease: &Lease) -> Option<String> {
 }
 
 /// The controller's published view: each routed lease subnet and its next hop, in place in
-/// every table. Stored as the lease-store record [`RouteStatus::record_name`].
+/// every table, and (with Fallback) the leases the agents reach over vxlan. Stored as the
+/// lease-store record [`RouteStatus::record_name`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RouteStatus {
     pub routes: BTreeMap<Ipv4Net, Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub fallback: BTreeSet<Ipv4Net>,
 }
 
 impl RouteStatus {
@@ -196,6 +199,25 @@ struct FallbackView {
 }
 
 impl FallbackView {
+    /// Take a new split; say so when this node's own side changed.
+    fn update(&mut self, split: split::Split, routed_everywhere: BTreeSet<Ipv4Net>, own: Ipv4Net) {
+        let own_fallback = split.fallback.contains(&own);
+        if own_fallback != self.own_fallback {
+            info!(dest = %own, routed = split.routed.len(), fallback = split.fallback.len(), "this node's subnet is reached over {}", if own_fallback { "vxlan (the route tables are full)" } else { "VPC routes" });
+        }
+        self.split = split;
+        self.routed_everywhere = routed_everywhere;
+        self.own_fallback = own_fallback;
+    }
+
+    /// Whether every peer with a route is on one side: routed everywhere or on the vxlan
+    /// side.
+    fn places(&self, peers: &[Lease]) -> bool {
+        peers.iter().filter_map(route_of).all(|w| {
+            self.routed_everywhere.contains(&w.dest) || self.split.fallback.contains(&w.dest)
+        })
+    }
+
     /// Peers reached over vxlan: the split's fallback side, and any lease whose VPC route is
     /// not in every table yet (a newcomer, or one moving to routes: its vxlan entries go only
     /// once the route is there).
@@ -283,11 +305,6 @@ impl TencentVpcBackend {
             (None, None) => unreachable!("a validated config has an address family"),
         };
         let env = |k: &str| std::env::var(k).ok();
-        if cfg.fallback_vxlan && cfg.mode == TencentVpcMode::Controller {
-            return Err(BackendError::Unsupported(
-                "Backend.Fallback with Mode controller is not supported yet by flannel-rs (use per-node mode)".into(),
-            ));
-        }
         if cfg.mode == TencentVpcMode::Controller {
             // No credentials on the node: only the metadata service, for its own facts.
             let md = MetadataClient::new(&crate::cloud::metadata_url(
@@ -299,12 +316,13 @@ impl TencentVpcBackend {
             let vpc = resolve_vpc(cfg, &md).await.unwrap_or_default();
             let settings = Settings::from_config(cfg, network, vpc);
             info!(cluster = %settings.owner.cluster, private_ip = %node.private_ip, subnet = %node.subnet_id, "tencent-vpc backend in controller mode: routes are written by flanneld --controller");
-            return Ok(TencentVpcBackend::new_controlled(
+            let backend = TencentVpcBackend::new_controlled(
                 ctx.ext.clone(),
                 node,
                 settings,
                 Arc::clone(&ctx.store),
-            ));
+            );
+            return Self::maybe_with_fallback(backend, ctx, cfg).await;
         }
         let metrics = ctx.metrics.vpc.clone();
         let cloud = crate::cloud::connect(cloud_setup(cfg, &metrics), &env)
@@ -331,6 +349,15 @@ impl TencentVpcBackend {
             metrics,
             Some(seat),
         );
+        Self::maybe_with_fallback(backend, ctx, cfg).await
+    }
+
+    /// With `"Fallback": "vxlan"`, the vxlan device for the leases the tables cannot hold.
+    async fn maybe_with_fallback(
+        backend: TencentVpcBackend,
+        ctx: &BackendContext<'_>,
+        cfg: &TencentVpcConfig,
+    ) -> Result<TencentVpcBackend, BackendError> {
         if !cfg.fallback_vxlan {
             return Ok(backend);
         }
@@ -386,8 +413,23 @@ impl TencentVpcBackend {
                     .and_then(|v| serde_json::from_str(&v).ok())
                     .unwrap_or_default();
                 let routed = status.routes.get(&mine.dest) == Some(&mine.next_hop);
-                self.set_ready(routed, mine.dest, &[]);
-                return if routed {
+                let own_fallback = status.fallback.contains(&mine.dest);
+                if let Some(f) = &self.fallback {
+                    let split = split::Split {
+                        routed: status.routes.keys().copied().collect(),
+                        fallback: status.fallback,
+                        capacity: 0,
+                    };
+                    let everywhere = status.routes.into_keys().collect();
+                    f.view
+                        .lock()
+                        .expect("fallback view")
+                        .update(split, everywhere, mine.dest);
+                    self.sync_fallback(own).await?;
+                }
+                let ready = routed || (self.fallback.is_some() && own_fallback);
+                self.set_ready(ready, mine.dest, &[]);
+                return if ready {
                     Ok(())
                 } else {
                     Err(BackendError::NotRouted(format!(
@@ -414,10 +456,15 @@ impl TencentVpcBackend {
             }
             None => Vec::new(),
         };
-        let evict = self
+        // Our own route goes one round after the split moved us to vxlan (peers first add
+        // their vxlan entries for us).
+        let evict: BTreeSet<Ipv4Net> = self
             .fallback
             .as_ref()
-            .is_some_and(|f| f.view.lock().expect("fallback view").own_fallback);
+            .filter(|f| f.view.lock().expect("fallback view").own_fallback)
+            .map(|_| mine.dest)
+            .into_iter()
+            .collect();
         let leader = gc_seat.as_ref().is_some_and(LeaderSeat::is_leader);
         let gc = match fresh {
             Some(fresh) if leader => Some(LeaseView {
@@ -436,7 +483,7 @@ impl TencentVpcBackend {
                 split: self.fallback.as_ref().map(|_| SplitRequest {
                     leases: &lease_routes,
                     reserved: self.settings.reserved,
-                    evict,
+                    evict: &evict,
                 }),
             })
             .await?;
@@ -457,24 +504,13 @@ impl TencentVpcBackend {
                 .map(|w| w.dest)
                 .chain(routed.then_some(mine.dest))
                 .collect();
-            {
-                let mut view = f.view.lock().expect("fallback view");
-                if own_fallback != view.own_fallback {
-                    info!(dest = %mine.dest, routed = s.routed.len(), fallback = s.fallback.len(), capacity = s.capacity, "this node's subnet is reached over {}", if own_fallback { "vxlan (the route tables are full)" } else { "VPC routes" });
-                }
-                if let Some(m) = &self.metrics {
-                    m.split
-                        .get_or_create(&SideLabels { side: "routed" })
-                        .set(s.routed.len() as i64);
-                    m.split
-                        .get_or_create(&SideLabels { side: "fallback" })
-                        .set(s.fallback.len() as i64);
-                    m.route_capacity.set(s.capacity as i64);
-                }
-                view.split = s.clone();
-                view.routed_everywhere = routed_everywhere;
-                view.own_fallback = own_fallback;
+            if let Some(m) = &self.metrics {
+                m.record_split(s);
             }
+            f.view
+                .lock()
+                .expect("fallback view")
+                .update(s.clone(), routed_everywhere, mine.dest);
             self.sync_fallback(own).await?;
             self.set_ready(routed || own_fallback, mine.dest, &outcome.tables);
             return match outcome.errors.into_iter().next() {
@@ -641,7 +677,79 @@ impl Backend for TencentVpcBackend {
         self.ready.load(Ordering::SeqCst)
     }
 
+    /// A controller-mode agent with Fallback is settled once the controller's status places
+    /// every peer on one side (reading it again costs no cloud call). In per-node mode a
+    /// peer whose route is not seen yet stays on vxlan until the resync's table read.
+    async fn settled(&self) -> bool {
+        let (Some(f), Writer::Controller { .. }) = (&self.fallback, &self.writer) else {
+            return true;
+        };
+        let peers: Vec<Lease> = self.peers.lock().await.values().cloned().collect();
+        f.view.lock().expect("fallback view").places(&peers)
+    }
+
     fn resync_period(&self) -> Option<Duration> {
         Some(self.settings.resync)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::host_gw::tests::lease;
+
+    fn peer(i: u8) -> Lease {
+        let mut l = lease(
+            &format!("10.244.{i}.0/24"),
+            &format!("172.16.0.{i}"),
+            BACKEND_TYPE,
+        );
+        l.attrs.backend_data =
+            Some(json!({"PrivateIP": format!("172.16.0.{i}"), "SubnetId": "subnet-a"}));
+        l
+    }
+
+    fn nets(is: &[u8]) -> BTreeSet<Ipv4Net> {
+        is.iter()
+            .map(|i| format!("10.244.{i}.0/24").parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn fallback_view_places_peers_and_keeps_vxlan_until_the_route_is_everywhere() {
+        let peers = [peer(1), peer(2), peer(3), peer(4)];
+        let mut upstream = lease("10.244.9.0/24", "172.16.0.9", "vxlan");
+        upstream.attrs.backend_data = Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:09"}));
+        let mut view = FallbackView::default();
+        // As the controller published it: 1 and 2 routed, 3 on the vxlan side, 4 not placed.
+        view.update(
+            split::Split {
+                routed: nets(&[1, 2]),
+                fallback: nets(&[3]),
+                capacity: 0,
+            },
+            nets(&[1, 2]),
+            "10.244.1.0/24".parse().unwrap(),
+        );
+        let over = |v: &FallbackView, ps: &[Lease]| -> Vec<String> {
+            v.over_vxlan(ps).iter().map(|l| l.key.to_string()).collect()
+        };
+        assert_eq!(over(&view, &peers), ["10.244.3.0-24", "10.244.4.0-24"]);
+        assert!(!view.places(&peers), "10.244.4.0/24 is on neither side");
+        // A lease with no tencent-vpc route is not the controller's to place.
+        assert!(view.places(&[peer(1), peer(3), upstream]));
+        // 4 routed: settled; 3 moving to routes keeps vxlan until its route is everywhere.
+        view.update(
+            split::Split {
+                routed: nets(&[1, 2, 3, 4]),
+                fallback: BTreeSet::new(),
+                capacity: 0,
+            },
+            nets(&[1, 2, 4]),
+            "10.244.1.0/24".parse().unwrap(),
+        );
+        assert_eq!(over(&view, &peers), ["10.244.3.0-24"]);
+        assert!(!view.places(&peers));
+        assert!(!view.own_fallback);
     }
 }

@@ -41,9 +41,10 @@ pub struct SplitRequest<'a> {
     /// Every lease's route.
     pub leases: &'a [Wanted],
     pub reserved: usize,
-    /// Delete a wanted route the split moved to vxlan (else it is kept one more round, so
-    /// peers add their vxlan entries before the route goes).
-    pub evict: bool,
+    /// The wanted routes the split moved to vxlan that may go now; the others are kept
+    /// until they are listed here, so that peers add their vxlan entries before the route
+    /// goes.
+    pub evict: &'a BTreeSet<Ipv4Net>,
 }
 
 /// What a reconcile found and did.
@@ -283,7 +284,7 @@ impl Reconciler {
                 .iter()
                 .filter(|w| {
                     let keep = s.routed.contains(&w.dest)
-                        || (!r.evict
+                        || (!r.evict.contains(&w.dest)
                             && states
                                 .iter()
                                 .any(|t| super::split::holds(t, &self.settings.owner, w)));
