@@ -227,18 +227,7 @@ impl Cloud {
                 private_ip: ip,
                 subnet_id: subnet_id.into(),
             },
-            Settings {
-                vpc_id: "vpc-lab".into(),
-                owner: Ownership {
-                    cluster: "lab".into(),
-                    network: "10.244.0.0/16".parse().unwrap(),
-                },
-                adopt_untagged: false,
-                route_table_ids: vec![],
-                resync: Duration::from_secs(60),
-                fallback: false,
-                reserved: 0,
-            },
+            settings(false),
             self.client(),
             Metrics::default().vpc,
             Some(seat),
@@ -249,6 +238,21 @@ impl Cloud {
             expiry: Expiry::Never,
         };
         (backend, lease)
+    }
+}
+
+fn settings(fallback: bool) -> Settings {
+    Settings {
+        vpc_id: "vpc-lab".into(),
+        owner: Ownership {
+            cluster: "lab".into(),
+            network: "10.244.0.0/16".parse().unwrap(),
+        },
+        adopt_untagged: false,
+        route_table_ids: vec![],
+        resync: Duration::from_secs(60),
+        fallback,
+        reserved: 0,
     }
 }
 
@@ -855,4 +859,67 @@ async fn the_controller_routes_every_lease_in_batches_and_agents_need_no_credent
         .contains(r#"flannel_vpc_routes{table="rtb-b",state="present"} 31"#));
     agent.abort();
     controller.abort();
+}
+
+#[tokio::test]
+async fn with_fallback_the_quota_is_read_again_only_while_leases_are_over_vxlan() {
+    use flanneld::backend::tencent_vpc::plan::{Scope, Wanted};
+    use flanneld::backend::tencent_vpc::reconcile::{Reconciler, SplitRequest, Target};
+    use std::collections::BTreeSet;
+
+    let cloud = Cloud::start(scenario(50)).await;
+    let reconciler = Reconciler::new(cloud.client(), settings(true), Metrics::default().vpc);
+    // Leases of CVMs 172.16.1.10-49 and 172.16.2.10-49.
+    let leases: Vec<Wanted> = (0..80u8)
+        .map(|i| Wanted {
+            dest: format!("10.244.{}.0/24", i + 1).parse().unwrap(),
+            next_hop: format!("172.16.{}.{}", 1 + i / 40, 10 + i % 40)
+                .parse()
+                .unwrap(),
+        })
+        .collect();
+    let subnets: BTreeSet<String> = ["subnet-a".into(), "subnet-b".into()].into();
+    let keep = BTreeSet::new();
+    let limits_read = || async {
+        cloud.calls().await["DescribeVpcLimits"]
+            .as_object()
+            .map_or(0, |r| r.values().map(|v| v.as_u64().unwrap()).sum::<u64>())
+    };
+    let reconcile = |n: usize| {
+        let wanted = &leases[..n];
+        let leased: BTreeSet<_> = wanted.iter().map(|w| w.dest).collect();
+        let (reconciler, subnets, keep) = (&reconciler, &subnets, &keep);
+        async move {
+            reconciler
+                .reconcile(&Target {
+                    wanted,
+                    leased: &leased,
+                    node_subnets: subnets,
+                    scope: Scope::Cluster,
+                    gc: None,
+                    split: Some(SplitRequest {
+                        leases: wanted,
+                        reserved: 0,
+                        evict: keep,
+                    }),
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // 10 leases: room for all. The quota is read at the first reconcile, not at the next.
+    let first = reconcile(10).await;
+    assert!(first.split.unwrap().fallback.is_empty());
+    assert_eq!(limits_read().await, 1);
+    reconcile(10).await;
+    reconcile(10).await;
+    assert_eq!(limits_read().await, 1, "nothing over vxlan: no re-read");
+    // 80 leases: some cannot be routed; each reconcile reads the quota again (a raise would
+    // move them to routes).
+    let over = reconcile(80).await.split.unwrap();
+    assert!(!over.fallback.is_empty(), "{over:?}");
+    let before = limits_read().await;
+    reconcile(80).await;
+    reconcile(80).await;
+    assert_eq!(limits_read().await, before + 2);
 }

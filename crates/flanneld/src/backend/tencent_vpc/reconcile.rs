@@ -112,6 +112,8 @@ struct State {
     lowered: BTreeMap<String, usize>,
     tracker: OrphanTracker,
     unserved_reported: BTreeSet<String>,
+    /// With Fallback: the last split put leases on the vxlan side.
+    over_vxlan: bool,
 }
 
 impl Reconciler {
@@ -128,10 +130,13 @@ impl Reconciler {
         &self.settings.owner
     }
 
-    /// The routes-per-table limit: read once, or (with Fallback, whose split depends on
-    /// it) at every read, forgetting lowered limits when the account's is raised.
+    /// The routes-per-table limit: read once, and with Fallback again at every read while
+    /// leases are on the vxlan side (a raised limit moves them to routes), forgetting lowered
+    /// limits when the account's is raised. While everything fits there is nothing to
+    /// re-read it for: a lowered limit shows as `LimitExceeded` at the next create.
     async fn account_limit(&self, state: &mut State) -> usize {
-        if let (Some(l), false) = (state.limit, self.settings.fallback) {
+        let reread = self.settings.fallback && state.over_vxlan;
+        if let (Some(l), false) = (state.limit, reread) {
             return l;
         }
         match self
@@ -277,6 +282,7 @@ impl Reconciler {
         let split = target
             .split
             .map(|r| super::split::split(r.leases, &states, &self.settings.owner, r.reserved));
+        state.over_vxlan = split.as_ref().is_some_and(|s| !s.fallback.is_empty());
         let mut leased = target.leased.clone();
         let wanted: Vec<Wanted> = match (&split, target.split) {
             (Some(s), Some(r)) => target
