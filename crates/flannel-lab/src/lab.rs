@@ -17,6 +17,9 @@ use tencent_vpc_emulator::scenario::Scenario;
 pub const CNI_PLUGINS: &str = "/usr/lib/cni";
 const STATE_ROOT: &str = "/run/flannel-lab";
 const HEALTH_PORT: &str = "8081";
+/// The lab's subnet leases live 30 s (a production lease 24 h): a killed node's lease expires
+/// and the elected agent collects its routes within a minute, while you watch.
+pub const LEASE_TTL_SECS: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -560,6 +563,7 @@ impl Lab {
             format!("--etcd-endpoints={}", self.spec().etcd_endpoint()),
             "--iface=eth0".into(),
             "--ip-masq".into(),
+            format!("--subnet-lease-ttl={LEASE_TTL_SECS}"),
             format!("--subnet-file={}", dir.join("subnet.env").display()),
             "--healthz-ip=127.0.0.1".into(),
             format!("--healthz-port={HEALTH_PORT}"),

@@ -359,9 +359,12 @@ pub async fn run(
                         return Err(e.into());
                     }
                     Err(e) => {
-                        warn!(error = %crate::report(&e), "lease renewal failed, retrying in 1 minute");
-                        // Push the lease's own deadline forward locally so the retry waits 1 min.
-                        own.expiry = Expiry::At(SystemTime::now() + cfg.renew_margin + Duration::from_secs(60));
+                        // Upstream waits 1 minute; a short-lived lease (--subnet-lease-ttl)
+                        // retries several times within its margin.
+                        let retry = RENEW_RETRY.min(cfg.renew_margin / 3);
+                        warn!(error = %crate::report(&e), retry_in = ?retry, "lease renewal failed, retrying");
+                        // Push the lease's own deadline forward locally so the retry waits.
+                        own.expiry = Expiry::At(SystemTime::now() + cfg.renew_margin + retry);
                     }
                 }
             }
@@ -409,6 +412,9 @@ async fn report_ready(
         }
     }
 }
+
+/// The pause after a failed lease renewal (upstream's), for a lease with a long margin.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
 
 /// Time until the lease should be renewed (expiry minus margin); a reservation never is.
 fn renew_delay(own: &Lease, margin: Duration) -> Duration {

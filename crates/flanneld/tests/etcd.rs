@@ -943,3 +943,27 @@ async fn records_live_beside_the_leases_where_upstream_never_looks() {
     // Not a lease: the subnets listing does not include it.
     assert!(m.list().await.unwrap().0.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_lease_ttl_is_what_etcd_grants_and_renews() {
+    let etcd = EtcdServer::start();
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
+    let mut opts = EtcdOptions::new(&etcd.endpoint(), PREFIX);
+    opts.lease_ttl = Duration::from_secs(30);
+    let m = EtcdManager::connect(&opts).await.unwrap();
+    let l = m.acquire_lease(&req("172.16.0.7")).await.unwrap();
+    let left = |l: &Lease| match l.expiry {
+        Expiry::At(t) => t.duration_since(std::time::SystemTime::now()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(left(&l) <= Duration::from_secs(30) && left(&l) > Duration::from_secs(20));
+    // etcd's own view of the key's lease.
+    let key = format!("{PREFIX}/subnets/{}", l.key);
+    let out = etcd.etcdctl(&["get", &key, "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = v["kvs"][0]["lease"].as_i64().unwrap();
+    let ttl = etcd.etcdctl(&["lease", "timetolive", &format!("{id:x}")]);
+    assert!(ttl.contains("granted with TTL(30s)"), "{ttl}");
+    let renewed = m.renew_lease(&l).await.unwrap();
+    assert!(left(&renewed) > Duration::from_secs(20));
+}

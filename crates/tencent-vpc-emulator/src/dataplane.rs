@@ -73,6 +73,15 @@ pub fn plan(have: &Desired, want: &Desired) -> Vec<String> {
     cmds
 }
 
+/// `have` with the new and changed routes of `want` (pure): the first step of a change, whose
+/// plan holds no deletion.
+pub fn with_additions(mut have: Desired, want: Desired) -> Desired {
+    for (table, routes) in want {
+        have.entry(table).or_default().extend(routes);
+    }
+    have
+}
+
 /// The router's links into the scenario's subnets, each with the Linux table of the subnet's
 /// route table (pure): a link carrying an address inside a subnet's CIDR attaches that subnet.
 pub fn attachments(links: &[(String, Ipv4Addr)], s: &Scenario) -> Vec<(String, u32)> {
@@ -214,10 +223,27 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Make the namespace match `s`. Failures are logged; the next sync retries from scratch.
+    /// Make the namespace match `s`.
     pub async fn sync(&self, s: &Scenario) {
+        self.add(s).await;
+        self.remove(s).await;
+    }
+
+    /// Install the routes of `s` that are new or changed, keeping the others for now.
+    pub async fn add(&self, s: &Scenario) {
+        let have = self.installed.lock().await.clone().unwrap_or_default();
+        self.apply(with_additions(have, desired(s))).await;
+    }
+
+    /// Remove what `s` no longer has.
+    pub async fn remove(&self, s: &Scenario) {
+        self.apply(desired(s)).await;
+    }
+
+    /// Make the namespace match `want`. Failures are logged; the next change retries from
+    /// scratch.
+    async fn apply(&self, want: Desired) {
         let mut installed = self.installed.lock().await;
-        let want = desired(s);
         let have = installed.clone().unwrap_or_default();
         let cmds = plan(&have, &want);
         if cmds.is_empty() {
@@ -260,6 +286,38 @@ mod tests {
             vec![("ra".to_string(), 1000), ("rb".to_string(), 1001)]
         );
         assert!(attachments(&links[..1], &s).is_empty());
+    }
+
+    #[test]
+    fn a_change_adds_first_and_deletes_last() {
+        let gw = |s: &str| vec![s.parse::<Ipv4Addr>().unwrap()];
+        let have: Desired = [(
+            101,
+            [
+                ("10.244.1.0/24".to_string(), gw("172.16.1.7")),
+                ("10.244.2.0/24".to_string(), gw("172.16.1.8")),
+            ]
+            .into(),
+        )]
+        .into();
+        let want: Desired = [(
+            101,
+            [
+                ("10.244.2.0/24".to_string(), gw("172.16.1.9")),
+                ("10.244.3.0/24".to_string(), gw("172.16.1.10")),
+            ]
+            .into(),
+        )]
+        .into();
+        let step = with_additions(have.clone(), want.clone());
+        assert_eq!(
+            plan(&have, &step),
+            [
+                "route replace 10.244.2.0/24 via 172.16.1.9 table 101",
+                "route replace 10.244.3.0/24 via 172.16.1.10 table 101"
+            ]
+        );
+        assert_eq!(plan(&step, &want), ["route del 10.244.1.0/24 table 101"]);
     }
 
     #[test]

@@ -85,49 +85,30 @@ fn first_error(mut errors: Vec<KernelError>) -> Result<(), KernelError> {
 }
 
 /// Bring the kernel in line with `desired`, within `networks` (routes) and on the devices
-/// named in `desired` (neighbours and FDB). Adds come before deletions, so a changed route
-/// is never missing in between.
+/// named in `desired` (neighbours and FDB). Additions come before deletions, so a changed
+/// entry is never missing in between, and in the order a packet uses them: FDB entries, then
+/// neighbours, then routes; deletions in the reverse order. A route through a vxlan device is
+/// thus never without its neighbour and FDB entry (a packet routed then would wait for an
+/// ARP reply that never comes, and be lost).
 pub async fn reconcile(
     kernel: &dyn Kernel,
     networks: &[IpNet],
     protected: &[IpNet],
     desired: &Desired,
 ) -> Result<Changes, KernelError> {
-    let mut changes = Changes::default();
-    let mut errors = Vec::new();
-    // Neighbour and FDB entries first: a vxlan route is useless without them.
-    for (dev, want) in &desired.neighbours {
-        let have = kernel.neighbours(*dev).await?;
-        let (add, delete) = plan_set(want, &have, |n| n.ip);
-        for n in &add {
-            match kernel.replace_neighbour(*dev, n).await {
-                Ok(()) => changes.added += 1,
-                Err(e) => errors.push(e),
-            }
-        }
-        for n in &delete {
-            match kernel.delete_neighbour(*dev, n).await {
-                Ok(()) => changes.deleted += 1,
-                Err(e) => errors.push(e),
-            }
-        }
-    }
+    let mut fdb = Vec::new();
     for (dev, want) in &desired.fdb {
         let have = kernel.fdb(*dev).await?;
         let (add, delete) = plan_set(want, &have, |e| (e.mac, e.dst));
-        for e in &add {
-            match kernel.replace_fdb(*dev, e).await {
-                Ok(()) => changes.added += 1,
-                Err(err) => errors.push(err),
-            }
-        }
-        for e in &delete {
-            match kernel.delete_fdb(*dev, e).await {
-                Ok(()) => changes.deleted += 1,
-                Err(err) => errors.push(err),
-            }
-        }
+        fdb.push((*dev, add, delete));
     }
+    let mut neighbours = Vec::new();
+    for (dev, want) in &desired.neighbours {
+        let have = kernel.neighbours(*dev).await?;
+        let (add, delete) = plan_set(want, &have, |n| n.ip);
+        neighbours.push((*dev, add, delete));
+    }
+    let mut routes = Vec::new();
     for network in networks {
         let want: Vec<Route> = desired
             .routes
@@ -136,24 +117,52 @@ pub async fn reconcile(
             .cloned()
             .collect();
         let have = kernel.routes_within(*network).await?;
-        let (replace, delete) = plan_routes(&want, &have, protected);
-        for r in &replace {
-            match kernel.replace_route(r).await {
-                Ok(()) => {
-                    info!(route = %r, "route added");
-                    changes.added += 1;
-                }
-                Err(e) => errors.push(e),
-            }
+        routes.push(plan_routes(&want, &have, protected));
+    }
+
+    let mut changes = Changes::default();
+    let mut errors = Vec::new();
+    let mut tally = |r: Result<(), KernelError>, added: bool| match r {
+        Ok(()) if added => changes.added += 1,
+        Ok(()) => changes.deleted += 1,
+        Err(e) => errors.push(e),
+    };
+    for (dev, add, _) in &fdb {
+        for e in add {
+            tally(kernel.replace_fdb(*dev, e).await, true);
         }
-        for r in &delete {
-            match kernel.delete_route(r).await {
-                Ok(()) => {
-                    info!(route = %r, "stale route deleted");
-                    changes.deleted += 1;
-                }
-                Err(e) => errors.push(e),
+    }
+    for (dev, add, _) in &neighbours {
+        for n in add {
+            tally(kernel.replace_neighbour(*dev, n).await, true);
+        }
+    }
+    for (replace, _) in &routes {
+        for r in replace {
+            let done = kernel.replace_route(r).await;
+            if done.is_ok() {
+                info!(route = %r, "route added");
             }
+            tally(done, true);
+        }
+    }
+    for (_, delete) in &routes {
+        for r in delete {
+            let done = kernel.delete_route(r).await;
+            if done.is_ok() {
+                info!(route = %r, "stale route deleted");
+            }
+            tally(done, false);
+        }
+    }
+    for (dev, _, delete) in &neighbours {
+        for n in delete {
+            tally(kernel.delete_neighbour(*dev, n).await, false);
+        }
+    }
+    for (dev, _, delete) in &fdb {
+        for e in delete {
+            tally(kernel.delete_fdb(*dev, e).await, false);
         }
     }
     first_error(errors).map(|()| changes)

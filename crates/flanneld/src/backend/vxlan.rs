@@ -364,12 +364,19 @@ mod tests {
             );
         }
 
-        // The lease goes: its neighbour, FDB entry and route go.
-        b.handle(&own, &[LeaseEvent::Removed(peer.clone())])
+        // The peer's VTEP changes (a restarted upstream node), then the lease goes: its
+        // neighbour, FDB entry and route go. At no point is a route left without its L2
+        // entries (a packet routed then would wait for an ARP that never resolves).
+        let moved = vx_lease("10.5.2.0/24", "172.16.0.2", "02:42:0a:05:02:99");
+        b.handle(&own, &[LeaseEvent::Added(moved.clone())])
+            .await
+            .unwrap();
+        b.handle(&own, &[LeaseEvent::Removed(moved.clone())])
             .await
             .unwrap();
         let s = kernel.s();
         assert!(s.neigh[&idx].is_empty() && s.fdb[&idx].is_empty() && s.routes.is_empty());
+        assert_eq!(s.path_gaps, Vec::<String>::new());
     }
 
     #[tokio::test]

@@ -83,7 +83,8 @@ async fn subnet_manager(opts: &Options) -> anyhow::Result<Arc<dyn SubnetManager>
             .with_context(|| format!("network config {}", path.display()))?;
         return Ok(Arc::new(MemoryManager::new(config)));
     }
-    let etcd = opts.etcd.to_options();
+    let mut etcd = opts.etcd.to_options();
+    etcd.lease_ttl = opts.lease_ttl();
     let mgr = EtcdManager::connect(&etcd).await;
     Ok(Arc::new(mgr.with_context(|| {
         format!("etcd subnet manager ({})", etcd.endpoints.join(","))
@@ -151,7 +152,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         iface_can_reach: can_reach,
         public_ip: opts.public_ip,
         public_ipv6: opts.public_ipv6,
-        renew_margin: Duration::from_secs(opts.subnet_lease_renew_margin as u64 * 60),
+        renew_margin: opts.renew_margin(),
         resync_period: Duration::from_secs(opts.resync_period),
         traffic: TrafficOptions {
             masquerade: opts.ip_masq,

@@ -15,7 +15,42 @@ pub struct State {
     pub fdb: BTreeMap<u32, BTreeSet<FdbEntry>>,
     pub on_link: BTreeSet<IpAddr>,
     pub mutations: usize,
+    /// Moments when a route through a vxlan device had no neighbour entry for its gateway
+    /// or no FDB entry for that MAC: a packet routed then is lost (checked after every
+    /// mutation).
+    pub path_gaps: Vec<String>,
     next_index: u32,
+}
+
+impl State {
+    fn check_paths(&mut self, after: &str) {
+        let vxlan: BTreeSet<u32> = self
+            .links
+            .values()
+            .filter(|l| l.vxlan.is_some())
+            .map(|l| l.index)
+            .collect();
+        let gaps: Vec<String> = self
+            .routes
+            .values()
+            .map(|r| &r.route)
+            .filter(|r| vxlan.contains(&r.dev))
+            .filter_map(|r| {
+                let gw = r.via?;
+                let neigh = self
+                    .neigh
+                    .get(&r.dev)
+                    .and_then(|n| n.iter().find(|n| n.ip == gw));
+                let fdb = neigh.is_some_and(|n| {
+                    self.fdb
+                        .get(&r.dev)
+                        .is_some_and(|f| f.iter().any(|e| e.mac == n.mac))
+                });
+                (!fdb).then(|| format!("{} without its L2 entries after {after}", r.dst))
+            })
+            .collect();
+        self.path_gaps.extend(gaps);
+    }
 }
 
 #[derive(Default)]
@@ -74,12 +109,14 @@ impl Routes for FakeKernel {
                 ours: true,
             },
         );
+        s.check_paths("route replace");
         Ok(())
     }
     async fn delete_route(&self, route: &Route) -> Result<(), KernelError> {
         let mut s = self.s();
         s.mutations += 1;
         s.routes.remove(&route.dst);
+        s.check_paths("route delete");
         Ok(())
     }
     async fn is_on_link(&self, ip: IpAddr) -> Result<bool, KernelError> {
@@ -172,12 +209,14 @@ impl Neighbours for FakeKernel {
         let set = s.neigh.entry(dev).or_default();
         set.retain(|x| x.ip != n.ip);
         set.insert(*n);
+        s.check_paths("neighbour replace");
         Ok(())
     }
     async fn delete_neighbour(&self, dev: u32, n: &Neighbour) -> Result<(), KernelError> {
         let mut s = self.s();
         s.mutations += 1;
         s.neigh.entry(dev).or_default().retain(|x| x.ip != n.ip);
+        s.check_paths("neighbour delete");
         Ok(())
     }
     async fn fdb(&self, dev: u32) -> Result<Vec<FdbEntry>, KernelError> {
@@ -194,12 +233,14 @@ impl Neighbours for FakeKernel {
         let set = s.fdb.entry(dev).or_default();
         set.retain(|x| x.mac != e.mac);
         set.insert(*e);
+        s.check_paths("fdb replace");
         Ok(())
     }
     async fn delete_fdb(&self, dev: u32, e: &FdbEntry) -> Result<(), KernelError> {
         let mut s = self.s();
         s.mutations += 1;
         s.fdb.entry(dev).or_default().retain(|x| x != e);
+        s.check_paths("fdb delete");
         Ok(())
     }
 }

@@ -150,34 +150,33 @@ impl Shared {
     }
 
     /// Change the state; when `f` succeeds, persist the result and mirror it into the data
-    /// plane before the next change may start.
+    /// plane before the next change may start. A route the API lists is already forwarding:
+    /// new routes reach the data plane before readers see the new state, and removed ones
+    /// leave it only after (else a reader could take a listed route for a working path).
     pub async fn mutate<R, E>(
         &self,
         f: impl FnOnce(&mut Scenario) -> Result<R, E>,
     ) -> Result<R, E> {
         let _order = self.writer.lock().await;
-        let (result, snapshot) = {
-            let mut state = self.state.lock().unwrap();
-            let r = f(&mut state);
-            let snap = r.is_ok().then(|| state.clone());
-            (r, snap)
-        };
-        if let Some(snapshot) = snapshot {
-            self.apply(&snapshot).await;
+        let mut next = self.snapshot();
+        let result = f(&mut next);
+        if result.is_err() {
+            *self.state.lock().unwrap() = next;
+            return result;
         }
-        result
-    }
-
-    /// Persist `snapshot` to the state file and mirror it into the data plane.
-    async fn apply(&self, snapshot: &Scenario) {
+        if let Some(dp) = &self.dataplane {
+            dp.add(&next).await;
+        }
+        *self.state.lock().unwrap() = next.clone();
         if let Some(path) = &self.state_file {
-            if let Err(e) = write_state(path, snapshot) {
+            if let Err(e) = write_state(path, &next) {
                 warn!(path = %path.display(), error = %e, "writing the state file failed");
             }
         }
         if let Some(dp) = &self.dataplane {
-            dp.sync(snapshot).await;
+            dp.remove(&next).await;
         }
+        result
     }
 
     fn count(&self, action: &str, result: &str) {

@@ -193,20 +193,29 @@ struct Fallback {
 #[derive(Default)]
 struct FallbackView {
     split: split::Split,
+    /// Leases whose route was in every table at the last two readings (at the first
+    /// reading: at that one). A lease leaves vxlan only then, never in the moment its route
+    /// appears: the path through the VPC has had a resync to settle.
     routed_everywhere: BTreeSet<Ipv4Net>,
+    /// The last reading's leases with a route in every table (None before the first).
+    last_seen: Option<BTreeSet<Ipv4Net>>,
     /// This node's own lease was on the vxlan side at the last reconcile.
     own_fallback: bool,
 }
 
 impl FallbackView {
-    /// Take a new split; say so when this node's own side changed.
-    fn update(&mut self, split: split::Split, routed_everywhere: BTreeSet<Ipv4Net>, own: Ipv4Net) {
+    /// Take a new split and reading; say so when this node's own side changed.
+    fn update(&mut self, split: split::Split, seen_everywhere: BTreeSet<Ipv4Net>, own: Ipv4Net) {
         let own_fallback = split.fallback.contains(&own);
         if own_fallback != self.own_fallback {
             info!(dest = %own, routed = split.routed.len(), fallback = split.fallback.len(), "this node's subnet is reached over {}", if own_fallback { "vxlan (the route tables are full)" } else { "VPC routes" });
         }
         self.split = split;
-        self.routed_everywhere = routed_everywhere;
+        self.routed_everywhere = match &self.last_seen {
+            Some(last) => last.intersection(&seen_everywhere).copied().collect(),
+            None => seen_everywhere.clone(),
+        };
+        self.last_seen = Some(seen_everywhere);
         self.own_fallback = own_fallback;
     }
 
@@ -384,12 +393,19 @@ impl TencentVpcBackend {
         })
     }
 
-    fn set_ready(&self, routed: bool, dest: Ipv4Net, tables: &[String]) {
-        if routed != self.ready.swap(routed, Ordering::SeqCst) {
-            if routed {
-                info!(dest = %dest, tables = ?tables, "this node's route is in every route table");
-            } else {
-                warn!(dest = %dest, tables = ?tables, "this node's route is not in every route table yet");
+    /// Ready: this node's route is in every table, or (Fallback) it is on the vxlan side.
+    fn set_ready(&self, ready: bool, over_vxlan: bool, dest: Ipv4Net, tables: &[String]) {
+        if ready != self.ready.swap(ready, Ordering::SeqCst) {
+            match (ready, over_vxlan) {
+                (true, true) => {
+                    info!(dest = %dest, "this node is reached over vxlan (Fallback); its device is up")
+                }
+                (true, false) => {
+                    info!(dest = %dest, tables = ?tables, "this node's route is in every route table")
+                }
+                (false, _) => {
+                    warn!(dest = %dest, tables = ?tables, "this node's route is not in every route table yet")
+                }
             }
         }
     }
@@ -428,7 +444,7 @@ impl TencentVpcBackend {
                     self.sync_fallback(own).await?;
                 }
                 let ready = routed || (self.fallback.is_some() && own_fallback);
-                self.set_ready(ready, mine.dest, &[]);
+                self.set_ready(ready, !routed && own_fallback, mine.dest, &[]);
                 return if ready {
                     Ok(())
                 } else {
@@ -512,13 +528,18 @@ impl TencentVpcBackend {
                 .expect("fallback view")
                 .update(s.clone(), routed_everywhere, mine.dest);
             self.sync_fallback(own).await?;
-            self.set_ready(routed || own_fallback, mine.dest, &outcome.tables);
+            self.set_ready(
+                routed || own_fallback,
+                !routed && own_fallback,
+                mine.dest,
+                &outcome.tables,
+            );
             return match outcome.errors.into_iter().next() {
                 Some(e) => Err(e),
                 None => Ok(()),
             };
         }
-        self.set_ready(routed, mine.dest, &outcome.tables);
+        self.set_ready(routed, false, mine.dest, &outcome.tables);
         match (
             outcome.errors.into_iter().next(),
             outcome.problems.into_iter().next(),
@@ -738,18 +759,22 @@ mod tests {
         assert!(!view.places(&peers), "10.244.4.0/24 is on neither side");
         // A lease with no tencent-vpc route is not the controller's to place.
         assert!(view.places(&[peer(1), peer(3), upstream]));
-        // 4 routed: settled; 3 moving to routes keeps vxlan until its route is everywhere.
-        view.update(
-            split::Split {
-                routed: nets(&[1, 2, 3, 4]),
-                fallback: BTreeSet::new(),
-                capacity: 0,
-            },
-            nets(&[1, 2, 4]),
-            "10.244.1.0/24".parse().unwrap(),
-        );
+        // 4's route appears: it stays on vxlan until a second reading shows it too; 3 moving
+        // to routes keeps vxlan until its route is everywhere.
+        let all_routed = split::Split {
+            routed: nets(&[1, 2, 3, 4]),
+            fallback: BTreeSet::new(),
+            capacity: 0,
+        };
+        let own = "10.244.1.0/24".parse().unwrap();
+        view.update(all_routed.clone(), nets(&[1, 2, 4]), own);
+        assert_eq!(over(&view, &peers), ["10.244.3.0-24", "10.244.4.0-24"]);
+        view.update(all_routed.clone(), nets(&[1, 2, 4]), own);
         assert_eq!(over(&view, &peers), ["10.244.3.0-24"]);
         assert!(!view.places(&peers));
         assert!(!view.own_fallback);
+        // A route gone from one reading is back on vxlan at once.
+        view.update(all_routed, nets(&[1, 4]), own);
+        assert_eq!(over(&view, &peers), ["10.244.2.0-24", "10.244.3.0-24"]);
     }
 }

@@ -44,7 +44,6 @@ use tracing::{debug, info, warn};
 /// Upstream's `raceRetries`.
 pub const RACE_RETRIES: u32 = 10;
 /// Upstream's 24 h lease TTL in etcd's unit.
-const LEASE_TTL_SECS: i64 = LEASE_TTL.as_secs() as i64;
 /// How long a request keeps retrying `Unavailable` before reporting it.
 const FAILOVER_WINDOW: Duration = Duration::from_secs(2);
 /// Deadline of one unary etcd request.
@@ -60,6 +59,8 @@ pub struct EtcdOptions {
     pub cafile: Option<PathBuf>,
     pub username: Option<String>,
     pub password: Option<SecretString>,
+    /// The lifetime of this node's subnet lease (`--subnet-lease-ttl`, default 24 h).
+    pub lease_ttl: Duration,
 }
 
 impl EtcdOptions {
@@ -76,6 +77,7 @@ impl EtcdOptions {
             cafile: None,
             username: None,
             password: None,
+            lease_ttl: LEASE_TTL,
         }
     }
 }
@@ -90,6 +92,8 @@ pub struct EtcdManager {
     requests: Arc<AtomicU64>,
     config: Arc<Mutex<Option<ValidatedNetConfig>>>,
     history: Arc<history::StoreHistory>,
+    /// Seconds an etcd lease is granted for.
+    lease_ttl: i64,
 }
 
 impl EtcdManager {
@@ -146,6 +150,7 @@ impl EtcdManager {
             requests: Arc::new(AtomicU64::new(0)),
             config: Arc::new(Mutex::new(None)),
             history: Arc::default(),
+            lease_ttl: opts.lease_ttl.as_secs() as i64,
         })
     }
 
@@ -248,7 +253,7 @@ impl EtcdManager {
         let mut lease_id = id;
         if ttl <= 0 {
             // The etcd lease ran out between listing and now: bind the key to a new one.
-            (lease_id, ttl) = self.grant(LEASE_TTL_SECS).await?;
+            (lease_id, ttl) = self.grant(self.lease_ttl).await?;
             self.put(key, attrs.to_json(), Some(lease_id)).await?;
         } else if existing.attrs != *attrs {
             self.put(key, attrs.to_json(), Some(lease_id)).await?;
@@ -362,7 +367,7 @@ impl SubnetManager for EtcdManager {
                     }
                     let (lease_id, ttl) = match granted {
                         Some(g) => g,
-                        None => *granted.insert(self.grant(LEASE_TTL_SECS).await?),
+                        None => *granted.insert(self.grant(self.lease_ttl).await?),
                     };
                     let etcd_key = self.subnet_key(&key);
                     let txn = Txn::new()
