@@ -1,6 +1,7 @@
 //! The Kubernetes subnet manager against a real kube-apiserver (built by scripts/setup.sh)
 //! over a real etcd: leases from podCIDRs, upstream's annotations on the Node objects, peers
-//! and their removal through the watch, NetworkUnavailable, one Lease holder among three.
+//! and their removal through the watch, NetworkUnavailable, one Lease holder among three, the
+//! node found from the pod (POD_NAME) when NODE_NAME is unset.
 
 use flannel_core::lease::{LeaseAttrs, LeaseEvent};
 use flannel_core::watch::WatchUpdate;
@@ -9,7 +10,7 @@ use flanneld::subnet::kube::{KubeManager, KubeOptions};
 use flanneld::subnet::{AcquireRequest, SubnetManager};
 use flanneld_testing::KubeApiServer;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};
 use std::time::Duration;
 
@@ -413,4 +414,98 @@ async fn network_unavailable_follows_the_data_plane() {
     assert_eq!(up.reason.as_deref(), Some("FlannelIsUp"));
     let _ = stop.send(());
     daemon.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_node_name_the_node_is_the_pods_nodename() {
+    let server = tokio::task::spawn_blocking(KubeApiServer::start)
+        .await
+        .unwrap();
+    let client = admin(&server).await;
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-flannel"}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    // No controller-manager here: the service account the admission plugin wants is ours.
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "flannel"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), "kube-flannel")
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node("worker-7", "10.244.7.0/24"))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-flannel");
+    for (name, node_name) in [
+        ("kube-flannel-ds-x7", Some("worker-7")),
+        ("unscheduled", None),
+    ] {
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "kube-flannel"},
+            "spec": {"nodeName": node_name, "serviceAccountName": "flannel",
+                     "automountServiceAccountToken": false,
+                     "containers": [{"name": "flannel", "image": "flannel-rs:0.1.0"}]}
+        });
+        pods.create(
+            &PostParams::default(),
+            &serde_json::from_value(pod).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("net-conf.json");
+    std::fs::write(
+        &conf,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let options = |pod: Option<&str>| KubeOptions {
+        kubeconfig: Some(server.kubeconfig()),
+        node_name: None,
+        pod_name: pod.map(str::to_string),
+        pod_namespace: Some("kube-flannel".into()),
+        annotation_prefix: flannel_core::kube::DEFAULT_PREFIX.into(),
+        net_config_path: conf.clone(),
+        set_network_unavailable: true,
+        ..Default::default()
+    };
+    // The DaemonSet's pod on worker-7: the lease is worker-7's podCIDR.
+    let m = KubeManager::connect(&options(Some("kube-flannel-ds-x7")))
+        .await
+        .unwrap();
+    let lease = m
+        .acquire_lease(&AcquireRequest {
+            attrs: attrs(7),
+            previous: None,
+            previous_ipv6: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(lease.key.to_string(), "10.244.7.0-24");
+    let annotated = Api::<Node>::all(client.clone())
+        .get("worker-7")
+        .await
+        .unwrap();
+    assert_eq!(
+        annotated.metadata.annotations.unwrap()["flannel.alpha.coreos.com/public-ip"],
+        "172.16.0.7"
+    );
+    // A pod not scheduled yet, and no pod name at all: upstream's errors.
+    let e = KubeManager::connect(&options(Some("unscheduled")))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.to_string(),
+        "pod kube-flannel/unscheduled has no nodeName"
+    );
+    let e = KubeManager::connect(&options(None)).await.err().unwrap();
+    assert_eq!(
+        e.to_string(),
+        "env variables POD_NAME and POD_NAMESPACE must be set"
+    );
 }
