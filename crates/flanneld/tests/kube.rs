@@ -22,6 +22,20 @@ async fn admin(server: &KubeApiServer) -> kube::Client {
     kube::Client::try_from(cfg).unwrap()
 }
 
+/// A fresh kube-apiserver with the `kube-flannel` namespace, and an admin client.
+async fn server_with_namespace() -> (KubeApiServer, kube::Client) {
+    let server = tokio::task::spawn_blocking(KubeApiServer::start)
+        .await
+        .unwrap();
+    let client = admin(&server).await;
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-flannel"}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    (server, client)
+}
+
 /// A manager for node `name` with `net_conf` (written into `dir`), as flanneld builds it.
 async fn manager(
     server: &KubeApiServer,
@@ -62,15 +76,7 @@ fn attrs(i: u8) -> LeaseAttrs {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kube_subnet_manager_against_a_real_api_server() {
-    let server = tokio::task::spawn_blocking(KubeApiServer::start)
-        .await
-        .unwrap();
-    let client = admin(&server).await;
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-flannel"}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    let (server, client) = server_with_namespace().await;
     let nodes: Api<Node> = Api::all(client.clone());
     for i in 1..=3 {
         nodes
@@ -418,15 +424,7 @@ async fn network_unavailable_follows_the_data_plane() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_node_name_the_node_is_the_pods_nodename() {
-    let server = tokio::task::spawn_blocking(KubeApiServer::start)
-        .await
-        .unwrap();
-    let client = admin(&server).await;
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-flannel"}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    let (server, client) = server_with_namespace().await;
     // No controller-manager here: the service account the admission plugin wants is ours.
     let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "flannel"}})).unwrap();
     Api::<ServiceAccount>::namespaced(client.clone(), "kube-flannel")
