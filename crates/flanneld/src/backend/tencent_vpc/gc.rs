@@ -130,14 +130,8 @@ impl OrphanTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::tencent_vpc::plan::tests::owner;
     use crate::backend::tencent_vpc::plan::{ActualRoute, NORMAL_CVM};
-
-    fn owner() -> Ownership {
-        Ownership {
-            cluster: "c1".into(),
-            network: "10.244.0.0/16".parse().unwrap(),
-        }
-    }
 
     fn tables(dests: &[(&str, &str)]) -> Vec<TableState> {
         vec![TableState {

@@ -336,10 +336,11 @@ fn plan_table(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn owner() -> Ownership {
+    /// The cluster `c1` on 10.244.0.0/16, as the tencent-vpc unit tests own routes.
+    pub(crate) fn owner() -> Ownership {
         Ownership {
             cluster: "c1".into(),
             network: "10.244.0.0/16".parse().unwrap(),

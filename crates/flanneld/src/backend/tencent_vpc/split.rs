@@ -63,14 +63,8 @@ pub fn split(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::tencent_vpc::plan::tests::owner;
     use crate::backend::tencent_vpc::plan::ActualRoute;
-
-    fn owner() -> Ownership {
-        Ownership {
-            cluster: "c1".into(),
-            network: "10.244.0.0/16".parse().unwrap(),
-        }
-    }
 
     fn w(i: u8) -> Wanted {
         Wanted {
