@@ -5,6 +5,7 @@
 //! Formats that users and upstream flannel can see (net-conf.json, lease JSON, subnet
 //! keys, subnet.env) are reproduced byte for byte and pinned by golden tests.
 
+pub mod admission;
 pub mod alloc;
 pub mod backend_config;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod gojson;
 pub mod ip;
 pub mod kube;
 pub mod lease;
+pub mod mac;
 pub mod subnet_env;
 pub mod traffic;
 pub mod watch;

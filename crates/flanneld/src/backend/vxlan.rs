@@ -119,7 +119,7 @@ impl VxlanBackend {
         let name = format!("flannel.{}", config.vni);
         let mac = match kernel.link_by_name(&name).await? {
             Some(Link { mac: Some(m), .. }) => m,
-            _ => Mac::random(),
+            _ => crate::kernel::random_mac(),
         };
         let mtu = if config.mtu != 0 {
             config.mtu
