@@ -629,12 +629,11 @@ impl LeaseGate {
 
     /// The admitted peers (this node's own lease excluded), only their admitted parts, in
     /// key order.
-    pub fn peers(&self) -> impl Iterator<Item = &Lease> + '_ {
-        let own = self.own_key();
-        self.entries
-            .values()
-            .filter(move |e| Some(e.lease.key) != own)
-            .filter_map(Entry::view)
+    pub fn peers(&self) -> GatePeers<'_> {
+        GatePeers {
+            entries: self.entries.values(),
+            own: self.own_key(),
+        }
     }
 
     /// How many peers are admitted.
@@ -999,6 +998,95 @@ impl LeaseGate {
             }
         }
         out
+    }
+}
+
+/// The admitted peers as a backend reads them: borrowed from the gate, which holds the one
+/// copy of each lease.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerView<'a>(Source<'a>);
+
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    Gate(&'a LeaseGate),
+    Unchecked(&'a [Lease]),
+}
+
+impl<'a> PeerView<'a> {
+    /// Leases taken as they are, without admission: for tests and benchmarks that drive a
+    /// backend directly. The daemon's view always comes from its gate.
+    pub fn unchecked(peers: &'a [Lease]) -> PeerView<'a> {
+        PeerView(Source::Unchecked(peers))
+    }
+
+    /// The peers, only their admitted parts.
+    pub fn iter(&self) -> PeerIter<'a> {
+        match self.0 {
+            Source::Gate(g) => PeerIter::Gate(g.peers()),
+            Source::Unchecked(ls) => PeerIter::Unchecked(ls.iter()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self.0 {
+            Source::Gate(g) => g.peer_count(),
+            Source::Unchecked(ls) => ls.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A peer by its store key.
+    pub fn get(&self, key: &SubnetKey) -> Option<&'a Lease> {
+        match self.0 {
+            Source::Gate(g) => g.peer(key),
+            Source::Unchecked(ls) => ls.iter().find(|l| l.key == *key),
+        }
+    }
+}
+
+/// The admitted peers of a gate.
+#[derive(Debug, Clone)]
+pub struct GatePeers<'a> {
+    entries: std::collections::btree_map::Values<'a, SubnetKey, Entry>,
+    own: Option<SubnetKey>,
+}
+
+impl<'a> Iterator for GatePeers<'a> {
+    type Item = &'a Lease;
+
+    fn next(&mut self) -> Option<&'a Lease> {
+        let own = self.own;
+        self.entries
+            .by_ref()
+            .filter(|e| Some(e.lease.key) != own)
+            .find_map(Entry::view)
+    }
+}
+
+/// The peers of a [`PeerView`].
+#[derive(Debug, Clone)]
+pub enum PeerIter<'a> {
+    Gate(GatePeers<'a>),
+    Unchecked(std::slice::Iter<'a, Lease>),
+}
+
+impl<'a> Iterator for PeerIter<'a> {
+    type Item = &'a Lease;
+
+    fn next(&mut self) -> Option<&'a Lease> {
+        match self {
+            PeerIter::Gate(g) => g.next(),
+            PeerIter::Unchecked(i) => i.next(),
+        }
+    }
+}
+
+impl LeaseGate {
+    pub fn view(&self) -> PeerView<'_> {
+        PeerView(Source::Gate(self))
     }
 }
 

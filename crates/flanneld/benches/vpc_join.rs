@@ -16,10 +16,11 @@
 //!
 //! Run: `cargo bench -p flanneld --bench vpc_join` (NODES=50,200,1000 by default).
 
+use flannel_core::admission::PeerView;
 use flannel_core::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
 use flanneld::backend::tencent_vpc::plan::Ownership;
-use flanneld::backend::tencent_vpc::{NodeFacts, Settings, TencentVpcBackend};
-use flanneld::backend::Backend;
+use flanneld::backend::tencent_vpc::{Agent, NodeFacts, Settings};
+use flanneld::backend::{Backend, Trigger};
 use flanneld::health::Health;
 use flanneld::iface::ExternalInterface;
 use flanneld::metrics::Metrics;
@@ -156,7 +157,7 @@ async fn per_node(n: usize, rate: Option<f64>) -> Result {
     for i in 0..n {
         let (ip, subnet, _) = node(i);
         let ext = ExternalInterface::ipv4("eth0", 2, 1500, ip);
-        let backend = TencentVpcBackend::new(
+        let backend = Agent::new(
             ext,
             NodeFacts {
                 private_ip: ip,
@@ -185,15 +186,18 @@ async fn per_node(n: usize, rate: Option<f64>) -> Result {
             if let Some(at) = start_at {
                 tokio::time::sleep(at).await;
             }
-            // As the daemon: activate with the watch's first snapshot, then resync with backoff
+            // As the daemon: start with the watch's first snapshot, then resync with backoff
             // until ready.
-            let _ = backend.activate(&own, &peers).await;
+            let view = PeerView::unchecked(&peers);
+            let _ = backend.reconcile(&own, &view, Trigger::Start).await;
             let mut pauses =
                 backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).delays();
             let deadline = Instant::now() + GIVE_UP;
             while !backend.ready() && Instant::now() < deadline {
                 tokio::time::sleep(pauses.next_delay()).await;
-                let _ = backend.resync(&own, &peers, true).await;
+                let _ = backend
+                    .reconcile(&own, &view, Trigger::Resync { fresh: true })
+                    .await;
             }
             backend.ready()
         }));

@@ -11,13 +11,13 @@ use crate::backend::tencent_vpc::reconcile::{Reconciler, SplitRequest, Target};
 use crate::backend::tencent_vpc::{self as tvpc, RouteStatus};
 use crate::backend::BackendError;
 use crate::health::Health;
+use crate::lease_feed::{FeedEvent, LeaseFeed};
 use crate::subnet::election::LeaderSeat;
 use crate::subnet::{SubnetError, SubnetManager};
 use backoff::Backoff;
+use flannel_core::admission::{PeerView, Rules};
 use flannel_core::backend_config::{BackendConfig, TencentVpcConfig};
-use flannel_core::lease::{Lease, SubnetKey};
-use flannel_core::watch::LeaseWatcher;
-use futures::StreamExt;
+use flannel_core::lease::SubnetKey;
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -78,8 +78,11 @@ pub async fn run(
         ),
         &opts.identity,
     ));
+    // Leases enter through the gate as on a node: a refused lease never becomes a route.
+    let rules = Rules::new(&config, sm.allocation()).with_vpc_cidrs(controller.vpc_cidrs.clone());
+    let feed = LeaseFeed::new(Arc::clone(&sm), rules, None, &health.metrics);
     health.set_ready(true);
-    controller.run(sm, &seat, &mut shutdown).await
+    controller.run(sm, feed, &seat, &mut shutdown).await
 }
 
 /// What the controller last published, and since when each lease is on the vxlan side.
@@ -116,6 +119,8 @@ struct Controller {
     metrics: crate::metrics::VpcMetrics,
     /// With Fallback: the entries per table kept free (`ReservedRoutes`).
     fallback_reserved: Option<usize>,
+    /// The VPC's CIDRs: a lease's PrivateIP must lie inside one (empty: not known).
+    vpc_cidrs: Vec<Ipv4Net>,
 }
 
 /// With Fallback, how long a lease the split moved to vxlan keeps its VPC routes after it
@@ -124,6 +129,25 @@ struct Controller {
 fn eviction_grace(resync: Duration) -> Duration {
     resync * 2
 }
+
+/// After a reconcile: whether a sooner one can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Everything wanted is in place, or what is missing waits for something a retry does
+    /// not change (a full table, a conflict, a route the API refused): next at the resync,
+    /// or at a lease change.
+    Resync,
+    /// The tables changed behind our back, or a lease is placed nowhere yet: again soon,
+    /// with backoff.
+    Retry,
+}
+
+/// How long to wait for leadership to be certain again when it is held but its deadline
+/// passed (a late renewal).
+const LEADERSHIP_RECHECK: Duration = Duration::from_secs(1);
+
+/// Far enough to mean "not until something else happens".
+const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Controller {
     async fn connect(
@@ -138,12 +162,14 @@ impl Controller {
         let vpc_id = tvpc::resolve_vpc(cfg, &cloud.metadata)
             .await
             .ok_or(ControllerError::NoVpc)?;
+        let vpc_cidrs = vpc_cidrs(&cloud.client, &vpc_id).await;
         let settings = tvpc::Settings::from_config(cfg, network, vpc_id);
-        info!(vpc = %settings.vpc_id, cluster = %settings.owner.cluster, region = %cloud.region, credentials = ?cloud.client, "tencent-vpc controller");
+        info!(vpc = %settings.vpc_id, vpc_cidrs = ?vpc_cidrs, cluster = %settings.owner.cluster, region = %cloud.region, credentials = ?cloud.client, "tencent-vpc controller");
         Ok(Controller {
             resync: settings.resync,
             metrics: health.metrics.vpc.clone(),
             fallback_reserved: settings.fallback.then_some(settings.reserved),
+            vpc_cidrs: vpc_cidrs.iter().map(|c| c.trunc()).collect(),
             reconciler: Reconciler::new(
                 Arc::new(cloud.client),
                 settings,
@@ -155,115 +181,100 @@ impl Controller {
     async fn run(
         &self,
         sm: Arc<dyn SubnetManager>,
+        mut feed: LeaseFeed,
         seat: &LeaderSeat,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> Result<(), ControllerError> {
         let record = RouteStatus::record_name(&self.reconciler.owner().cluster);
-        let mut watcher = LeaseWatcher::new(None);
-        let mut stream = None;
-        let mut watch_pauses = crate::daemon::WATCH_RETRY.delays();
+        let mut leading = seat.watch();
         let mut published = Published::default();
         let mut unroutable: BTreeSet<SubnetKey> = BTreeSet::new();
         // A reconcile is due at `due` (None: nothing pending until the resync).
-        let mut due: Option<Instant> = Some(Instant::now());
-        let mut resync_at = Instant::now() + backoff::spread(self.resync, 0.1);
+        let mut due: Option<Instant> = None;
+        let mut resync_at = Instant::now();
         let mut retry = Backoff::new(Duration::from_secs(1), self.resync).delays();
-        let mut was_leader = false;
         loop {
-            if stream.is_none() {
-                match sm.watch_leases().await {
-                    Ok(s) => {
-                        stream = Some(s);
-                        watch_pauses.reset();
-                    }
-                    Err(e) => {
-                        let wait = watch_pauses.next_delay();
-                        warn!(error = %crate::report(&e), retry_in = ?wait, "watching leases failed");
-                        tokio::select! {
-                            _ = &mut *shutdown => return Ok(()),
-                            _ = tokio::time::sleep(wait) => continue,
-                        }
-                    }
-                }
-            }
-            let leader = seat.is_leader();
-            if leader && !was_leader {
-                info!("leading: routing every lease");
-                due = Some(Instant::now());
-                published = Published::default();
-            }
-            was_leader = leader;
-            // Standing by, look again soon (leadership may arrive at any moment).
-            let next_look = Instant::now() + Duration::from_millis(200);
+            let leader = *leading.borrow();
             let wake = match (leader, due) {
                 (true, Some(d)) => d.min(resync_at),
                 (true, None) => resync_at,
-                (false, _) => next_look,
+                (false, _) => Instant::now() + FAR,
             };
-            let s = stream.as_mut().expect("opened above");
             tokio::select! {
                 _ = &mut *shutdown => {
                     info!("shutting down");
                     return Ok(());
                 }
-                update = s.next() => match update {
-                    None => stream = None,
-                    Some(Err(e)) => {
-                        warn!(error = %crate::report(&e), "lease watch error; reopening");
-                        if !e.is_retryable() {
-                            // The store went backwards: start from a fresh snapshot.
-                            watcher = LeaseWatcher::new(None);
-                        }
-                        stream = None;
+                changed = leading.changed() => {
+                    if changed.is_err() {
+                        // The seat's task is gone (never while the seat lives).
+                        return Ok(());
                     }
-                    Some(Ok(update)) => {
-                        if !watcher.apply(update).is_empty() && due.is_none() {
+                    if *leading.borrow_and_update() {
+                        info!("leading: routing every lease");
+                        due = Some(Instant::now());
+                        published = Published::default();
+                    } else {
+                        info!("no longer leading");
+                    }
+                }
+                event = feed.next() => match event {
+                    FeedEvent::Peers { .. } => {
+                        if due.is_none() {
                             due = Some(Instant::now() + BATCH_WINDOW);
                         }
                     }
+                    FeedEvent::Fresh | FeedEvent::OwnLost(_) => {}
+                    FeedEvent::Failed(e) => {
+                        warn!(error = %crate::report(&e), "lease store failed; watching again from a fresh snapshot");
+                        feed.restart();
+                    }
                 },
                 _ = tokio::time::sleep_until(wake) => {
-                    if !leader {
+                    if !seat.is_leader() {
+                        // Held but not certain (a late renewal): look again shortly.
+                        due = Some(Instant::now() + LEADERSHIP_RECHECK);
                         continue;
                     }
                     let full = Instant::now() >= resync_at;
-                    let leases: Vec<Lease> = watcher.peers().cloned().collect();
-                    let fresh = full.then_some(stream.is_some());
+                    let fresh = full.then_some(feed.is_fresh());
                     let r = self
-                        .reconcile_all(&leases, fresh, &mut unroutable, sm.as_ref(), &record, &mut published)
+                        .reconcile_all(&feed.peers(), fresh, &mut unroutable, sm.as_ref(), &record, &mut published)
                         .await;
-                    due = None;
-                    match r {
-                        Ok(true) => {
+                    due = match r {
+                        Ok(Next::Resync) => {
                             retry.reset();
-                            if full {
-                                resync_at = Instant::now() + backoff::spread(self.resync, 0.1);
-                            }
+                            None
                         }
-                        Ok(false) | Err(_) => {
-                            if let Err(e) = &r {
-                                warn!(error = %crate::report(e), "reconcile failed");
-                            }
-                            due = Some(Instant::now() + retry.next_delay());
+                        Ok(Next::Retry) => Some(Instant::now() + retry.next_delay()),
+                        Err(e) => {
+                            let wait = retry.next_delay();
+                            warn!(error = %crate::report(&e), retry_in = ?wait, "reconcile failed");
+                            Some(Instant::now() + wait)
                         }
+                    };
+                    if full {
+                        // Forward whatever the outcome: a failed resync is retried through
+                        // `due`, with backoff, never in a loop.
+                        resync_at = Instant::now() + backoff::spread(self.resync, 0.1);
                     }
                 }
             }
         }
     }
 
-    /// Route every lease; publish what is routed. Ok(true) when everything is in place.
+    /// Route every lease; publish what is routed.
     async fn reconcile_all(
         &self,
-        leases: &[Lease],
+        leases: &PeerView<'_>,
         fresh: Option<bool>,
         unroutable: &mut BTreeSet<SubnetKey>,
         sm: &dyn SubnetManager,
         record: &str,
         published: &mut Published,
-    ) -> Result<bool, ControllerError> {
+    ) -> Result<Next, ControllerError> {
         let mut wanted = Vec::new();
-        for l in leases {
+        for l in leases.iter() {
             match tvpc::route_of(l) {
                 Some(w) => wanted.push(w),
                 None => {
@@ -273,7 +284,8 @@ impl Controller {
                 }
             }
         }
-        let leased = tvpc::leased_subnets(leases);
+        let leased = tvpc::leased_subnets(leases.iter());
+        let holders = tvpc::lease_holders(leases, None);
         let node_subnets: BTreeSet<String> = leases.iter().filter_map(tvpc::subnet_of).collect();
         let evict = published.evictable(Instant::now(), eviction_grace(self.resync));
         let outcome = self
@@ -285,6 +297,7 @@ impl Controller {
                 scope: Scope::Cluster,
                 gc: fresh.map(|fresh| LeaseView {
                     leased: &leased,
+                    holders: &holders,
                     fresh,
                 }),
                 split: self.fallback_reserved.map(|reserved| SplitRequest {
@@ -308,18 +321,22 @@ impl Controller {
                 .as_ref()
                 .map(|s| s.fallback.clone())
                 .unwrap_or_default(),
+            unrouted: outcome.unrouted.clone(),
         };
-        // Every lease is reached one way or the other (a route awaiting its eviction counts).
-        let complete = wanted
-            .iter()
-            .all(|w| status.routes.contains_key(&w.dest) || status.fallback.contains(&w.dest))
-            && !outcome.refresh;
+        // A lease neither routed, nor on the vxlan side, nor explained waits for something
+        // a sooner read may show; explained ones wait for the resync.
+        let waiting = wanted.iter().any(|w| {
+            !status.routes.contains_key(&w.dest)
+                && !status.fallback.contains(&w.dest)
+                && !status.unrouted.contains_key(&w.dest)
+        });
         if published.status.as_ref() != Some(&status) {
             let value = serde_json::to_string(&status).expect("a status serialises");
             sm.put_record(record, &value).await?;
             debug!(
                 routed = status.routes.len(),
                 fallback = status.fallback.len(),
+                unrouted = status.unrouted.len(),
                 wanted = wanted.len(),
                 "published the route status"
             );
@@ -328,7 +345,35 @@ impl Controller {
         if let Some(e) = outcome.errors.into_iter().next() {
             return Err(e.into());
         }
-        Ok(complete)
+        Ok(if outcome.refresh || waiting {
+            Next::Retry
+        } else {
+            Next::Resync
+        })
+    }
+}
+
+/// The VPC's primary and secondary CIDRs (one DescribeVpcs at start); empty when the call
+/// fails (admission then checks PrivateIPs without them).
+async fn vpc_cidrs(client: &tencent_cloud::Client, vpc_id: &str) -> Vec<Ipv4Net> {
+    let filter = tencent_cloud::vpc::Filter::new("vpc-id", &[vpc_id]);
+    match client.describe_vpcs(&[filter]).await {
+        Ok(vpcs) => vpcs
+            .iter()
+            .flat_map(|v| {
+                v.cidr_block.iter().chain(
+                    v.assistant_cidr_set
+                        .iter()
+                        .flatten()
+                        .filter_map(|a| a.cidr_block.as_ref()),
+                )
+            })
+            .filter_map(|c| c.parse().ok())
+            .collect(),
+        Err(e) => {
+            warn!(vpc = vpc_id, error = %crate::Report(&e), "the VPC's CIDRs could not be read: PrivateIPs are checked without them");
+            Vec::new()
+        }
     }
 }
 
@@ -344,6 +389,7 @@ mod tests {
                 .map(|i| (net(i), format!("172.16.0.{i}").parse().unwrap()))
                 .collect(),
             fallback: fallback.iter().map(net).collect(),
+            unrouted: BTreeMap::new(),
         }
     }
 

@@ -1,29 +1,32 @@
-//! The node agent's main loop. Order as upstream's `main.go`: network config (retried each
-//! second while the store is unreachable), interface, backend, lease, backend activation,
-//! subnet.env (then ready once the backend's data plane is in place), then the watch loop;
-//! one difference: the watch opens before activation, so the backend starts knowing its
-//! peers. The daemon, not the backend, owns the loop: lease events, a jittered resync tick
-//! and lease renewal all end up as calls on the backend.
+//! The node agent. Start-up in upstream's order (`main.go`): network config (retried while
+//! the store is unreachable), interface, backend, lease, the first reconcile, traffic rules,
+//! subnet.env (then ready once the backend's data plane is in place); one difference: the
+//! lease feed's first snapshot comes before the first reconcile, so the backend starts
+//! knowing its peers. Then an event loop: each [`Event`] (lease changes from the feed, the
+//! jittered resync tick, the traffic rules check, lease renewal, shutdown) goes to one
+//! handler that says [`Control::Continue`] or [`Control::Exit`]; [`run`] is the one place
+//! the daemon stops and turns not ready.
 
-use crate::backend::{Backend, BackendContext, BackendError, BackendFactory};
+use crate::backend::{Backend, BackendContext, BackendError, BackendFactory, Status, Trigger};
 use crate::health::Health;
 use crate::iface::{self, ExternalInterface, HostNetwork, IfaceError, Selection};
+use crate::lease_feed::{FeedEvent, LeaseFeed, OwnLoss};
 use crate::metrics::{EventLabels, LeaseLabels, ResultLabels};
 use crate::subnet::{AcquireRequest, SubnetError, SubnetManager};
 use crate::subnet_file;
 use crate::traffic::{Traffic, TrafficError, TrafficOptions};
 use backoff::Backoff;
+use flannel_core::admission::Rules;
 use flannel_core::backend_config::BackendConfig;
-use flannel_core::lease::{Expiry, Lease, LeaseEvent};
+use flannel_core::lease::{Expiry, Lease};
 use flannel_core::subnet_env::{self, SubnetEnv};
-use flannel_core::watch::{LeaseWatcher, WatchUpdate};
 use flannel_core::ValidatedNetConfig;
-use futures::StreamExt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 /// What the daemon needs from the command line.
@@ -83,8 +86,6 @@ async fn pause(d: Duration, shutdown: &mut (impl Future<Output = ()> + Unpin)) -
 /// Retry pacing of the daemon's loops (see the `backoff` crate: capped doubling, jittered).
 const CONFIG_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
 const ACQUIRE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-pub(crate) const WATCH_RETRY: Backoff =
-    Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 /// How long activation waits for the lease watch's first snapshot.
 const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 
@@ -134,244 +135,388 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, DaemonError> {
     let mut shutdown = Box::pin(shutdown);
-
-    // 1. Network config, retried while the store is unreachable; a bad config is fatal.
-    let Some(config) = network_config(sm.as_ref(), &mut shutdown).await? else {
-        return Ok(Exit::Shutdown);
+    let mut node = match Node::start(cfg, sm, backends, host, health, &mut shutdown).await? {
+        Some(node) => node,
+        None => return Ok(Exit::Shutdown),
     };
-    info!(backend = %config.backend_type, network = ?config.network().map(|n| n.to_string()), ipv6_network = ?config.ipv6_network().map(|n| n.to_string()), "network config");
-
-    // 2. Interface.
-    let ext: ExternalInterface = iface::select(
-        &Selection {
-            ifaces: cfg.ifaces.clone(),
-            regexes: cfg.iface_regexes.clone(),
-            can_reach: cfg.iface_can_reach,
-            public_ip: cfg.public_ip,
-            public_ipv6: cfg.public_ipv6,
-            ipv4: config.enable_ipv4(),
-            ipv6: config.enable_ipv6(),
-        },
-        host,
-    )?;
-    info!(iface = %ext.name, iface_addr = ?ext.iface_addr, ext_addr = ?ext.ext_addr, mtu = ext.mtu, "using interface");
-
-    // 3. Backend (before the lease, so a bad or unsupported backend leaves no lease behind).
-    let backend_config = BackendConfig::parse(&config.backend_type, config.backend.as_ref())
-        .map_err(BackendError::from)?;
-    let backend: Box<dyn Backend> = backends
-        .build(&BackendContext {
-            config: &backend_config,
-            network: &config,
-            ext: &ext,
-            metrics: &health.metrics,
-            store: Arc::clone(&sm),
-        })
-        .await?;
-    let resync_period = backend.resync_period().unwrap_or(cfg.resync_period);
-
-    // 4. Lease.
-    let previous = subnet_file::read_previous(&cfg.subnet_file);
-    let req = AcquireRequest {
-        attrs: backend.lease_attrs().await?,
-        previous: subnet_env::previous_subnet(&previous),
-        previous_ipv6: subnet_env::previous_ipv6_subnet(&previous),
-    };
-    let mut pauses = ACQUIRE_RETRY.delays();
-    let mut own = loop {
-        match or_shutdown(sm.acquire_lease(&req), &mut shutdown).await {
-            None => return Ok(Exit::Shutdown),
-            Some(Ok(l)) => break l,
-            // The store is unreachable or busy: wait and try again (a restart would not help).
-            Some(Err(e)) if e.is_retryable() => {
-                let wait = pauses.next_delay();
-                warn!(error = %crate::report(&e), retry_in = ?wait, "failed to acquire a lease");
-                if !pause(wait, &mut shutdown).await {
-                    return Ok(Exit::Shutdown);
-                }
-            }
-            Some(Err(e)) => return Err(e.into()),
-        }
-    };
-    info!(subnet = %own.key, reservation = own.is_reservation(), "lease acquired");
-    record_lease(&health, &own, backend.kind().name());
-
-    // 5. The watch's first snapshot, so the backend is activated knowing its peers (one
-    // reconcile instead of two), then backend activation, subnet.env, ready.
-    let mut watcher = LeaseWatcher::new(Some(own.key));
-    let mut stream = None;
-    if let Some(Ok(mut s)) = or_shutdown(sm.watch_leases(), &mut shutdown).await {
-        match tokio::time::timeout(FIRST_SNAPSHOT_WAIT, s.next()).await {
-            Ok(Some(Ok(update))) => {
-                if let Some(lost) = loses(&update, &own) {
-                    health.set_ready(false);
-                    return Err(lost);
-                }
-                watcher.apply(update);
-                stream = Some(s);
-            }
-            _ => debug!("no lease snapshot yet; activating without peers"),
-        }
-    }
-    let peers: Vec<Lease> = watcher.peers().cloned().collect();
-    backend.activate(&own, &peers).await?;
-    // Traffic rules before subnet.env, as upstream: a failure here is fatal.
-    let traffic = match cfg.traffic.any() {
-        true => {
-            let t = traffic_for(&cfg.traffic, &config, &own).await?;
-            t.ensure().await?;
-            Some(t)
-        }
-        false => None,
-    };
-    let env = subnet_env(&config, &own, backend.mtu(), cfg.traffic.masquerade);
-    ensure_subnet_env(&cfg, &env, &health, backend.as_ref());
-
-    // 6. The loop. A failed resync, or a backend not in place yet, is retried sooner than
-    // the period, with backoff.
-    let mut watch_pauses = WATCH_RETRY.delays();
-    let mut resync_pauses = Backoff::new(Duration::from_secs(1), resync_period).delays();
-    let first = if backend.ready() {
-        jittered(resync_period)
-    } else {
-        resync_pauses.next_delay()
-    };
-    let mut resync_at = tokio::time::Instant::now() + first;
-    let mut traffic_at = tokio::time::Instant::now() + cfg.traffic_resync;
-    let mut reported: Option<(bool, Option<String>)> = None;
-    report_ready(sm.as_ref(), &health, None, &mut reported).await;
     loop {
-        if stream.is_none() {
-            match or_shutdown(sm.watch_leases(), &mut shutdown).await {
-                None => return Ok(Exit::Shutdown),
-                Some(Ok(s)) => {
-                    stream = Some(s);
-                    watch_pauses.reset();
+        let event = node.next_event(&mut shutdown).await;
+        if let Control::Exit(result) = node.handle(event).await {
+            // The one place the daemon stops: not ready from here on.
+            node.health.set_ready(false);
+            match &result {
+                Ok(Exit::Shutdown) => info!("shutting down"),
+                Err(DaemonError::LeaseRevoked) => {
+                    error!(subnet = %node.own.key, "Lease has been revoked. Shutting down daemon.")
                 }
-                Some(Err(e)) if !e.is_retryable() => {
-                    error!(subnet = %own.key, error = %crate::report(&e), "lease lost. Shutting down daemon.");
-                    health.set_ready(false);
-                    return Err(e.into());
-                }
-                Some(Err(e)) => {
-                    let wait = watch_pauses.next_delay();
-                    warn!(error = %crate::report(&e), retry_in = ?wait, "watching leases failed");
-                    if !pause(wait, &mut shutdown).await {
-                        return Ok(Exit::Shutdown);
-                    }
-                    continue;
+                Err(e) => {
+                    error!(subnet = %node.own.key, error = %crate::report(e), "lease lost. Shutting down daemon.")
                 }
             }
-        }
-        let renew_in = renew_delay(&own, cfg.renew_margin);
-        let s = stream.as_mut().expect("opened above");
-        tokio::select! {
-            _ = &mut shutdown => {
-                info!("shutting down");
-                health.set_ready(false);
-                return Ok(Exit::Shutdown);
-            }
-            update = s.next() => match update {
-                None => {
-                    warn!("lease watch ended; reopening");
-                    stream = None;
-                }
-                Some(Err(e)) if e.is_retryable() => {
-                    warn!(error = %crate::report(&e), "lease watch error; reopening");
-                    stream = None;
-                }
-                // The store went backwards: our lease may already be another node's.
-                Some(Err(e)) => {
-                    error!(subnet = %own.key, error = %crate::report(&e), "lease lost. Shutting down daemon.");
-                    health.set_ready(false);
-                    return Err(e.into());
-                }
-                Some(Ok(update)) => {
-                    if let Some(lost) = loses(&update, &own) {
-                        match &lost {
-                            DaemonError::LeaseRevoked => error!(subnet = %own.key, "Lease has been revoked. Shutting down daemon."),
-                            other => error!(subnet = %own.key, error = %crate::report(other), "lease lost. Shutting down daemon."),
-                        }
-                        health.set_ready(false);
-                        return Err(lost);
-                    }
-                    let events = watcher.apply(update);
-                    health.metrics.peers.set(watcher.peers().count() as i64);
-                    if !events.is_empty() {
-                        for e in &events {
-                            let event = if matches!(e, LeaseEvent::Added(_)) { "added" } else { "removed" };
-                            health.metrics.lease_events.get_or_create(&EventLabels { event }).inc();
-                            debug!(event, subnet = %e.lease().key, public_ip = %e.lease().attrs.public_ip, "peer lease");
-                        }
-                        let r = backend.handle(&own, &events).await;
-                        record_sync(&health, &r);
-                        if let Err(e) = r {
-                            warn!(error = %crate::report(&e), "backend failed to apply lease events; the next resync retries");
-                        }
-                        if !backend.settled().await {
-                            resync_at = resync_at.min(tokio::time::Instant::now() + resync_pauses.next_delay());
-                        }
-                        ensure_subnet_env(&cfg, &env, &health, backend.as_ref());
-                    }
-                }
-            },
-            _ = tokio::time::sleep_until(resync_at) => {
-                let peers: Vec<Lease> = watcher.peers().cloned().collect();
-                let r = backend.resync(&own, &peers, stream.is_some()).await;
-                record_sync(&health, &r);
-                if let Err(e) = &r {
-                    warn!(error = %crate::report(e), "backend resync failed");
-                }
-                ensure_subnet_env(&cfg, &env, &health, backend.as_ref());
-                let problem = r.as_ref().err().map(|e| crate::report(e));
-                report_ready(sm.as_ref(), &health, problem, &mut reported).await;
-                let wait = if r.is_ok() && backend.ready() && backend.settled().await {
-                    resync_pauses.reset();
-                    jittered(resync_period)
-                } else {
-                    resync_pauses.next_delay()
-                };
-                resync_at = tokio::time::Instant::now() + wait;
-            }
-            _ = tokio::time::sleep_until(traffic_at), if traffic.is_some() => {
-                if let Some(t) = &traffic {
-                    if let Err(e) = t.ensure().await {
-                        warn!(error = %crate::report(&e), "traffic rules check failed; retrying at the next check");
-                    }
-                }
-                traffic_at = tokio::time::Instant::now() + cfg.traffic_resync;
-            }
-            _ = tokio::time::sleep(renew_in) => {
-                match sm.renew_lease(&own).await {
-                    Ok(l) => {
-                        info!(subnet = %l.key, "lease renewed");
-                        own = l;
-                        record_lease(&health, &own, backend.kind().name());
-                    }
-                    Err(SubnetError::LeaseNotFound(_)) => {
-                        error!(subnet = %own.key, "Lease has been revoked. Shutting down daemon.");
-                        health.set_ready(false);
-                        return Err(DaemonError::LeaseRevoked);
-                    }
-                    Err(e) if !e.is_retryable() => {
-                        error!(subnet = %own.key, error = %crate::report(&e), "lease lost. Shutting down daemon.");
-                        health.set_ready(false);
-                        return Err(e.into());
-                    }
-                    Err(e) => {
-                        // Upstream waits 1 minute; a short-lived lease (--subnet-lease-ttl)
-                        // retries several times within its margin.
-                        let retry = RENEW_RETRY.min(cfg.renew_margin / 3);
-                        warn!(error = %crate::report(&e), retry_in = ?retry, "lease renewal failed, retrying");
-                        // Push the lease's own deadline forward locally so the retry waits.
-                        own.expiry = Expiry::At(SystemTime::now() + cfg.renew_margin + retry);
-                    }
-                }
-            }
+            return result;
         }
     }
 }
 
+/// What wakes the daemon.
+#[derive(Debug)]
+enum Event {
+    Shutdown,
+    Feed(FeedEvent),
+    Resync,
+    TrafficCheck,
+    Renew,
+}
+
+/// What the daemon does after an event.
+#[derive(Debug)]
+enum Control {
+    Continue,
+    Exit(Result<Exit, DaemonError>),
+}
+
+/// A node with its lease: everything the loop works on.
+struct Node {
+    cfg: DaemonConfig,
+    sm: Arc<dyn SubnetManager>,
+    health: Arc<Health>,
+    backend: Box<dyn Backend>,
+    own: Lease,
+    feed: LeaseFeed,
+    traffic: Option<Traffic>,
+    env: SubnetEnv,
+    /// The backend's data plane is in place (as of its last status).
+    backend_ready: bool,
+    /// Why not, in the backend's words.
+    problem: Option<String>,
+    /// The backend has something pending (or failed): reconcile again soon.
+    last_pending: bool,
+    resync_period: Duration,
+    resync_pauses: backoff::Delays<rand::rngs::StdRng>,
+    resync_at: Instant,
+    traffic_at: Instant,
+    /// What the subnet manager was last told about readiness.
+    reported: Option<(bool, Option<String>)>,
+}
+
+impl Node {
+    /// Config, interface, backend, lease, the first snapshot of the peers, the first
+    /// reconcile, the traffic rules, subnet.env. None when `shutdown` came first.
+    async fn start(
+        cfg: DaemonConfig,
+        sm: Arc<dyn SubnetManager>,
+        backends: &dyn BackendFactory,
+        host: &dyn HostNetwork,
+        health: Arc<Health>,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<Option<Node>, DaemonError> {
+        // 1. Network config, retried while the store is unreachable; a bad config is fatal.
+        let Some(config) = network_config(sm.as_ref(), shutdown).await? else {
+            return Ok(None);
+        };
+        info!(backend = %config.backend_type, network = ?config.network().map(|n| n.to_string()), ipv6_network = ?config.ipv6_network().map(|n| n.to_string()), "network config");
+
+        // 2. Interface.
+        let ext: ExternalInterface = iface::select(
+            &Selection {
+                ifaces: cfg.ifaces.clone(),
+                regexes: cfg.iface_regexes.clone(),
+                can_reach: cfg.iface_can_reach,
+                public_ip: cfg.public_ip,
+                public_ipv6: cfg.public_ipv6,
+                ipv4: config.enable_ipv4(),
+                ipv6: config.enable_ipv6(),
+            },
+            host,
+        )?;
+        info!(iface = %ext.name, iface_addr = ?ext.iface_addr, ext_addr = ?ext.ext_addr, mtu = ext.mtu, "using interface");
+
+        // 3. Backend (before the lease, so a bad or unsupported backend leaves no lease behind).
+        let backend_config = BackendConfig::parse(&config.backend_type, config.backend.as_ref())
+            .map_err(BackendError::from)?;
+        let backend: Box<dyn Backend> = backends
+            .build(&BackendContext {
+                config: &backend_config,
+                network: &config,
+                ext: &ext,
+                metrics: &health.metrics,
+                store: Arc::clone(&sm),
+            })
+            .await?;
+        let resync_period = backend.resync_period().unwrap_or(cfg.resync_period);
+
+        // 4. Lease.
+        let previous = subnet_file::read_previous(&cfg.subnet_file);
+        let req = AcquireRequest {
+            attrs: backend.lease_attrs().await?,
+            previous: subnet_env::previous_subnet(&previous),
+            previous_ipv6: subnet_env::previous_ipv6_subnet(&previous),
+        };
+        let mut pauses = ACQUIRE_RETRY.delays();
+        let own = loop {
+            match or_shutdown(sm.acquire_lease(&req), shutdown).await {
+                None => return Ok(None),
+                Some(Ok(l)) => break l,
+                // The store is unreachable or busy: wait and try again (a restart would not help).
+                Some(Err(e)) if e.is_retryable() => {
+                    let wait = pauses.next_delay();
+                    warn!(error = %crate::report(&e), retry_in = ?wait, "failed to acquire a lease");
+                    if !pause(wait, shutdown).await {
+                        return Ok(None);
+                    }
+                }
+                Some(Err(e)) => return Err(e.into()),
+            }
+        };
+        info!(subnet = %own.key, reservation = own.is_reservation(), source = sm.name(), "lease acquired");
+        record_lease(&health, &own, backend.kind().name());
+
+        // 5. The watch's first snapshot, so the first reconcile knows the peers (one
+        // reconcile instead of two); after a while without one, start without peers.
+        let rules = Rules::new(&config, sm.allocation());
+        let mut feed = LeaseFeed::new(Arc::clone(&sm), rules, Some(own.clone()), &health.metrics);
+        match or_shutdown(
+            tokio::time::timeout(FIRST_SNAPSHOT_WAIT, feed.next()),
+            shutdown,
+        )
+        .await
+        {
+            None => return Ok(None),
+            Some(Err(_)) => debug!("no lease snapshot yet; starting without peers"),
+            Some(Ok(FeedEvent::OwnLost(OwnLoss::Revoked))) => {
+                return Err(DaemonError::LeaseRevoked)
+            }
+            Some(Ok(FeedEvent::OwnLost(OwnLoss::Taken(e)) | FeedEvent::Failed(e))) => {
+                return Err(e.into())
+            }
+            Some(Ok(FeedEvent::Peers { .. } | FeedEvent::Fresh)) => {}
+        }
+
+        // 6. The first reconcile (its error is fatal), the traffic rules (before subnet.env,
+        // as upstream: a failure is fatal), subnet.env, ready.
+        let status = backend
+            .reconcile(&own, &feed.peers(), Trigger::Start)
+            .await?;
+        let traffic = match cfg.traffic.any() {
+            true => {
+                let t = traffic_for(&cfg.traffic, &config, &own).await?;
+                t.ensure().await?;
+                Some(t)
+            }
+            false => None,
+        };
+        let env = subnet_env(&config, &own, backend.mtu(), cfg.traffic.masquerade);
+        let now = Instant::now();
+        let mut node = Node {
+            traffic_at: now + cfg.traffic_resync,
+            resync_at: now,
+            resync_pauses: Backoff::new(Duration::from_secs(1), resync_period).delays(),
+            resync_period,
+            cfg,
+            sm,
+            health,
+            backend,
+            own,
+            feed,
+            traffic,
+            env,
+            backend_ready: false,
+            problem: None,
+            last_pending: false,
+            reported: None,
+        };
+        node.take_status(Trigger::Start, Ok(status));
+        node.resync_at = match node.backend_ready {
+            true => now + jittered(resync_period),
+            false => now + node.resync_pauses.next_delay(),
+        };
+        node.report_ready().await;
+        Ok(Some(node))
+    }
+
+    async fn next_event(&mut self, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> Event {
+        let renew_in = renew_delay(&self.own, self.cfg.renew_margin);
+        tokio::select! {
+            _ = shutdown => Event::Shutdown,
+            e = self.feed.next() => Event::Feed(e),
+            _ = tokio::time::sleep_until(self.resync_at) => Event::Resync,
+            _ = tokio::time::sleep_until(self.traffic_at), if self.traffic.is_some() => Event::TrafficCheck,
+            _ = tokio::time::sleep(renew_in) => Event::Renew,
+        }
+    }
+
+    async fn handle(&mut self, event: Event) -> Control {
+        match event {
+            Event::Shutdown => Control::Exit(Ok(Exit::Shutdown)),
+            Event::Feed(FeedEvent::Peers { added, removed }) => {
+                self.peers_changed(&added, &removed).await;
+                Control::Continue
+            }
+            Event::Feed(FeedEvent::Fresh) => Control::Continue,
+            Event::Feed(FeedEvent::OwnLost(OwnLoss::Revoked)) => {
+                Control::Exit(Err(DaemonError::LeaseRevoked))
+            }
+            // The store went backwards, or another node wrote our key: our lease may already
+            // be another node's.
+            Event::Feed(FeedEvent::OwnLost(OwnLoss::Taken(e)) | FeedEvent::Failed(e)) => {
+                Control::Exit(Err(e.into()))
+            }
+            Event::Resync => {
+                self.resync().await;
+                Control::Continue
+            }
+            Event::TrafficCheck => {
+                if let Some(t) = &self.traffic {
+                    if let Err(e) = t.ensure().await {
+                        warn!(error = %crate::report(&e), "traffic rules check failed; retrying at the next check");
+                    }
+                }
+                self.traffic_at = Instant::now() + self.cfg.traffic_resync;
+                Control::Continue
+            }
+            Event::Renew => self.renew().await,
+        }
+    }
+
+    /// Lease changes: the backend reconciles for them; anything pending brings the resync
+    /// forward.
+    async fn peers_changed(&mut self, added: &[Lease], removed: &[Lease]) {
+        for (event, n) in [("added", added.len()), ("removed", removed.len())] {
+            self.health
+                .metrics
+                .lease_events
+                .get_or_create(&EventLabels { event })
+                .inc_by(n as u64);
+        }
+        let trigger = Trigger::Leases { added, removed };
+        let r = self
+            .backend
+            .reconcile(&self.own, &self.feed.peers(), trigger)
+            .await;
+        self.take_status(trigger, r);
+        if self.pending() {
+            let soon = Instant::now() + self.resync_pauses.next_delay();
+            self.resync_at = self.resync_at.min(soon);
+        }
+    }
+
+    async fn resync(&mut self) {
+        let trigger = Trigger::Resync {
+            fresh: self.feed.is_fresh(),
+        };
+        let r = self
+            .backend
+            .reconcile(&self.own, &self.feed.peers(), trigger)
+            .await;
+        let failed = r.is_err();
+        self.take_status(trigger, r);
+        self.report_ready().await;
+        let wait = if !failed && self.backend_ready && !self.pending() {
+            self.resync_pauses.reset();
+            jittered(self.resync_period)
+        } else {
+            self.resync_pauses.next_delay()
+        };
+        self.resync_at = Instant::now() + wait;
+    }
+
+    fn pending(&self) -> bool {
+        !self.backend_ready || self.last_pending
+    }
+
+    /// Take what a reconcile said: an error leaves readiness as it was. Then subnet.env and
+    /// readiness.
+    fn take_status(&mut self, trigger: Trigger<'_>, r: Result<Status, BackendError>) {
+        record_sync(&self.health, &r);
+        match r {
+            Ok(s) => {
+                if let Some(p) = &s.problem {
+                    warn!(trigger = trigger.name(), problem = %p, "backend: not everything is in place");
+                }
+                self.backend_ready = s.ready;
+                self.last_pending = s.pending;
+                self.problem = s.problem;
+            }
+            Err(e) => {
+                warn!(trigger = trigger.name(), error = %crate::report(&e), "backend reconcile failed; retrying");
+                self.last_pending = true;
+                self.problem = Some(crate::report(&e));
+            }
+        }
+        self.ensure_subnet_env();
+    }
+
+    /// Renew the lease at its expiry minus the margin.
+    async fn renew(&mut self) -> Control {
+        match self.sm.renew_lease(&self.own).await {
+            Ok(l) => {
+                info!(subnet = %l.key, "lease renewed");
+                record_lease(&self.health, &l, self.backend.kind().name());
+                self.own = l;
+                if let Some(FeedEvent::Peers { added, removed }) = self.feed.set_own(&self.own) {
+                    self.peers_changed(&added, &removed).await;
+                }
+                Control::Continue
+            }
+            Err(SubnetError::LeaseNotFound(_)) => Control::Exit(Err(DaemonError::LeaseRevoked)),
+            Err(e) if !e.is_retryable() => Control::Exit(Err(e.into())),
+            Err(e) => {
+                // Upstream waits 1 minute; a short-lived lease (--subnet-lease-ttl) retries
+                // several times within its margin.
+                let retry = RENEW_RETRY.min(self.cfg.renew_margin / 3);
+                warn!(error = %crate::report(&e), retry_in = ?retry, "lease renewal failed, retrying");
+                // Push the lease's own deadline forward locally so the retry waits.
+                self.own.expiry = Expiry::At(SystemTime::now() + self.cfg.renew_margin + retry);
+                Control::Continue
+            }
+        }
+    }
+
+    /// Tell the subnet manager when readiness, or the reason the node is not ready, changed
+    /// (Kubernetes: the NetworkUnavailable condition and an Event); a failure is logged and
+    /// retried at the next resync.
+    async fn report_ready(&mut self) {
+        let ready = self.health.is_ready();
+        let now = (ready, if ready { None } else { self.problem.clone() });
+        if self.reported.as_ref() == Some(&now) {
+            return;
+        }
+        match self.sm.report_ready(now.0, now.1.as_deref()).await {
+            Ok(()) => self.reported = Some(now),
+            Err(e) => {
+                warn!(error = %crate::report(&e), "reporting readiness to the subnet manager failed")
+            }
+        }
+    }
+
+    /// Write subnet.env if it is missing or differs, and mark ready once it is in place and
+    /// the backend's data plane is. A failed write is logged and retried at the next resync;
+    /// the node stays not ready.
+    fn ensure_subnet_env(&self) {
+        let path = &self.cfg.subnet_file;
+        let want = self.env.render();
+        let written = std::fs::read_to_string(path).is_ok_and(|have| have == want)
+            || match subnet_file::write_atomic(path, &want) {
+                Ok(()) => {
+                    info!(path = %path.display(), "wrote subnet file");
+                    true
+                }
+                Err(e) => {
+                    error!(error = %crate::Report(&e), "subnet file not written; not ready");
+                    false
+                }
+            };
+        let ready = written && self.backend_ready;
+        if ready != self.health.is_ready() {
+            if ready {
+                info!("ready");
+            } else if written {
+                warn!("not ready: the backend's data plane is not in place yet");
+            }
+            self.health.set_ready(ready);
+        }
+    }
+}
 /// The rules and blackhole route for this lease, applied with iptables or (EnableNFTables)
 /// nftables, `--random-fully` only where the iptables has it.
 async fn traffic_for(
@@ -391,28 +536,6 @@ async fn traffic_for(
     Ok(Traffic::new(&options, config, own, filter, routes))
 }
 
-/// Tell the subnet manager when readiness, or the reason the node is not ready, changed
-/// (Kubernetes: the NetworkUnavailable condition and an Event); a failure is logged and
-/// retried at the next resync.
-async fn report_ready(
-    sm: &dyn SubnetManager,
-    health: &Health,
-    problem: Option<String>,
-    reported: &mut Option<(bool, Option<String>)>,
-) {
-    let ready = health.is_ready();
-    let now = (ready, if ready { None } else { problem });
-    if reported.as_ref() == Some(&now) {
-        return;
-    }
-    match sm.report_ready(now.0, now.1.as_deref()).await {
-        Ok(()) => *reported = Some(now),
-        Err(e) => {
-            warn!(error = %crate::report(&e), "reporting readiness to the subnet manager failed")
-        }
-    }
-}
-
 /// The pause after a failed lease renewal (upstream's), for a lease with a long margin.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 
@@ -426,29 +549,6 @@ fn renew_delay(own: &Lease, margin: Duration) -> Duration {
             .checked_sub(margin)
             .and_then(|due| due.duration_since(SystemTime::now()).ok())
             .unwrap_or(Duration::ZERO),
-    }
-}
-
-/// Our own lease disappeared from the store (revoked), or another node wrote our key.
-fn loses(update: &WatchUpdate, own: &Lease) -> Option<DaemonError> {
-    let taken = |l: &Lease| {
-        (l.attrs.public_ip != own.attrs.public_ip).then(|| {
-            DaemonError::Subnet(SubnetError::LeaseTaken {
-                subnet: own.key.ipv4,
-                holder: l.attrs.public_ip,
-            })
-        })
-    };
-    match update {
-        WatchUpdate::Events(events) => events.iter().find_map(|e| match e {
-            LeaseEvent::Removed(l) if l.key == own.key => Some(DaemonError::LeaseRevoked),
-            LeaseEvent::Added(l) if l.key == own.key => taken(l),
-            _ => None,
-        }),
-        WatchUpdate::Snapshot(leases) => match leases.iter().find(|l| l.key == own.key) {
-            None => Some(DaemonError::LeaseRevoked),
-            Some(l) => taken(l),
-        },
     }
 }
 
@@ -478,31 +578,4 @@ fn record_sync<T, E>(health: &Health, r: &Result<T, E>) {
         .backend_syncs
         .get_or_create(&ResultLabels { result })
         .inc();
-}
-
-/// Write subnet.env if it is missing or differs, and mark ready once it is in place and the
-/// backend's data plane is. A failed write is logged and retried at the next resync; the
-/// node stays not ready.
-fn ensure_subnet_env(cfg: &DaemonConfig, env: &SubnetEnv, health: &Health, backend: &dyn Backend) {
-    let want = env.render();
-    let written = std::fs::read_to_string(&cfg.subnet_file).is_ok_and(|have| have == want)
-        || match subnet_file::write_atomic(&cfg.subnet_file, &want) {
-            Ok(()) => {
-                info!(path = %cfg.subnet_file.display(), "wrote subnet file");
-                true
-            }
-            Err(e) => {
-                error!(error = %crate::Report(&e), "subnet file not written; not ready");
-                false
-            }
-        };
-    let ready = written && backend.ready();
-    if ready != health.is_ready() {
-        if ready {
-            info!("ready");
-        } else if written {
-            warn!("not ready: the backend's data plane is not in place yet");
-        }
-        health.set_ready(ready);
-    }
 }

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod health;
 pub mod iface;
 pub mod kernel;
+pub mod lease_feed;
 pub mod logging;
 pub mod metrics;
 pub mod subnet;

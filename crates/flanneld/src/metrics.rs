@@ -69,6 +69,12 @@ pub struct SideLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The admission rule a refused lease broke (`flannel_core::admission::Reason::label`).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LeaseLabels {
     pub subnet: String,
     pub backend: String,
@@ -79,6 +85,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub ready: Gauge,
     pub peers: Gauge,
+    pub leases_refused: Family<ReasonLabels, Gauge>,
     pub lease: Family<LeaseLabels, Gauge>,
     pub lease_expiry: Gauge<f64, AtomicU64>,
     pub lease_events: Family<EventLabels, Counter>,
@@ -96,7 +103,13 @@ impl Default for Metrics {
             ready.clone(),
         );
         let peers = Gauge::default();
-        registry.register("peers", "Peer leases currently known", peers.clone());
+        registry.register("peers", "Peer leases admitted and in use", peers.clone());
+        let leases_refused = Family::<ReasonLabels, Gauge>::default();
+        registry.register(
+            "leases_refused",
+            "Leases in the store refused by admission (never installed), by the rule broken",
+            leases_refused.clone(),
+        );
         let lease = Family::<LeaseLabels, Gauge>::default();
         registry.register("lease", "This node's lease (value 1)", lease.clone());
         let lease_expiry = Gauge::<f64, AtomicU64>::default();
@@ -171,6 +184,7 @@ impl Default for Metrics {
             registry,
             ready,
             peers,
+            leases_refused,
             lease,
             lease_expiry,
             lease_events,

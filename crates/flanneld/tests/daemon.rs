@@ -320,43 +320,30 @@ impl flanneld::backend::Backend for FakeBackend {
         a.backend_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:ff"}));
         Ok(a)
     }
-    async fn activate(
+    async fn reconcile(
         &self,
         own: &Lease,
-        _peers: &[Lease],
-    ) -> Result<(), flanneld::backend::BackendError> {
-        self.0
-            .calls
-            .lock()
-            .unwrap()
-            .push(format!("activate {}", own.key));
-        Ok(())
-    }
-    async fn handle(
-        &self,
-        _own: &Lease,
-        events: &[flannel_core::LeaseEvent],
-    ) -> Result<(), flanneld::backend::BackendError> {
-        for e in events {
-            let what = match e {
-                flannel_core::LeaseEvent::Added(_) => "added",
-                flannel_core::LeaseEvent::Removed(_) => "removed",
-            };
-            self.0
-                .calls
-                .lock()
-                .unwrap()
-                .push(format!("{what} {}", e.lease().key));
+        peers: &flannel_core::admission::PeerView<'_>,
+        trigger: flanneld::backend::Trigger<'_>,
+    ) -> Result<flanneld::backend::Status, flanneld::backend::BackendError> {
+        let mut calls = self.0.calls.lock().unwrap();
+        match trigger {
+            flanneld::backend::Trigger::Start => {
+                calls.push(format!("start {} with {} peers", own.key, peers.len()))
+            }
+            flanneld::backend::Trigger::Leases { added, removed } => {
+                for l in added {
+                    calls.push(format!("added {}", l.key));
+                }
+                for l in removed {
+                    calls.push(format!("removed {}", l.key));
+                }
+            }
+            flanneld::backend::Trigger::Resync { fresh } => {
+                calls.push(format!("resync fresh={fresh} peers={}", peers.len()))
+            }
         }
-        Ok(())
-    }
-    async fn resync(
-        &self,
-        _own: &Lease,
-        _peers: &[Lease],
-        _fresh: bool,
-    ) -> Result<(), flanneld::backend::BackendError> {
-        Ok(())
+        Ok(flanneld::backend::Status::done())
     }
     fn mtu(&self) -> u32 {
         1400
@@ -421,8 +408,8 @@ async fn an_injected_backend_gets_its_lease_attrs_published_and_peer_events() {
     .await;
     assert_eq!(
         rec.calls.lock().unwrap()[0],
-        format!("activate {}", own.key),
-        "activation comes before any peer event"
+        format!("start {} with 0 peers", own.key),
+        "the first reconcile comes before any peer event"
     );
     run.abort();
 }

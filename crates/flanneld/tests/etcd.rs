@@ -4,8 +4,9 @@
 mod common;
 
 use common::{daemon_config, wait_until_async, FakeHost};
+use flannel_core::admission::{Allocation, LeaseGate, Rules};
 use flannel_core::lease::{Expiry, Lease, LeaseAttrs, LeaseEvent};
-use flannel_core::watch::{LeaseWatcher, WatchUpdate};
+use flannel_core::watch::WatchUpdate;
 use flanneld::daemon::{self, DaemonError};
 use flanneld::health::Health;
 use flanneld::subnet::election::LeaderElection;
@@ -259,8 +260,9 @@ async fn expiry_is_a_removed_event_and_garbage_is_ignored() {
     let m = manager(&etcd).await;
     let own = m.acquire_lease(&req("172.16.0.7")).await.unwrap();
     let mut stream = m.watch_leases().await.unwrap();
-    let mut w = LeaseWatcher::new(Some(own.key));
-    let first = w.apply(next(&mut stream).await);
+    let config = flannel_core::config::parse_and_check(r#"{"Network":"10.5.0.0/16"}"#).unwrap();
+    let mut w = LeaseGate::new(Rules::new(&config, Allocation::Pool), Some(&own));
+    let first = w.apply(next(&mut stream).await).events;
     assert!(first.is_empty(), "only our own lease so far");
     // A peer with a 2 s lease that nobody renews, on a subnet that is not ours (ours is random).
     let peer = if own.key.to_string() == "10.5.99.0-24" {
@@ -284,18 +286,18 @@ async fn expiry_is_a_removed_event_and_garbage_is_ignored() {
         "/coreos.com/network/subnets/10.5.98.0-24",
         "not json",
     ]);
-    let added = w.apply(next(&mut stream).await);
+    let added = w.apply(next(&mut stream).await).events;
     assert!(
         matches!(added.as_slice(), [LeaseEvent::Added(l)] if l.key.to_string() == peer),
         "{added:?}"
     );
     // The next update is the expiry (the garbage produced none).
-    let removed = w.apply(next(&mut stream).await);
+    let removed = w.apply(next(&mut stream).await).events;
     assert!(
         matches!(removed.as_slice(), [LeaseEvent::Removed(l)] if l.key.to_string() == peer && l.attrs.public_ip == "172.16.0.99".parse::<Ipv4Addr>().unwrap()),
         "{removed:?}"
     );
-    assert_eq!(w.peers().count(), 0);
+    assert_eq!(w.peer_count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -301,37 +301,21 @@ impl flanneld::backend::Backend for Gate {
         a.backend_type = "alloc".into();
         Ok(a)
     }
-    async fn activate(
+    async fn reconcile(
         &self,
         _: &flannel_core::lease::Lease,
-        _: &[flannel_core::lease::Lease],
-    ) -> Result<(), flanneld::backend::BackendError> {
-        Ok(())
-    }
-    async fn handle(
-        &self,
-        _: &flannel_core::lease::Lease,
-        _: &[LeaseEvent],
-    ) -> Result<(), flanneld::backend::BackendError> {
-        Ok(())
-    }
-    async fn resync(
-        &self,
-        _: &flannel_core::lease::Lease,
-        _: &[flannel_core::lease::Lease],
-        _: bool,
-    ) -> Result<(), flanneld::backend::BackendError> {
-        if self.ready() {
-            Ok(())
-        } else {
-            Err(flanneld::backend::BackendError::NotRouted(FULL.into()))
-        }
+        _: &flannel_core::admission::PeerView<'_>,
+        _: flanneld::backend::Trigger<'_>,
+    ) -> Result<flanneld::backend::Status, flanneld::backend::BackendError> {
+        let ready = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        Ok(flanneld::backend::Status {
+            ready,
+            pending: !ready,
+            problem: (!ready).then(|| FULL.to_string()),
+        })
     }
     fn mtu(&self) -> u32 {
         1500
-    }
-    fn ready(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
     fn resync_period(&self) -> Option<Duration> {
         Some(Duration::from_millis(200))

@@ -4,10 +4,11 @@
 mod common;
 
 use common::{daemon_config, wait_until_async, FakeHost};
-use flannel_core::lease::{Expiry, Lease, LeaseEvent, SubnetKey};
+use flannel_core::admission::PeerView;
+use flannel_core::lease::{Expiry, Lease, SubnetKey};
 use flanneld::backend::tencent_vpc::plan::Ownership;
-use flanneld::backend::tencent_vpc::{NodeFacts, Settings, TencentVpcBackend};
-use flanneld::backend::{Backend, BackendError};
+use flanneld::backend::tencent_vpc::{Agent, NodeFacts, Settings};
+use flanneld::backend::{Backend, BackendError, Status, Trigger};
 use flanneld::health::Health;
 use flanneld::iface::ExternalInterface;
 use flanneld::metrics::Metrics;
@@ -209,19 +210,14 @@ impl Cloud {
     }
 
     /// A node: its backend and its lease.
-    async fn node(
-        &self,
-        ip: &str,
-        subnet_id: &str,
-        pod_subnet: &str,
-    ) -> (TencentVpcBackend, Lease) {
+    async fn node(&self, ip: &str, subnet_id: &str, pod_subnet: &str) -> (Agent, Lease) {
         let ip: std::net::Ipv4Addr = ip.parse().unwrap();
         let ext = ExternalInterface::ipv4("eth0", 2, 1500, ip);
         let seat = LeaderSeat::stand(Box::new(
             self.elections
                 .election("tencent-vpc-gc-lab", &ip.to_string()),
         ));
-        let backend = TencentVpcBackend::new(
+        let backend = Agent::new(
             ext,
             NodeFacts {
                 private_ip: ip,
@@ -239,6 +235,35 @@ impl Cloud {
         };
         (backend, lease)
     }
+}
+
+/// The first reconcile, as the daemon runs it with the watch's first snapshot.
+async fn start(b: &Agent, own: &Lease, peers: &[Lease]) -> Status {
+    b.reconcile(own, &PeerView::unchecked(peers), Trigger::Start)
+        .await
+        .unwrap()
+}
+
+/// A resync with a fresh view of `peers`.
+async fn resync(b: &Agent, own: &Lease, peers: &[Lease]) -> Status {
+    b.reconcile(
+        own,
+        &PeerView::unchecked(peers),
+        Trigger::Resync { fresh: true },
+    )
+    .await
+    .unwrap()
+}
+
+/// `added` arrived; the peers are `peers` now.
+async fn added(b: &Agent, own: &Lease, peers: &[Lease], added: &[Lease]) -> Status {
+    let trigger = Trigger::Leases {
+        added,
+        removed: &[],
+    };
+    b.reconcile(own, &PeerView::unchecked(peers), trigger)
+        .await
+        .unwrap()
 }
 
 fn settings(fallback: bool) -> Settings {
@@ -296,7 +321,7 @@ async fn nodes_in_two_subnets_route_through_both_tables_and_a_restart_writes_not
         r#"{"PublicIP":"172.16.1.7","PublicIPv6":null,"BackendType":"tencent-vpc","BackendData":{"PrivateIP":"172.16.1.7","SubnetId":"subnet-a"}}"#
     );
     // The first node: one read, the quota, one create in its own subnet's table (rtb-main).
-    a.activate(&lease_a, &[]).await.unwrap();
+    start(&a, &lease_a, &[]).await;
     assert!(a.ready());
     assert_eq!(
         cloud.counts().await,
@@ -310,14 +335,11 @@ async fn nodes_in_two_subnets_route_through_both_tables_and_a_restart_writes_not
 
     // A node in subnet-b (table rtb-b) joins, knowing a's lease from the watch snapshot.
     let (b, lease_b) = cloud.node("172.16.2.7", "subnet-b", "10.244.2.0/24").await;
-    b.resync(&lease_b, std::slice::from_ref(&lease_a), true)
-        .await
-        .unwrap();
+    resync(&b, &lease_b, std::slice::from_ref(&lease_a)).await;
     assert!(b.ready());
     // a hears of a node in a new subnet: its route goes into rtb-b too.
-    a.handle(&lease_a, &[LeaseEvent::Added(lease_b.clone())])
-        .await
-        .unwrap();
+    let b_only = std::slice::from_ref(&lease_b);
+    added(&a, &lease_a, b_only, b_only).await;
     for table in ["rtb-main", "rtb-b"] {
         let routes = cloud.routes(table).await;
         for (dest, via) in [
@@ -334,26 +356,19 @@ async fn nodes_in_two_subnets_route_through_both_tables_and_a_restart_writes_not
     // A second node in a known subnet costs the others nothing.
     let before = cloud.counts().await;
     let (_, lease_a2) = cloud.node("172.16.1.8", "subnet-a", "10.244.3.0/24").await;
-    a.handle(&lease_a, &[LeaseEvent::Added(lease_a2.clone())])
-        .await
-        .unwrap();
-    b.handle(&lease_b, &[LeaseEvent::Added(lease_a2.clone())])
-        .await
-        .unwrap();
+    let new = [lease_a2.clone()];
+    added(&a, &lease_a, &[lease_b.clone(), lease_a2.clone()], &new).await;
+    added(&b, &lease_b, &[lease_a.clone(), lease_a2.clone()], &new).await;
     assert_eq!(cloud.counts().await, before);
 
     // Restarted agents with everything in place: reads only, zero writes.
     let (_, writes) = cloud.counts().await;
     let (a, _) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
     let (b, _) = cloud.node("172.16.2.7", "subnet-b", "10.244.2.0/24").await;
-    a.activate(&lease_a, &[]).await.unwrap();
-    b.activate(&lease_b, &[]).await.unwrap();
-    a.resync(&lease_a, std::slice::from_ref(&lease_b), true)
-        .await
-        .unwrap();
-    b.resync(&lease_b, std::slice::from_ref(&lease_a), true)
-        .await
-        .unwrap();
+    start(&a, &lease_a, &[]).await;
+    start(&b, &lease_b, &[]).await;
+    resync(&a, &lease_a, std::slice::from_ref(&lease_b)).await;
+    resync(&b, &lease_b, std::slice::from_ref(&lease_a)).await;
     assert!(a.ready() && b.ready());
     assert_eq!(
         cloud.counts().await.1,
@@ -386,8 +401,8 @@ async fn only_the_leader_collects_a_departed_nodes_route_and_user_routes_stay() 
         .await;
     let (n1, lease_1) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
     let (n2, lease_2) = cloud.node("172.16.1.8", "subnet-a", "10.244.2.0/24").await;
-    n1.activate(&lease_1, &[]).await.unwrap();
-    n2.activate(&lease_2, &[]).await.unwrap();
+    start(&n1, &lease_1, &[]).await;
+    start(&n2, &lease_2, &[]).await;
     assert!(cloud.route_to("rtb-main", "10.244.2.0/24").await.is_some());
     // Which of the two seats leads?
     let probe = cloud.elections.election("tencent-vpc-gc-lab", "probe");
@@ -413,16 +428,13 @@ async fn only_the_leader_collects_a_departed_nodes_route_and_user_routes_stay() 
     // (Here the departed agent is still running, seeing only the leader's lease: as a
     // non-leader it must not delete anything but its own stale routes.)
     for _ in 0..3 {
-        other
-            .resync(&lease_2, std::slice::from_ref(&lease_1), true)
-            .await
-            .unwrap();
+        resync(&other, &lease_2, std::slice::from_ref(&lease_1)).await;
     }
     assert!(cloud.route_to("rtb-main", &gone).await.is_some());
     // The leader: first sighting keeps it, the second deletes it.
     let mut rounds = 0;
     while cloud.route_to("rtb-main", &gone).await.is_some() {
-        leader.resync(&lease_1, &[], true).await.unwrap();
+        resync(&leader, &lease_1, &[]).await;
         rounds += 1;
         assert!(rounds <= 3, "collected within two of the leader's resyncs");
     }
@@ -433,7 +445,7 @@ async fn only_the_leader_collects_a_departed_nodes_route_and_user_routes_stay() 
     );
     // A hundred more resyncs: the user's routes are untouched, ours is in place.
     for _ in 0..100 {
-        leader.resync(&lease_1, &[], true).await.unwrap();
+        resync(&leader, &lease_1, &[]).await;
     }
     let routes = cloud.routes("rtb-main").await;
     assert!(
@@ -465,7 +477,7 @@ async fn drift_is_repaired_in_place_within_one_resync() {
         .await;
     let wrong = cloud.route_to("rtb-main", "10.244.1.0/24").await.unwrap();
     let (a, lease) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
-    a.activate(&lease, &[]).await.unwrap();
+    start(&a, &lease, &[]).await;
     let fixed = cloud.route_to("rtb-main", "10.244.1.0/24").await.unwrap();
     assert_eq!(fixed.0, wrong.0, "replaced in place, same RouteId");
     assert_eq!(
@@ -486,7 +498,7 @@ async fn drift_is_repaired_in_place_within_one_resync() {
             None,
         )
         .await;
-    a.resync(&lease, &[], true).await.unwrap();
+    resync(&a, &lease, &[]).await;
     assert!(cloud.route_to("rtb-main", "10.244.1.0/24").await.unwrap().4);
 
     // Deleted in the console: back at the next resync.
@@ -498,7 +510,7 @@ async fn drift_is_repaired_in_place_within_one_resync() {
         )
         .await;
     assert!(cloud.route_to("rtb-main", "10.244.1.0/24").await.is_none());
-    a.resync(&lease, &[], true).await.unwrap();
+    resync(&a, &lease, &[]).await;
     assert_eq!(
         cloud.route_to("rtb-main", "10.244.1.0/24").await.unwrap().2,
         "172.16.1.7"
@@ -511,11 +523,12 @@ async fn a_full_table_is_reported_with_usage_and_limit_and_the_node_is_not_ready
     // rtb-main holds one VPN route and may hold one.
     let cloud = Cloud::start(scenario(1)).await;
     let (a, lease) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
-    a.activate(&lease, &[]).await.unwrap();
+    start(&a, &lease, &[]).await;
     assert!(!a.ready(), "not ready without its route");
-    let e = a.resync(&lease, &[], true).await.unwrap_err();
+    let status = resync(&a, &lease, &[]).await;
+    assert!(!status.ready && status.pending);
     assert_eq!(
-        flanneld::report(&e),
+        status.problem.unwrap(),
         "create route 10.244.1.0/24 via 172.16.1.7 in rtb-main: route table full (1/1 routes)"
     );
     assert!(
@@ -530,17 +543,16 @@ async fn a_full_table_is_reported_with_usage_and_limit_and_the_node_is_not_ready
         .fault(json!({"action": "DescribeVpcLimits", "error_rate": 1.0, "error_code": "UnauthorizedOperation"}))
         .await;
     let (a, lease) = cloud.node("172.16.1.7", "subnet-a", "10.244.1.0/24").await;
-    let e = a.resync(&lease, &[], true).await.unwrap_err();
+    let e = resync(&a, &lease, &[]).await.problem.unwrap();
     assert!(
-        flanneld::report(&e).starts_with(
+        e.starts_with(
             "create route 10.244.1.0/24 via 172.16.1.7 in rtb-main (1 routes in the table): CreateRoutes: LimitExceeded"
         ),
-        "{}",
-        flanneld::report(&e)
+        "{e}"
     );
-    let e = a.resync(&lease, &[], true).await.unwrap_err();
+    let e = resync(&a, &lease, &[]).await.problem.unwrap();
     assert_eq!(
-        e.to_string(),
+        e,
         "create route 10.244.1.0/24 via 172.16.1.7 in rtb-main: route table full (1/1 routes)"
     );
     assert_eq!(
@@ -579,7 +591,7 @@ async fn half_the_calls_throttled_every_node_converges() {
                 .filter(|l| l.key != own.key)
                 .cloned()
                 .collect();
-            let _ = b.resync(own, &peers, true).await;
+            let _ = resync(b, own, &peers).await;
         }
         if nodes.iter().all(|(b, _)| b.ready()) {
             break;

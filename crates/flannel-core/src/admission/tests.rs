@@ -375,3 +375,49 @@ fn a_new_own_lease_is_decided_again() {
     assert_eq!(reason_of(&g, "10.244.2.0-25"), Some(Reason::OverlapsOwn));
     assert_eq!(g.peer_count(), 0);
 }
+
+#[test]
+fn snapshots_and_deltas_drive_the_view_and_an_empty_batch_removes_nobody() {
+    // What the lease watcher did (upstream bug: an empty delta batch read as "nobody left").
+    let own = lease("10.244.1.0-24", "172.16.0.1");
+    let a = lease("10.244.2.0-24", "172.16.0.2");
+    let b = lease("10.244.3.0-24", "172.16.0.3");
+    let mut g = LeaseGate::new(rules(Allocation::Pool), Some(&own));
+    let c = g.apply(WatchUpdate::Snapshot(vec![
+        own.clone(),
+        a.clone(),
+        b.clone(),
+    ]));
+    assert_eq!(
+        c.events,
+        vec![LeaseEvent::Added(a.clone()), LeaseEvent::Added(b.clone())]
+    );
+    let same = g.apply(WatchUpdate::Snapshot(vec![
+        own.clone(),
+        a.clone(),
+        b.clone(),
+    ]));
+    assert!(same.events.is_empty());
+    assert!(g.apply(WatchUpdate::Events(vec![])).events.is_empty());
+    assert_eq!(g.view().len(), 2);
+    // b vanished from a snapshot, c appeared; a changed its address.
+    let c3 = lease("10.244.4.0-24", "172.16.0.4");
+    let moved = lease("10.244.2.0-24", "172.16.0.9");
+    let ev = g.apply(WatchUpdate::Snapshot(vec![
+        own.clone(),
+        moved.clone(),
+        c3.clone(),
+    ]));
+    assert_eq!(ev.events.len(), 3);
+    assert!(ev.events.contains(&LeaseEvent::Removed(b.clone())));
+    assert!(ev.events.contains(&LeaseEvent::Added(moved.clone())));
+    assert!(ev.events.contains(&LeaseEvent::Added(c3.clone())));
+    // A store's delete carries only a key: the Removed event carries the known data.
+    let key_only = lease("10.244.4.0-24", "0.0.0.0");
+    let ev = g.apply(WatchUpdate::Events(vec![LeaseEvent::Removed(key_only)]));
+    assert_eq!(ev.events, vec![LeaseEvent::Removed(c3)]);
+    // Our own lease is never a peer.
+    let ev = g.apply(WatchUpdate::Events(vec![LeaseEvent::Added(own.clone())]));
+    assert!(ev.events.is_empty());
+    assert_eq!(g.view().iter().cloned().collect::<Vec<_>>(), vec![moved]);
+}

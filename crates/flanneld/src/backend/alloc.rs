@@ -1,11 +1,12 @@
 //! Upstream's `alloc` backend: a lease and subnet.env, no routes. Useful when something else
 //! (a cloud controller, BGP) routes pod subnets, and as the smallest real backend.
 
-use super::{base_attrs, Backend, BackendError};
+use super::{base_attrs, Backend, BackendError, Status, Trigger};
 use crate::iface::ExternalInterface;
 use async_trait::async_trait;
+use flannel_core::admission::PeerView;
 use flannel_core::backend_config::BackendKind;
-use flannel_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use flannel_core::lease::{Lease, LeaseAttrs};
 
 pub struct AllocBackend {
     ext: ExternalInterface,
@@ -25,19 +26,13 @@ impl Backend for AllocBackend {
     async fn lease_attrs(&self) -> Result<LeaseAttrs, BackendError> {
         base_attrs(BackendKind::Alloc, &self.ext)
     }
-    async fn activate(&self, _own: &Lease, _peers: &[Lease]) -> Result<(), BackendError> {
-        Ok(())
-    }
-    async fn handle(&self, _own: &Lease, _events: &[LeaseEvent]) -> Result<(), BackendError> {
-        Ok(())
-    }
-    async fn resync(
+    async fn reconcile(
         &self,
         _own: &Lease,
-        _peers: &[Lease],
-        _fresh: bool,
-    ) -> Result<(), BackendError> {
-        Ok(())
+        _peers: &PeerView<'_>,
+        _trigger: Trigger<'_>,
+    ) -> Result<Status, BackendError> {
+        Ok(Status::done())
     }
     fn mtu(&self) -> u32 {
         self.ext.mtu

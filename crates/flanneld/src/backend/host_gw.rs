@@ -1,13 +1,14 @@
 //! host-gw: a route per peer lease, `subnet via PublicIP dev <external interface>`, for
 //! nodes on one L2 segment. Leases of other backend types are skipped, as upstream does.
 
-use super::kernel_sync::{self, Desired, PeerSet};
-use super::{base_attrs, Backend, BackendError};
+use super::kernel_sync::{self, Desired};
+use super::{base_attrs, Backend, BackendError, Status, Trigger};
 use crate::iface::ExternalInterface;
 use crate::kernel::{Kernel, Route};
 use async_trait::async_trait;
+use flannel_core::admission::PeerView;
 use flannel_core::backend_config::BackendKind;
-use flannel_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::ValidatedNetConfig;
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -21,16 +22,19 @@ pub struct HostGwBackend {
     ext: ExternalInterface,
     networks: Vec<IpNet>,
     kernel: Arc<dyn Kernel>,
-    peers: PeerSet,
 }
 
 /// The routes host-gw wants for `peers`.
-pub fn desired(ext: &ExternalInterface, networks: &[IpNet], peers: &[Lease]) -> Desired {
+pub fn desired<'a>(
+    ext: &ExternalInterface,
+    networks: &[IpNet],
+    peers: impl IntoIterator<Item = &'a Lease>,
+) -> Desired {
     let v4 = networks.iter().any(|n| n.addr().is_ipv4());
     let v6 = networks.iter().any(|n| n.addr().is_ipv6());
     let mut routes = Vec::new();
     for p in peers
-        .iter()
+        .into_iter()
         .filter(|p| p.attrs.backend_type == BackendKind::HostGw.name())
     {
         if let (true, Some(s)) = (v4, p.subnet()) {
@@ -75,20 +79,7 @@ impl HostGwBackend {
             networks: networks(config),
             ext,
             kernel,
-            peers: PeerSet::default(),
         })
-    }
-
-    async fn sync(&self, own: &Lease, peers: &[Lease]) -> Result<(), BackendError> {
-        let want = desired(&self.ext, &self.networks, peers);
-        kernel_sync::reconcile(
-            self.kernel.as_ref(),
-            &self.networks,
-            &kernel_sync::own_subnets(own),
-            &want,
-        )
-        .await?;
-        Ok(())
     }
 }
 
@@ -100,17 +91,21 @@ impl Backend for HostGwBackend {
     async fn lease_attrs(&self) -> Result<LeaseAttrs, BackendError> {
         base_attrs(BackendKind::HostGw, &self.ext)
     }
-    async fn activate(&self, own: &Lease, peers: &[Lease]) -> Result<(), BackendError> {
-        let peers = self.peers.replace_all(own, peers);
-        self.sync(own, &peers).await
-    }
-    async fn handle(&self, own: &Lease, events: &[LeaseEvent]) -> Result<(), BackendError> {
-        let peers = self.peers.apply(own, events);
-        self.sync(own, &peers).await
-    }
-    async fn resync(&self, own: &Lease, peers: &[Lease], _fresh: bool) -> Result<(), BackendError> {
-        let peers = self.peers.replace_all(own, peers);
-        self.sync(own, &peers).await
+    async fn reconcile(
+        &self,
+        own: &Lease,
+        peers: &PeerView<'_>,
+        _trigger: Trigger<'_>,
+    ) -> Result<Status, BackendError> {
+        let want = desired(&self.ext, &self.networks, peers.iter());
+        kernel_sync::reconcile(
+            self.kernel.as_ref(),
+            &self.networks,
+            &kernel_sync::own_subnets(own),
+            &want,
+        )
+        .await?;
+        Ok(Status::done())
     }
     fn mtu(&self) -> u32 {
         self.ext.mtu
@@ -123,6 +118,7 @@ impl Backend for HostGwBackend {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::backend::testing::Peers;
     use crate::kernel::fake::FakeKernel;
     use crate::kernel::ListedRoute;
     use flannel_core::lease::{Expiry, SubnetKey};
@@ -162,29 +158,28 @@ pub(crate) mod tests {
         let p2 = lease("10.5.2.0/24", "172.16.0.2", "host-gw");
         let p3 = lease("10.5.3.0/24", "172.16.0.3", "host-gw");
         let other = lease("10.5.4.0/24", "172.16.0.4", "vxlan");
-        b.activate(&own, &[own.clone(), p2.clone(), other.clone()])
-            .await
-            .unwrap();
+        let mut peers = Peers::new(&config(), &own);
+        peers.set(&[own.clone(), p2.clone(), other.clone()]);
+        peers.reconcile(&b, &own, Trigger::Start).await;
         assert_eq!(kernel.routes(), vec![r("10.5.2.0/24", "172.16.0.2")]);
 
-        b.handle(&own, &[LeaseEvent::Added(p3.clone())])
-            .await
-            .unwrap();
-        b.handle(&own, &[LeaseEvent::Removed(p2.clone())])
-            .await
-            .unwrap();
+        peers.add(&p3);
+        peers.remove(&p2);
+        peers
+            .reconcile(&b, &own, Trigger::Resync { fresh: true })
+            .await;
         assert_eq!(kernel.routes(), vec![r("10.5.3.0/24", "172.16.0.3")]);
 
         // Deleted behind our back: the resync puts it back; in sync, nothing changes.
         kernel.s().routes.clear();
-        b.resync(&own, std::slice::from_ref(&p3), true)
-            .await
-            .unwrap();
+        peers
+            .reconcile(&b, &own, Trigger::Resync { fresh: true })
+            .await;
         assert_eq!(kernel.routes(), vec![r("10.5.3.0/24", "172.16.0.3")]);
         let before = kernel.s().mutations;
-        b.resync(&own, std::slice::from_ref(&p3), true)
-            .await
-            .unwrap();
+        peers
+            .reconcile(&b, &own, Trigger::Resync { fresh: true })
+            .await;
         assert_eq!(
             kernel.s().mutations,
             before,
@@ -207,7 +202,9 @@ pub(crate) mod tests {
                 ours: true,
             },
         );
-        b.resync(&own, &[p3], true).await.unwrap();
+        peers
+            .reconcile(&b, &own, Trigger::Resync { fresh: true })
+            .await;
         assert_eq!(
             kernel.routes(),
             vec![r("10.5.3.0/24", "172.16.0.3"), foreign]

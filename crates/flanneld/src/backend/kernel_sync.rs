@@ -1,14 +1,12 @@
-//! What host-gw and vxlan share: the peers they route (a cache fed by activate, handle and
-//! resync), the kernel state they want for them as a value, and one reconcile that lists what
-//! the kernel has, diffs, and applies the difference. Every event batch and every resync runs
+//! What host-gw and vxlan share: the kernel state they want for the peers as a value, and one
+//! reconcile that lists what the kernel has, diffs, and applies the difference. Every event batch and every resync runs
 //! the same reconcile, so a route deleted behind our back, or left by a lease that went away
 //! while we were down, is repaired the same way. Failures are collected and the rest applied.
 
 use crate::kernel::{FdbEntry, Kernel, KernelError, ListedRoute, Neighbour, Route};
-use flannel_core::lease::{Lease, LeaseEvent, SubnetKey};
+use flannel_core::lease::Lease;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use tracing::{info, warn};
 
 /// The kernel state a route backend wants, as a value.
@@ -166,38 +164,6 @@ pub async fn reconcile(
         }
     }
     first_error(errors).map(|()| changes)
-}
-
-/// The peers a route backend routes, kept from activate, handle and resync so that every
-/// event batch can reconcile against the whole set.
-#[derive(Default)]
-pub struct PeerSet(Mutex<BTreeMap<SubnetKey, Lease>>);
-
-impl PeerSet {
-    pub fn replace_all(&self, own: &Lease, peers: &[Lease]) -> Vec<Lease> {
-        let mut m = self.0.lock().expect("peer set lock");
-        m.clear();
-        for p in peers.iter().filter(|p| p.key != own.key) {
-            m.insert(p.key, p.clone());
-        }
-        m.values().cloned().collect()
-    }
-
-    pub fn apply(&self, own: &Lease, events: &[LeaseEvent]) -> Vec<Lease> {
-        let mut m = self.0.lock().expect("peer set lock");
-        for e in events {
-            match e {
-                LeaseEvent::Added(l) if l.key != own.key => {
-                    m.insert(l.key, l.clone());
-                }
-                LeaseEvent::Removed(l) => {
-                    m.remove(&l.key);
-                }
-                LeaseEvent::Added(_) => {}
-            }
-        }
-        m.values().cloned().collect()
-    }
 }
 
 /// This node's own subnets: never deleted by a reconcile (cni0 routes them).

@@ -1,6 +1,6 @@
-//! Backends turn leases into a data plane. The daemon owns the loop and calls a backend with
-//! batches of peer events and periodic full resyncs, so a backend is tested by feeding it
-//! events against fakes, without root.
+//! Backends turn leases into a data plane. The daemon owns the loop and the admitted peer
+//! view, and calls a backend's one `reconcile` for the first reconcile, each batch of lease
+//! changes and each resync, so a backend is tested by driving it against fakes, without root.
 
 pub mod alloc;
 pub mod host_gw;
@@ -13,8 +13,9 @@ use crate::kernel::Netlink;
 use crate::metrics::Metrics;
 use crate::subnet::{SubnetError, SubnetManager};
 use async_trait::async_trait;
+use flannel_core::admission::PeerView;
 use flannel_core::backend_config::{BackendConfig, BackendConfigError, BackendKind};
-use flannel_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::ValidatedNetConfig;
 use std::sync::Arc;
 
@@ -41,6 +42,13 @@ pub enum BackendError {
     /// The lease store could not be read for the route status.
     #[error("reading the route status in the lease store")]
     RouteStatus(#[source] SubnetError),
+    /// The controller's route status record is not what a controller writes.
+    #[error("the route status record {record} is corrupt")]
+    CorruptRouteStatus {
+        record: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// This node's route could not be put in place (a full table, a route in the way).
     #[error("{0}")]
     NotRouted(String),
@@ -51,34 +59,79 @@ pub enum BackendError {
     NoPublicIp(String),
 }
 
+/// Why a backend is asked to reconcile.
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger<'a> {
+    /// The first reconcile, with the peers the watch's first snapshot showed (none when the
+    /// store could not be watched yet). An error here is fatal.
+    Start,
+    /// The admitted peers changed: `added` as they are now (new, or changed), `removed` with
+    /// their last admitted attributes (some backends need them to undo a peer).
+    Leases {
+        added: &'a [Lease],
+        removed: &'a [Lease],
+    },
+    /// The periodic resync, or a retry: repair drift. `fresh` says the view is a complete,
+    /// current snapshot (the lease watch is up); cluster-wide deletions (garbage
+    /// collection) must not act on anything less.
+    Resync { fresh: bool },
+}
+
+impl Trigger<'_> {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Leases { .. } => "leases",
+            Trigger::Resync { .. } => "resync",
+        }
+    }
+}
+
+/// What a reconcile left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This node's data plane is in place (tencent-vpc: its route in every table). The daemon
+    /// is ready only when subnet.env is written and this holds.
+    pub ready: bool,
+    /// Something is pending that a sooner reconcile picks up (not in place yet, a write that
+    /// failed, a peer not placed yet): the daemon reconciles again within seconds, with
+    /// backoff, instead of at the period.
+    pub pending: bool,
+    /// What is wrong, in the backend's words (logged; while not ready, the node's
+    /// NetworkUnavailable message).
+    pub problem: Option<String>,
+}
+
+impl Status {
+    /// In place, nothing pending.
+    pub fn done() -> Status {
+        Status {
+            ready: true,
+            pending: false,
+            problem: None,
+        }
+    }
+}
+
+/// A data plane for the leases: the daemon owns the peer view and the loop, and asks the
+/// backend to bring its data plane in line with them (one entry point for the first
+/// reconcile, lease changes and resyncs), so a backend is a function from (own lease, peers,
+/// config) to desired state plus the apply step, tested against fakes without root.
 #[async_trait]
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
     /// The attributes this node publishes in its lease (BackendType, BackendData).
     async fn lease_attrs(&self) -> Result<LeaseAttrs, BackendError>;
-    /// Set up what depends on the node's own lease (device address, own cloud route).
-    /// `peers` are the other leases as the watch's first snapshot showed them (empty when
-    /// the store could not be watched yet); changes after it arrive through `handle`.
-    async fn activate(&self, own: &Lease, peers: &[Lease]) -> Result<(), BackendError>;
-    /// Apply one batch of peer events. Must be idempotent.
-    async fn handle(&self, own: &Lease, events: &[LeaseEvent]) -> Result<(), BackendError>;
-    /// Bring the data plane in line with the full set of peers (repair drift). `fresh` says
-    /// the peers are a complete, current snapshot (the lease watch is up); cluster-wide
-    /// deletions (garbage collection) must not act on anything less.
-    async fn resync(&self, own: &Lease, peers: &[Lease], fresh: bool) -> Result<(), BackendError>;
+    /// Bring the data plane in line with `own` and `peers`. Idempotent. An error says
+    /// nothing about readiness (the last status stands) and is retried with backoff.
+    async fn reconcile(
+        &self,
+        own: &Lease,
+        peers: &PeerView<'_>,
+        trigger: Trigger<'_>,
+    ) -> Result<Status, BackendError>;
     /// The MTU pods should use (FLANNEL_MTU).
     fn mtu(&self) -> u32;
-    /// Whether this node's data plane is in place (its own routes present). The daemon is
-    /// ready only when subnet.env is written and this holds; until then it resyncs sooner.
-    fn ready(&self) -> bool {
-        true
-    }
-    /// Whether nothing is pending that a sooner resync would pick up. While it does not
-    /// hold, the daemon resyncs within seconds (with backoff) instead of at the period: for
-    /// backends whose resync costs no cloud call.
-    async fn settled(&self) -> bool {
-        true
-    }
     /// This backend's own resync period, overriding `--resync-period`.
     fn resync_period(&self) -> Option<std::time::Duration> {
         None
@@ -135,9 +188,7 @@ impl BackendFactory for Builtin {
     async fn build(&self, ctx: &BackendContext<'_>) -> Result<Box<dyn Backend>, BackendError> {
         match ctx.config {
             BackendConfig::Alloc => Ok(Box::new(alloc::AllocBackend::new(ctx.ext.clone()))),
-            BackendConfig::TencentVpc(c) => Ok(Box::new(
-                tencent_vpc::TencentVpcBackend::build(ctx, c).await?,
-            )),
+            BackendConfig::TencentVpc(c) => tencent_vpc::build(ctx, c).await,
             BackendConfig::HostGw => Ok(Box::new(host_gw::HostGwBackend::new(
                 ctx.ext.clone(),
                 ctx.network,
@@ -152,6 +203,48 @@ impl BackendFactory for Builtin {
                 )
                 .await?,
             )),
+        }
+    }
+}
+
+/// Driving a backend in unit tests as the daemon does: a lease gate over the test's leases.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Backend, Status, Trigger};
+    use flannel_core::admission::{Allocation, LeaseGate, Rules};
+    use flannel_core::lease::{Lease, LeaseEvent};
+    use flannel_core::ValidatedNetConfig;
+
+    pub(crate) struct Peers(pub LeaseGate);
+
+    impl Peers {
+        pub(crate) fn new(config: &ValidatedNetConfig, own: &Lease) -> Peers {
+            Peers(LeaseGate::new(
+                Rules::new(config, Allocation::Pool),
+                Some(own),
+            ))
+        }
+
+        /// The store holds exactly `leases` now.
+        pub(crate) fn set(&mut self, leases: &[Lease]) {
+            self.0.reset(leases.to_vec());
+        }
+
+        pub(crate) fn add(&mut self, l: &Lease) {
+            self.0.update(vec![LeaseEvent::Added(l.clone())]);
+        }
+
+        pub(crate) fn remove(&mut self, l: &Lease) {
+            self.0.update(vec![LeaseEvent::Removed(l.clone())]);
+        }
+
+        pub(crate) async fn reconcile(
+            &self,
+            b: &dyn Backend,
+            own: &Lease,
+            trigger: Trigger<'_>,
+        ) -> Status {
+            b.reconcile(own, &self.0.view(), trigger).await.unwrap()
         }
     }
 }

@@ -5,13 +5,14 @@
 //! same L2 segment gets a plain `subnet via PublicIP` route instead. The device is
 //! recreated, with the same MAC, if it disappears or no longer matches the config.
 
-use super::kernel_sync::{self, Desired, PeerSet};
-use super::{base_attrs, host_gw, Backend, BackendError};
+use super::kernel_sync::{self, Desired};
+use super::{base_attrs, host_gw, Backend, BackendError, Status, Trigger};
 use crate::iface::ExternalInterface;
 use crate::kernel::{FdbEntry, Kernel, Link, Mac, Neighbour, Route, VxlanSpec};
 use async_trait::async_trait;
+use flannel_core::admission::PeerView;
 use flannel_core::backend_config::{BackendKind, VxlanConfig};
-use flannel_core::lease::{Lease, LeaseAttrs, LeaseEvent};
+use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::ValidatedNetConfig;
 use ipnet::{IpNet, Ipv4Net};
 use std::collections::BTreeSet;
@@ -32,7 +33,6 @@ pub struct VxlanBackend {
     kernel: Arc<dyn Kernel>,
     spec: VxlanSpec,
     device: Mutex<Option<Link>>,
-    peers: PeerSet,
 }
 
 /// A peer's VtepMAC from its BackendData (`{"VNI":1,"VtepMAC":"..."}`), as upstream writes it.
@@ -49,10 +49,10 @@ pub fn vtep_mac(lease: &Lease) -> Option<Mac> {
 
 /// What vxlan wants in the kernel for `peers` (device index `dev`; `on_link` are the peers'
 /// public addresses reachable without a gateway, used only with DirectRouting).
-pub fn desired(
+pub fn desired<'a>(
     ext: &ExternalInterface,
     dev: u32,
-    peers: &[Lease],
+    peers: impl IntoIterator<Item = &'a Lease>,
     direct_routing: bool,
     on_link: &BTreeSet<Ipv4Addr>,
     peer_kind: BackendKind,
@@ -61,7 +61,7 @@ pub fn desired(
     let neighbours = d.neighbours.entry(dev).or_default();
     let mut fdb = Vec::new();
     for p in peers
-        .iter()
+        .into_iter()
         .filter(|p| p.attrs.backend_type == peer_kind.name())
     {
         let Some(subnet) = p.subnet() else { continue };
@@ -149,7 +149,6 @@ impl VxlanBackend {
             kernel,
             spec,
             device: Mutex::new(None),
-            peers: PeerSet::default(),
         };
         b.ensure_device(None).await?;
         Ok(b)
@@ -204,7 +203,7 @@ impl VxlanBackend {
     }
 
     /// Bring the device and the entries for exactly `peers` in line.
-    pub async fn sync(&self, own: &Lease, peers: &[Lease]) -> Result<(), BackendError> {
+    pub async fn sync(&self, own: &Lease, peers: &[&Lease]) -> Result<(), BackendError> {
         let dev = self.ensure_device(Some(own)).await?;
         let mut on_link = BTreeSet::new();
         if self.direct_routing {
@@ -221,7 +220,7 @@ impl VxlanBackend {
         let want = desired(
             &self.ext,
             dev.index,
-            peers,
+            peers.iter().copied(),
             self.direct_routing,
             &on_link,
             self.peer_kind,
@@ -250,17 +249,15 @@ impl Backend for VxlanBackend {
         }));
         Ok(attrs)
     }
-    async fn activate(&self, own: &Lease, peers: &[Lease]) -> Result<(), BackendError> {
-        let peers = self.peers.replace_all(own, peers);
-        self.sync(own, &peers).await
-    }
-    async fn handle(&self, own: &Lease, events: &[LeaseEvent]) -> Result<(), BackendError> {
-        let peers = self.peers.apply(own, events);
-        self.sync(own, &peers).await
-    }
-    async fn resync(&self, own: &Lease, peers: &[Lease], _fresh: bool) -> Result<(), BackendError> {
-        let peers = self.peers.replace_all(own, peers);
-        self.sync(own, &peers).await
+    async fn reconcile(
+        &self,
+        own: &Lease,
+        peers: &PeerView<'_>,
+        _trigger: Trigger<'_>,
+    ) -> Result<Status, BackendError> {
+        let peers: Vec<&Lease> = peers.iter().collect();
+        self.sync(own, &peers).await?;
+        Ok(Status::done())
     }
     fn mtu(&self) -> u32 {
         self.spec.mtu
@@ -273,6 +270,7 @@ impl Backend for VxlanBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::testing::Peers;
     use crate::kernel::fake::FakeKernel;
     use crate::kernel::Links;
     use flannel_core::lease::{Expiry, SubnetKey};
@@ -329,9 +327,9 @@ mod tests {
 
         let own = vx_lease("10.5.1.0/24", "172.16.0.1", "02:00:00:00:00:01");
         let peer = vx_lease("10.5.2.0/24", "172.16.0.2", "02:42:0a:05:02:00");
-        b.activate(&own, &[own.clone(), peer.clone()])
-            .await
-            .unwrap();
+        let mut peers = Peers::new(&config(NET).0, &own);
+        peers.set(&[own.clone(), peer.clone()]);
+        peers.reconcile(&b, &own, Trigger::Start).await;
         let idx = dev.index;
         {
             let s = kernel.s();
@@ -368,12 +366,19 @@ mod tests {
         // neighbour, FDB entry and route go. At no point is a route left without its L2
         // entries (a packet routed then would wait for an ARP that never resolves).
         let moved = vx_lease("10.5.2.0/24", "172.16.0.2", "02:42:0a:05:02:99");
-        b.handle(&own, &[LeaseEvent::Added(moved.clone())])
-            .await
-            .unwrap();
-        b.handle(&own, &[LeaseEvent::Removed(moved.clone())])
-            .await
-            .unwrap();
+        peers.add(&moved);
+        let added = [moved.clone()];
+        let trigger = Trigger::Leases {
+            added: &added,
+            removed: &[],
+        };
+        peers.reconcile(&b, &own, trigger).await;
+        peers.remove(&moved);
+        let trigger = Trigger::Leases {
+            added: &[],
+            removed: &added,
+        };
+        peers.reconcile(&b, &own, trigger).await;
         let s = kernel.s();
         assert!(s.neigh[&idx].is_empty() && s.fdb[&idx].is_empty() && s.routes.is_empty());
         assert_eq!(s.path_gaps, Vec::<String>::new());
@@ -385,10 +390,14 @@ mod tests {
         let b = backend(&kernel, NET).await;
         let own = vx_lease("10.5.1.0/24", "172.16.0.1", "02:00:00:00:00:01");
         let peer = vx_lease("10.5.2.0/24", "172.16.0.2", "02:42:0a:05:02:00");
-        b.activate(&own, std::slice::from_ref(&peer)).await.unwrap();
+        let mut peers = Peers::new(&config(NET).0, &own);
+        peers.set(&[own.clone(), peer]);
+        peers.reconcile(&b, &own, Trigger::Start).await;
         let old = kernel.s().links["flannel.1"].clone();
         kernel.delete_link(&old).await.unwrap();
-        b.resync(&own, &[peer], true).await.unwrap();
+        peers
+            .reconcile(&b, &own, Trigger::Resync { fresh: true })
+            .await;
         let new = kernel.s().links["flannel.1"].clone();
         assert_eq!(new.mac, old.mac);
         assert_ne!(new.index, old.index);
@@ -403,15 +412,14 @@ mod tests {
     async fn direct_routing_uses_the_public_ip_for_peers_on_link() {
         let kernel = Arc::new(FakeKernel::with_link("eth0", 2, 1500));
         kernel.s().on_link.insert("172.16.0.2".parse().unwrap());
-        let b = backend(
-            &kernel,
-            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
-        )
-        .await;
+        let json = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+        let b = backend(&kernel, json).await;
         let own = vx_lease("10.5.1.0/24", "172.16.0.1", "02:00:00:00:00:01");
         let near = vx_lease("10.5.2.0/24", "172.16.0.2", "02:42:0a:05:02:00");
         let far = vx_lease("10.5.3.0/24", "192.168.9.3", "02:42:0a:05:03:00");
-        b.activate(&own, &[near, far]).await.unwrap();
+        let mut peers = Peers::new(&config(json).0, &own);
+        peers.set(&[near, far]);
+        peers.reconcile(&b, &own, Trigger::Start).await;
         let routes: Vec<String> = kernel.routes().iter().map(ToString::to_string).collect();
         let idx = kernel.s().links["flannel.1"].index;
         assert_eq!(

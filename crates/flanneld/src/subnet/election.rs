@@ -85,6 +85,8 @@ impl Deadline {
 /// answer, so a job checked against it never runs on two holders at once.
 pub struct LeaderSeat {
     held: Arc<Mutex<Option<Arc<dyn Leadership>>>>,
+    /// True from election until the leadership is lost.
+    leading: tokio::sync::watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -98,6 +100,7 @@ impl LeaderSeat {
     pub fn stand(election: Box<dyn LeaderElection>) -> LeaderSeat {
         let held: Arc<Mutex<Option<Arc<dyn Leadership>>>> = Arc::default();
         let slot = Arc::clone(&held);
+        let (tell, leading) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut pauses = CAMPAIGN_RETRY.delays();
             loop {
@@ -107,8 +110,10 @@ impl LeaderSeat {
                         let l: Arc<dyn Leadership> = Arc::from(l);
                         tracing::info!("elected leader");
                         *slot.lock().unwrap() = Some(Arc::clone(&l));
+                        tell.send_replace(true);
                         l.lost().await;
                         *slot.lock().unwrap() = None;
+                        tell.send_replace(false);
                         tracing::warn!("leadership lost; standing again");
                     }
                     Err(e) => {
@@ -119,7 +124,18 @@ impl LeaderSeat {
                 }
             }
         });
-        LeaderSeat { held, task }
+        LeaderSeat {
+            held,
+            leading,
+            task,
+        }
+    }
+
+    /// Changes of leadership as they happen (true: elected; false: lost), for a job that
+    /// waits for leadership instead of polling for it. Before acting, ask
+    /// [`LeaderSeat::is_leader`]: it is bound by the leadership's deadline.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leading.clone()
     }
 
     pub fn is_leader(&self) -> bool {

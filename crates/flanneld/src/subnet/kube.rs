@@ -211,6 +211,10 @@ impl SubnetManager for KubeManager {
         MANAGER
     }
 
+    fn allocation(&self) -> flannel_core::admission::Allocation {
+        flannel_core::admission::Allocation::External
+    }
+
     async fn network_config(&self) -> Result<ValidatedNetConfig, SubnetError> {
         Ok(self.config.clone())
     }

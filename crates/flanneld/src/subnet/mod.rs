@@ -8,6 +8,7 @@ pub mod kube;
 pub mod memory;
 
 use async_trait::async_trait;
+use flannel_core::admission::Allocation;
 use flannel_core::alloc::AllocError;
 use flannel_core::config::ConfigError;
 use flannel_core::lease::{Lease, LeaseAttrs};
@@ -116,6 +117,11 @@ pub type LeaseStream = BoxStream<'static, Result<WatchUpdate, SubnetError>>;
 #[async_trait]
 pub trait SubnetManager: Send + Sync {
     fn name(&self) -> &'static str;
+    /// How this store hands out subnets (lease admission lets flannel's own SubnetLen
+    /// blocks win an overlap; Kubernetes podCIDRs may be any size).
+    fn allocation(&self) -> Allocation {
+        Allocation::Pool
+    }
     /// The network config, checked.
     async fn network_config(&self) -> Result<ValidatedNetConfig, SubnetError>;
     async fn acquire_lease(&self, req: &AcquireRequest) -> Result<Lease, SubnetError>;

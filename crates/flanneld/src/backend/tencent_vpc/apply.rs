@@ -2,10 +2,14 @@
 //! in that order), split only at the API's 100 items per call. Answers that describe state
 //! rather than failure are taken as state: a Duplicate on create or a stale RouteId on
 //! replace asks for a fresh read; ResourceNotFound on delete means done; LimitExceeded lowers
-//! the table's known limit. A failure in one table does not stop the others.
+//! the table's known limit. A batch the API refuses for one of its items (a next hop that is
+//! no CVM, say: the call is all-or-nothing) is halved until the refused item is alone, so
+//! every other route is still written and the refused one is reported by destination. A
+//! failure in one table does not stop the others.
 
 use super::plan::{Plan, RouteWrite, TablePlan, NORMAL_CVM};
 use crate::backend::BackendError;
+use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use tencent_cloud::vpc::{NewRoute, ReplacementRoute};
 use tencent_cloud::{Client, ErrorClass};
@@ -23,6 +27,24 @@ pub struct Applied {
     pub refresh: bool,
     /// Tables that answered LimitExceeded: their limit is the usage before the create.
     pub full: BTreeMap<String, usize>,
+    /// Routes the API refused on their own (table, destination, the refusal): retried at the
+    /// next resync, never sooner.
+    pub rejected: Vec<(String, Ipv4Net, BackendError)>,
+}
+
+/// An answer that refuses something in the request (a parameter, an operation), as opposed to
+/// the account, the table or the service: worth narrowing down to the item.
+fn refuses_an_item(e: &tencent_cloud::Error) -> bool {
+    e.class() == ErrorClass::Fatal
+        && e.code().is_some_and(|c| {
+            (c.starts_with("InvalidParameter") || c.starts_with("UnsupportedOperation"))
+                && !c.contains("LimitExceeded")
+        })
+}
+
+/// Split a refused batch in halves (front first), or say the single item is the one.
+fn halve<T>(batch: &[T]) -> Option<(&[T], &[T])> {
+    (batch.len() > 1).then(|| batch.split_at(batch.len() / 2))
 }
 
 /// `10.244.3.0/24 via 172.16.0.7` and, for a batch, how many more.
@@ -60,7 +82,8 @@ pub async fn apply(client: &Client, plan: &Plan, usage: &BTreeMap<String, usize>
 
 async fn apply_table(client: &Client, tp: &TablePlan, usage: Option<usize>, out: &mut Applied) {
     let t = tp.table.as_str();
-    for chunk in tp.replace.chunks(MAX_PER_CALL) {
+    let mut batches: Vec<&[(u64, RouteWrite)]> = tp.replace.chunks(MAX_PER_CALL).rev().collect();
+    while let Some(chunk) = batches.pop() {
         let routes: Vec<ReplacementRoute> = chunk
             .iter()
             .map(|(id, w)| ReplacementRoute {
@@ -86,6 +109,14 @@ async fn apply_table(client: &Client, tp: &TablePlan, usage: Option<usize>, out:
                 );
                 out.refresh = true;
             }
+            Err(e) if refuses_an_item(&e) => match halve(chunk) {
+                Some((front, back)) => batches.extend([back, front]),
+                None => out.rejected.push((
+                    t.to_string(),
+                    writes[0].dest,
+                    cloud(format!("replace {} in {t}", describe(&writes)), e),
+                )),
+            },
             Err(e) => out
                 .errors
                 .push(cloud(format!("replace {} in {t}", describe(&writes)), e)),
@@ -115,7 +146,8 @@ async fn apply_table(client: &Client, tp: &TablePlan, usage: Option<usize>, out:
                 .push(cloud(format!("delete routes {chunk:?} in {t}"), e)),
         }
     }
-    for chunk in tp.create.chunks(MAX_PER_CALL) {
+    let mut batches: Vec<&[RouteWrite]> = tp.create.chunks(MAX_PER_CALL).rev().collect();
+    while let Some(chunk) = batches.pop() {
         let routes: Vec<NewRoute> = chunk
             .iter()
             .map(|w| NewRoute {
@@ -151,9 +183,47 @@ async fn apply_table(client: &Client, tp: &TablePlan, usage: Option<usize>, out:
                     e,
                 ));
             }
+            Err(e) if refuses_an_item(&e) => match halve(chunk) {
+                Some((front, back)) => batches.extend([back, front]),
+                None => out.rejected.push((
+                    t.to_string(),
+                    chunk[0].dest,
+                    cloud(format!("create {} in {t}", describe(chunk)), e),
+                )),
+            },
             Err(e) => out
                 .errors
                 .push(cloud(format!("create {} in {t}", describe(chunk)), e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_batch_is_halved_front_first_down_to_one_item() {
+        let items = [1, 2, 3, 4, 5];
+        assert_eq!(halve(&items), Some((&items[..2], &items[2..])));
+        assert_eq!(halve(&items[..1]), None);
+        let code = |c: &str| {
+            tencent_cloud::Error::Api(tencent_cloud::ApiError {
+                code: c.into(),
+                message: String::new(),
+                request_id: String::new(),
+                action: "CreateRoutes".into(),
+            })
+        };
+        assert!(refuses_an_item(&code(
+            "InvalidParameterValue.RouteNextHopInvalid"
+        )));
+        assert!(refuses_an_item(&code("UnsupportedOperation.Ecmp")));
+        assert!(!refuses_an_item(&code(
+            "InvalidParameterValue.LimitExceeded"
+        )));
+        assert!(!refuses_an_item(&code("InvalidParameterValue.Duplicate")));
+        assert!(!refuses_an_item(&code("UnauthorizedOperation")));
+        assert!(!refuses_an_item(&code("RequestLimitExceeded")));
     }
 }

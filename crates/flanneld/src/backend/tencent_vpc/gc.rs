@@ -5,10 +5,17 @@
 //!   previous look (a wiped or restored store looks exactly like that);
 //! - the route was orphaned at two consecutive resyncs;
 //! - at most [`MAX_DELETES_PER_CYCLE`] deletions per cycle.
+//!
+//! Besides our routes to subnets nobody leases, the collector takes strays: routes with our
+//! cluster's tag outside the Network (an earlier version wrote them for leases it should
+//! have refused), when their next hop is a current lease holder's address, so they were
+//! ours beyond doubt. Other strays are left to an operator (`flannelctl routes gc
+//! --all-ours --outside-network`).
 
 use super::plan::{Ownership, TableState};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 /// Consecutive resyncs a route must be orphaned before it is deleted.
 pub const SIGHTINGS: u32 = 2;
@@ -19,6 +26,8 @@ pub const MAX_DELETES_PER_CYCLE: usize = 20;
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseView<'a> {
     pub leased: &'a BTreeSet<Ipv4Net>,
+    /// The addresses (tencent-vpc PrivateIP) of the nodes holding a lease.
+    pub holders: &'a BTreeSet<Ipv4Addr>,
     /// The watch is established and its snapshot complete.
     pub fresh: bool,
 }
@@ -99,7 +108,11 @@ impl OrphanTracker {
         let mut now = BTreeMap::new();
         for t in tables {
             for r in &t.routes {
-                let orphan = owner.owns(r) && r.dest.is_some_and(|d| !view.leased.contains(&d));
+                let orphan = (owner.owns(r) && r.dest.is_some_and(|d| !view.leased.contains(&d)))
+                    || (owner.stray(r).is_some()
+                        && r.gateway_id
+                            .parse()
+                            .is_ok_and(|ip| view.holders.contains(&ip)));
                 if orphan {
                     let key = (t.id.clone(), r.route_id);
                     let n = self.sightings.get(&key).copied().unwrap_or(0) + 1;
@@ -152,6 +165,16 @@ mod tests {
         }]
     }
 
+    static NO_HOLDERS: BTreeSet<Ipv4Addr> = BTreeSet::new();
+
+    fn view(leased: &BTreeSet<Ipv4Net>, fresh: bool) -> LeaseView<'_> {
+        LeaseView {
+            leased,
+            holders: &NO_HOLDERS,
+            fresh,
+        }
+    }
+
     fn leased(n: u8) -> BTreeSet<Ipv4Net> {
         (0..n)
             .map(|i| format!("10.244.{i}.0/24").parse().unwrap())
@@ -166,15 +189,41 @@ mod tests {
             ("10.244.1.0/24", "flannel:c1:172.16.1.8"),
         ]);
         let l = leased(4);
-        let view = LeaseView {
-            leased: &l,
-            fresh: true,
-        };
+        let view = view(&l, true);
         let mut g = OrphanTracker::default();
         let v = g.observe(view, &t, &owner());
         assert!(v.collect.is_empty() && v.waiting == 1 && v.hold.is_none());
         let v = g.observe(view, &t, &owner());
         assert_eq!(v.collect, [("rtb-1".to_string(), 1)].into());
+    }
+
+    #[test]
+    fn a_stray_of_ours_goes_when_its_next_hop_holds_a_lease() {
+        let t = tables(&[
+            ("0.0.0.0/1", "flannel:c1:172.16.1.7"),
+            ("192.168.100.0/24", "flannel:c1:172.16.1.7"),
+            ("10.9.0.0/24", "flannel:c2:172.16.1.7"),
+            ("10.8.0.0/24", ""),
+        ]);
+        let l = leased(4);
+        let holders: BTreeSet<Ipv4Addr> = ["172.16.1.7".parse().unwrap()].into();
+        let v = LeaseView {
+            leased: &l,
+            holders: &holders,
+            fresh: true,
+        };
+        let mut g = OrphanTracker::default();
+        g.observe(v, &t, &owner());
+        let verdict = g.observe(v, &t, &owner());
+        assert_eq!(
+            verdict.collect,
+            [("rtb-1".to_string(), 1), ("rtb-1".to_string(), 2)].into(),
+            "another cluster's tag and untagged routes are never strays"
+        );
+        // Via no lease holder: left to an operator.
+        let mut g = OrphanTracker::default();
+        g.observe(view(&l, true), &t, &owner());
+        assert!(g.observe(view(&l, true), &t, &owner()).collect.is_empty());
     }
 
     #[test]
@@ -184,30 +233,9 @@ mod tests {
         let without = leased(4);
         let mut with = leased(4);
         with.insert("10.244.50.0/24".parse().unwrap());
-        g.observe(
-            LeaseView {
-                leased: &without,
-                fresh: true,
-            },
-            &t,
-            &owner(),
-        );
-        g.observe(
-            LeaseView {
-                leased: &with,
-                fresh: true,
-            },
-            &t,
-            &owner(),
-        );
-        let v = g.observe(
-            LeaseView {
-                leased: &without,
-                fresh: true,
-            },
-            &t,
-            &owner(),
-        );
+        g.observe(view(&without, true), &t, &owner());
+        g.observe(view(&with, true), &t, &owner());
+        let v = g.observe(view(&without, true), &t, &owner());
         assert!(v.collect.is_empty(), "consecutive sightings only");
     }
 
@@ -218,80 +246,26 @@ mod tests {
         let ten = leased(10);
         let four = leased(4);
         let none = BTreeSet::new();
-        g.observe(
-            LeaseView {
-                leased: &ten,
-                fresh: true,
-            },
-            &t,
-            &owner(),
-        );
-        let v = g.observe(
-            LeaseView {
-                leased: &ten,
-                fresh: false,
-            },
-            &t,
-            &owner(),
-        );
+        g.observe(view(&ten, true), &t, &owner());
+        let v = g.observe(view(&ten, false), &t, &owner());
         assert_eq!(v.hold, Some(Hold::NotFresh));
-        let v = g.observe(
-            LeaseView {
-                leased: &none,
-                fresh: true,
-            },
-            &t,
-            &owner(),
-        );
+        let v = g.observe(view(&none, true), &t, &owner());
         assert_eq!(
             v.hold.unwrap().to_string(),
             "no leases at all (a wiped store?)"
         );
-        g.observe(
-            LeaseView {
-                leased: &ten,
-                fresh: true,
-            },
-            &t,
-            &owner(),
-        );
-        let v = g.observe(
-            LeaseView {
-                leased: &four,
-                fresh: true,
-            },
-            &t,
-            &owner(),
-        );
+        g.observe(view(&ten, true), &t, &owner());
+        let v = g.observe(view(&four, true), &t, &owner());
         assert_eq!(
             v.hold.unwrap().to_string(),
             "leases dropped from 10 to 4 at once (a wiped or restored store?)"
         );
         // The smaller set is the baseline from now on, and sightings start over.
         assert!(g
-            .observe(
-                LeaseView {
-                    leased: &four,
-                    fresh: true
-                },
-                &t,
-                &owner()
-            )
+            .observe(view(&four, true), &t, &owner())
             .collect
             .is_empty());
-        assert_eq!(
-            g.observe(
-                LeaseView {
-                    leased: &four,
-                    fresh: true
-                },
-                &t,
-                &owner()
-            )
-            .collect
-            .len(),
-            1
-        );
+        assert_eq!(g.observe(view(&four, true), &t, &owner()).collect.len(), 1);
     }
 
     #[test]
@@ -303,22 +277,8 @@ mod tests {
         let t = tables(&refs);
         let l = leased(3);
         let mut g = OrphanTracker::default();
-        g.observe(
-            LeaseView {
-                leased: &l,
-                fresh: true,
-            },
-            &t,
-            &owner(),
-        );
-        let v = g.observe(
-            LeaseView {
-                leased: &l,
-                fresh: true,
-            },
-            &t,
-            &owner(),
-        );
+        g.observe(view(&l, true), &t, &owner());
+        let v = g.observe(view(&l, true), &t, &owner());
         assert_eq!(v.collect.len(), MAX_DELETES_PER_CYCLE);
         assert_eq!(v.waiting, 50 - MAX_DELETES_PER_CYCLE);
     }

@@ -66,19 +66,37 @@ impl Ownership {
 
     /// The node named by our tag, if `r` is ours.
     pub fn owner(&self, r: &ActualRoute) -> Option<Ipv4Addr> {
-        let dest = r.dest?;
-        if !(self.network.contains(&dest.network())
-            && dest.prefix_len() >= self.network.prefix_len())
-        {
+        if !self.covers(r.dest?) {
             return None;
         }
-        let rest = r.description.strip_prefix(TAG_PREFIX)?;
-        let (cluster, node) = rest.split_once(':')?;
-        (cluster == self.cluster).then(|| node.parse().ok())?
+        self.tagged(r)
     }
 
     pub fn owns(&self, r: &ActualRoute) -> bool {
         self.owner(r).is_some()
+    }
+
+    /// Whether `dest` is the Network or inside it: the only destinations we ever write.
+    pub fn covers(&self, dest: Ipv4Net) -> bool {
+        self.network.contains(&dest.network()) && dest.prefix_len() >= self.network.prefix_len()
+    }
+
+    /// The node named by our cluster's tag on a route outside the Network: one an earlier
+    /// version wrote for a lease it should have refused. Never ours by default; collected
+    /// only when the garbage collector (or an operator) says so.
+    pub fn stray(&self, r: &ActualRoute) -> Option<Ipv4Addr> {
+        let dest = r.dest?;
+        if self.covers(dest) {
+            return None;
+        }
+        self.tagged(r)
+    }
+
+    /// The node named by our cluster's tag, wherever the route goes.
+    fn tagged(&self, r: &ActualRoute) -> Option<Ipv4Addr> {
+        let rest = r.description.strip_prefix(TAG_PREFIX)?;
+        let (cluster, node) = rest.split_once(':')?;
+        (cluster == self.cluster).then(|| node.parse().ok())?
     }
 }
 
@@ -191,6 +209,9 @@ pub struct Plan {
     pub blocked: Vec<Blocked>,
     /// (table, destination) of wanted routes already right before any action.
     pub satisfied: BTreeSet<(String, Ipv4Net)>,
+    /// Wanted routes whose destination is not inside the Network: never written, whatever
+    /// the caller passed.
+    pub outside: Vec<Wanted>,
 }
 
 impl Plan {
@@ -205,9 +226,15 @@ impl Plan {
 /// Plan every table.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut out = Plan::default();
-    // One wanted route per destination (the lease store guarantees it; be safe anyway).
-    let wanted: BTreeMap<Ipv4Net, Ipv4Addr> =
-        input.wanted.iter().map(|w| (w.dest, w.next_hop)).collect();
+    // Only destinations inside the Network, whatever the caller passed (defence in depth:
+    // admission refuses such leases before they get here). One wanted route per
+    // destination (the lease store guarantees it; be safe anyway).
+    let (inside, outside): (Vec<Wanted>, Vec<Wanted>) = input
+        .wanted
+        .iter()
+        .partition(|w| input.owner.covers(w.dest));
+    out.outside = outside;
+    let wanted: BTreeMap<Ipv4Net, Ipv4Addr> = inside.iter().map(|w| (w.dest, w.next_hop)).collect();
     for table in input.tables {
         let tp = plan_table(input, table, &wanted, &mut out);
         if !tp.is_empty() {
@@ -314,6 +341,12 @@ fn plan_table(
             matches!(input.scope, Scope::Node(me) if me == node) && !input.leased.contains(&dest);
         let collected = input.collect.contains(&(table.id.clone(), r.route_id));
         if (stale_own || collected) && !tp.delete.contains(&r.route_id) {
+            tp.delete.push(r.route_id);
+        }
+    }
+    // Strays of ours outside the Network: only what the collector approved.
+    for r in &table.routes {
+        if owner.stray(r).is_some() && input.collect.contains(&(table.id.clone(), r.route_id)) {
             tp.delete.push(r.route_id);
         }
     }
@@ -573,13 +606,13 @@ pub(crate) mod tests {
         .into();
         assert_eq!(
             c.run().tables[0].delete,
-            vec![1, 3],
-            "collect never reaches what is not ours"
+            vec![1, 3, 4],
+            "collect reaches our tag outside the Network (a stray), never an untagged route"
         );
         c.scope = Scope::Cluster;
         assert_eq!(
             c.run().tables[0].delete,
-            vec![3],
+            vec![3, 4],
             "the controller deletes only what the GC approved"
         );
     }
@@ -614,6 +647,53 @@ pub(crate) mod tests {
         assert_eq!(p.tables[0].delete, vec![2]);
         assert_eq!(p.tables[0].create.len(), 1, "one slot freed");
         assert_eq!(p.blocked.len(), 1);
+    }
+
+    #[test]
+    fn a_destination_outside_the_network_is_never_written_whatever_the_caller_passes() {
+        let mut c = Case::new(
+            vec![table(
+                "rtb-1",
+                vec![route(
+                    7,
+                    "192.168.100.0/24",
+                    "172.16.1.7",
+                    "flannel:c1:172.16.1.7",
+                )],
+            )],
+            vec![
+                want("0.0.0.0/1", "172.16.1.7"),
+                want("192.168.100.0/24", "172.16.1.7"),
+                want("10.244.0.0/16", "172.16.1.8"),
+                want("10.0.0.0/8", "172.16.1.9"),
+                want("10.244.1.0/24", "172.16.1.7"),
+            ],
+        );
+        c.scope = Scope::Cluster;
+        let p = c.run();
+        let written: Vec<Ipv4Net> = p.tables[0]
+            .create
+            .iter()
+            .map(|w| w.dest)
+            .chain(p.tables[0].replace.iter().map(|(_, w)| w.dest))
+            .collect();
+        assert_eq!(
+            written,
+            vec![
+                "10.244.0.0/16".parse::<Ipv4Net>().unwrap(),
+                "10.244.1.0/24".parse().unwrap()
+            ],
+            "the Network itself is covered; nothing outside it"
+        );
+        assert_eq!(p.outside.len(), 3);
+        assert!(
+            p.tables[0].delete.is_empty(),
+            "a stray goes only when collected"
+        );
+        assert!(
+            p.conflicts.is_empty(),
+            "a stray in the way is no conflict: it is not written"
+        );
     }
 
     #[test]

@@ -56,10 +56,11 @@ pub struct Outcome {
     pub present: BTreeSet<(String, Ipv4Net)>,
     /// Read the tables again soon (something changed behind our back).
     pub refresh: bool,
-    /// Errors of the apply step (the read and plan succeeded).
+    /// Errors of the apply step (the read and plan succeeded): worth a sooner retry.
     pub errors: Vec<BackendError>,
-    /// Why wanted routes are missing: conflicts and full tables, one line each.
-    pub problems: Vec<String>,
+    /// Why a wanted route is missing, by destination: a conflict, a full table, a route the
+    /// API refused, a destination outside the Network. Nothing a sooner retry changes.
+    pub unrouted: BTreeMap<Ipv4Net, String>,
     /// With Fallback: the split, and the programmed tables as read.
     pub split: Option<super::split::Split>,
     pub observed: Vec<plan::TableState>,
@@ -114,6 +115,9 @@ struct State {
     unserved_reported: BTreeSet<String>,
     /// With Fallback: the last split put leases on the vxlan side.
     over_vxlan: bool,
+    /// The last plan had creates blocked by a full table: read the limit again, and forget
+    /// limits learnt from LimitExceeded, so that a raised quota is seen at the next resync.
+    blocked: bool,
 }
 
 impl Reconciler {
@@ -130,14 +134,19 @@ impl Reconciler {
         &self.settings.owner
     }
 
-    /// The routes-per-table limit: read once, and with Fallback again at every read while
-    /// leases are on the vxlan side (a raised limit moves them to routes), forgetting lowered
-    /// limits when the account's is raised. While everything fits there is nothing to
-    /// re-read it for: a lowered limit shows as `LimitExceeded` at the next create.
+    /// The routes-per-table limit: read once, and again at every read while creates are
+    /// blocked by a full table or (Fallback) leases are on the vxlan side: a raised quota
+    /// unblocks them within a resync. Lowered limits are forgotten then too (a create that
+    /// still does not fit answers LimitExceeded again, one call per resync). While
+    /// everything fits there is nothing to re-read it for: a lowered limit shows as
+    /// `LimitExceeded` at the next create.
     async fn account_limit(&self, state: &mut State) -> usize {
-        let reread = self.settings.fallback && state.over_vxlan;
+        let reread = state.blocked || (self.settings.fallback && state.over_vxlan);
         if let (Some(l), false) = (state.limit, reread) {
             return l;
+        }
+        if state.blocked {
+            state.lowered.clear();
         }
         match self
             .client
@@ -323,7 +332,9 @@ impl Reconciler {
                 .routes
                 .iter()
                 .filter(|r| {
-                    self.settings.owner.owns(r) && collect.contains(&(t.id.clone(), r.route_id))
+                    let owner = &self.settings.owner;
+                    (owner.owns(r) || owner.stray(r).is_some())
+                        && collect.contains(&(t.id.clone(), r.route_id))
                 })
                 .map(|r| r.route_id)
                 .collect();
@@ -377,8 +388,18 @@ impl Reconciler {
                 .filter(|c| c.table == tp.table)
                 .map(|c| c.wanted.dest)
                 .collect();
+            let rejected: BTreeSet<Ipv4Net> = applied
+                .rejected
+                .iter()
+                .filter(|(t, _, _)| t == &tp.table)
+                .map(|(_, d, _)| *d)
+                .collect();
             for w in &wanted {
-                if !blocked.contains(&w.dest) && !conflicting.contains(&w.dest) {
+                let missing = blocked.contains(&w.dest)
+                    || conflicting.contains(&w.dest)
+                    || rejected.contains(&w.dest)
+                    || plan.outside.contains(w);
+                if !missing {
                     present.insert((tp.table.clone(), w.dest));
                 }
             }
@@ -387,24 +408,40 @@ impl Reconciler {
             // A duplicate or stale record: the routes may well be right, but only a read says.
             present.retain(|(t, _)| !plan.tables.iter().any(|tp| &tp.table == t));
         }
-        self.record(&states, &plan, &present, &applied.full, wanted.len());
+        self.record(&states, &plan, &present, &applied, wanted.len());
         debug!(tables = ?reading.selected, writes = plan.writes(), elapsed = ?started.elapsed(), "reconciled");
         self.metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
-        let problems = plan
-            .conflicts
-            .iter()
-            .map(ToString::to_string)
-            .chain(plan.blocked.iter().map(ToString::to_string))
-            .collect();
+        state.blocked = !plan.blocked.is_empty();
+        let mut unrouted = BTreeMap::new();
+        for w in &plan.outside {
+            warn!(dest = %w.dest, next_hop = %w.next_hop, network = %self.settings.owner.network, "not routing a destination outside the Network");
+            unrouted.insert(
+                w.dest,
+                format!(
+                    "route {} via {}: the destination is not inside the Network {}",
+                    w.dest, w.next_hop, self.settings.owner.network
+                ),
+            );
+        }
+        for (table, dest, e) in &applied.rejected {
+            warn!(table = %table, dest = %dest, error = %crate::report(e), "the API refused this route; retrying at the next resync");
+            unrouted.insert(*dest, crate::report(e));
+        }
+        for b in &plan.blocked {
+            unrouted.insert(b.wanted.dest, b.to_string());
+        }
+        for c in &plan.conflicts {
+            unrouted.insert(c.wanted.dest, c.to_string());
+        }
         let observed = if split.is_some() { states } else { Vec::new() };
         Ok(Outcome {
             tables: reading.selected,
             present,
             refresh: applied.refresh,
             errors: applied.errors,
-            problems,
+            unrouted,
             split,
             observed,
         })
@@ -415,7 +452,7 @@ impl Reconciler {
         states: &[plan::TableState],
         plan: &plan::Plan,
         present: &BTreeSet<(String, Ipv4Net)>,
-        full: &BTreeMap<String, usize>,
+        applied: &Applied,
         desired: usize,
     ) {
         for t in states {
@@ -444,6 +481,17 @@ impl Reconciler {
                 .set(count(
                     plan.blocked.iter().filter(|b| b.table == t.id).count(),
                 ));
+            self.metrics
+                .routes
+                .get_or_create(&label("rejected"))
+                .set(count(
+                    applied
+                        .rejected
+                        .iter()
+                        .filter(|(tb, _, _)| tb == &t.id)
+                        .count()
+                        + plan.outside.len(),
+                ));
             let table = TableLabels {
                 table: t.id.clone(),
             };
@@ -460,7 +508,7 @@ impl Reconciler {
             self.metrics
                 .table_limit
                 .get_or_create(&table)
-                .set(full.get(&t.id).copied().unwrap_or(t.limit) as i64);
+                .set(applied.full.get(&t.id).copied().unwrap_or(t.limit) as i64);
         }
     }
 }

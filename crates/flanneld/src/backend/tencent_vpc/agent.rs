@@ -1,0 +1,253 @@
+//! Per-node mode: each agent keeps its own route present and enabled in every table (zero
+//! write calls when all is right); the agent elected through the lease store also deletes
+//! the routes of departed nodes.
+
+use super::fallback::Fallback;
+use super::gc::LeaseView;
+use super::plan::{Scope, Wanted};
+use super::reconcile::{Reconciler, SplitRequest, Target};
+use super::{
+    lease_holders, leased_subnets, own_route, route_of, split, subnet_of, NodeFacts, Readiness,
+    Settings,
+};
+use crate::backend::{Backend, BackendError, Status, Trigger};
+use crate::iface::ExternalInterface;
+use crate::metrics::VpcMetrics;
+use crate::subnet::election::LeaderSeat;
+use async_trait::async_trait;
+use flannel_core::admission::PeerView;
+use flannel_core::backend_config::BackendKind;
+use flannel_core::lease::{Lease, LeaseAttrs};
+use ipnet::Ipv4Net;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tencent_cloud::Client;
+use tracing::warn;
+
+pub struct Agent {
+    metrics: VpcMetrics,
+    ext: ExternalInterface,
+    node: NodeFacts,
+    settings: Settings,
+    reconciler: Reconciler,
+    gc_seat: Option<LeaderSeat>,
+    ready: Readiness,
+    /// The VPC subnets of the nodes seen at the last full reconcile and since: a lease in a
+    /// subnet not among them may need this node's route in another table.
+    known_subnets: Mutex<BTreeSet<String>>,
+    fallback: Option<Fallback>,
+}
+
+impl Agent {
+    /// An agent for an already connected client (tests build several in one process).
+    pub fn new(
+        ext: ExternalInterface,
+        node: NodeFacts,
+        settings: Settings,
+        client: Arc<Client>,
+        metrics: VpcMetrics,
+        gc_seat: Option<LeaderSeat>,
+    ) -> Agent {
+        Agent {
+            reconciler: Reconciler::new(client, settings.clone(), metrics.clone()),
+            metrics,
+            ext,
+            node,
+            settings,
+            gc_seat,
+            ready: Readiness::default(),
+            known_subnets: Mutex::new(BTreeSet::new()),
+            fallback: None,
+        }
+    }
+
+    /// Reach the leases the route tables cannot hold through vxlan (`"Fallback": "vxlan"`).
+    pub fn with_fallback(mut self, fallback: Fallback) -> Agent {
+        self.fallback = Some(fallback);
+        self
+    }
+
+    /// Whether this node's route is in place (as of the last reconcile).
+    pub fn ready(&self) -> bool {
+        self.ready.get()
+    }
+
+    fn known_subnets(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.known_subnets.lock().expect("known subnets")
+    }
+
+    /// Make this node's route present everywhere; collect garbage when elected and `fresh`
+    /// (None: no garbage collection).
+    async fn route(
+        &self,
+        own: &Lease,
+        peers: &PeerView<'_>,
+        fresh: Option<bool>,
+    ) -> Result<Status, BackendError> {
+        let Some(mine) = own_route(own, &self.node) else {
+            return Ok(Status::done());
+        };
+        let mut leased = leased_subnets(peers.iter());
+        leased.insert(mine.dest);
+        let mut node_subnets: BTreeSet<String> = peers.iter().filter_map(subnet_of).collect();
+        if !self.node.subnet_id.is_empty() {
+            node_subnets.insert(self.node.subnet_id.clone());
+        }
+        *self.known_subnets() = node_subnets.clone();
+        let lease_routes: Vec<Wanted> = match &self.fallback {
+            Some(_) => peers.iter().filter_map(route_of).chain([mine]).collect(),
+            None => Vec::new(),
+        };
+        // Our own route goes one round after the split moved us to vxlan (peers first add
+        // their vxlan entries for us).
+        let evict: BTreeSet<Ipv4Net> = self
+            .fallback
+            .as_ref()
+            .filter(|f| f.own_fallback())
+            .map(|_| mine.dest)
+            .into_iter()
+            .collect();
+        let leader = self.gc_seat.as_ref().is_some_and(LeaderSeat::is_leader);
+        let holders = lease_holders(peers, Some(self.node.private_ip));
+        let gc = match fresh {
+            Some(fresh) if leader => Some(LeaseView {
+                leased: &leased,
+                holders: &holders,
+                fresh,
+            }),
+            _ => None,
+        };
+        let outcome = self
+            .reconciler
+            .reconcile(&Target {
+                wanted: &[mine],
+                leased: &leased,
+                node_subnets: &node_subnets,
+                scope: Scope::Node(self.node.private_ip),
+                gc,
+                split: self.fallback.as_ref().map(|_| SplitRequest {
+                    leases: &lease_routes,
+                    reserved: self.settings.reserved,
+                    evict: &evict,
+                }),
+            })
+            .await?;
+        let routed = outcome.routed(mine.dest) && !outcome.refresh;
+        let mut problem = outcome.errors.first().map(|e| crate::report(e));
+        let (ready, over_vxlan) = match (&self.fallback, &outcome.split) {
+            (Some(f), Some(s)) => {
+                // This node is ready with its route everywhere or, on the vxlan side, with its
+                // vxlan device up (its VtepMAC is in its lease).
+                let own_fallback = s.fallback.contains(&mine.dest);
+                let routed_everywhere: BTreeSet<Ipv4Net> = lease_routes
+                    .iter()
+                    .filter(|w| {
+                        !outcome.observed.is_empty()
+                            && outcome
+                                .observed
+                                .iter()
+                                .all(|t| split::holds(t, &self.settings.owner, w))
+                    })
+                    .map(|w| w.dest)
+                    .chain(routed.then_some(mine.dest))
+                    .collect();
+                self.metrics.record_split(s);
+                f.update(s.clone(), routed_everywhere, mine.dest);
+                f.sync(own, peers).await?;
+                (routed || own_fallback, !routed && own_fallback)
+            }
+            _ => {
+                if problem.is_none() && !routed {
+                    problem = outcome.unrouted.get(&mine.dest).cloned();
+                }
+                (routed, false)
+            }
+        };
+        self.ready
+            .set(ready, over_vxlan, mine.dest, &outcome.tables);
+        Ok(Status {
+            ready,
+            pending: !ready || problem.is_some(),
+            problem,
+        })
+    }
+
+    /// The status without a cloud call: readiness as last seen.
+    fn last_status(&self) -> Status {
+        let ready = self.ready.get();
+        Status {
+            ready,
+            pending: !ready,
+            problem: None,
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Agent {
+    fn kind(&self) -> BackendKind {
+        BackendKind::TencentVpc
+    }
+
+    async fn lease_attrs(&self) -> Result<LeaseAttrs, BackendError> {
+        super::lease_attrs(&self.ext, &self.node, self.fallback.as_ref())
+    }
+
+    /// At start a cloud failure is not fatal (the node stays not ready and the daemon retries
+    /// with backoff); a table that cannot be determined is. Peer changes cost no API call
+    /// unless a node appeared in a subnet not seen before (its route table may need this
+    /// node's route).
+    async fn reconcile(
+        &self,
+        own: &Lease,
+        peers: &PeerView<'_>,
+        trigger: Trigger<'_>,
+    ) -> Result<Status, BackendError> {
+        match trigger {
+            Trigger::Start => match self.route(own, peers, None).await {
+                Err(e @ BackendError::Discovery(_)) => Err(e),
+                Err(e) => {
+                    warn!(error = %crate::report(&e), "route not in place yet; retrying");
+                    Ok(Status {
+                        ready: false,
+                        pending: true,
+                        problem: Some(crate::report(&e)),
+                    })
+                }
+                ok => ok,
+            },
+            Trigger::Leases { added, .. } => {
+                let new_subnet = {
+                    let mut known = self.known_subnets();
+                    let mut new_subnet = false;
+                    for s in added.iter().filter_map(subnet_of) {
+                        new_subnet |= s != self.node.subnet_id && known.insert(s);
+                    }
+                    new_subnet
+                };
+                if new_subnet {
+                    return self.route(own, peers, None).await;
+                }
+                // A newcomer is reached over vxlan at once, until its route is everywhere.
+                if let Some(f) = &self.fallback {
+                    f.sync(own, peers).await?;
+                }
+                Ok(self.last_status())
+            }
+            Trigger::Resync { fresh } => self.route(own, peers, Some(fresh)).await,
+        }
+    }
+
+    fn mtu(&self) -> u32 {
+        // With Fallback any peer may be reached over vxlan.
+        match &self.fallback {
+            Some(f) => f.mtu(),
+            None => self.ext.mtu,
+        }
+    }
+
+    fn resync_period(&self) -> Option<Duration> {
+        Some(self.settings.resync)
+    }
+}
