@@ -532,7 +532,10 @@ async fn traffic_for(
         options.random_fully &= Iptables::supports_random_fully().await;
         Arc::new(Iptables)
     };
-    let routes = Arc::new(crate::kernel::Netlink::connect().map_err(TrafficError::from)?);
+    let routes = Arc::new(crate::kernel::Fenced::new(
+        crate::kernel::Netlink::connect().map_err(TrafficError::from)?,
+        crate::backend::host_gw::networks(config),
+    ));
     Ok(Traffic::new(&options, config, own, filter, routes))
 }
 

@@ -127,7 +127,7 @@ impl Traffic {
         for hole in &self.blackholes {
             let present = self
                 .routes
-                .routes_within(hole.dst)
+                .routes(crate::kernel::family_of(&hole.dst))
                 .await?
                 .iter()
                 .any(|r| r.route == *hole);

@@ -3,7 +3,9 @@
 //! the same reconcile, so a route deleted behind our back, or left by a lease that went away
 //! while we were down, is repaired the same way. Failures are collected and the rest applied.
 
-use crate::kernel::{FdbEntry, Kernel, KernelError, ListedRoute, Neighbour, Route};
+use crate::kernel::{
+    family_of, within, Family, FdbEntry, Kernel, KernelError, ListedRoute, Neighbour, Route,
+};
 use flannel_core::lease::Lease;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,6 +42,16 @@ pub fn plan_routes(
         .map(|r| r.route.clone())
         .collect();
     (replace, delete)
+}
+
+/// Our routes outside the pod networks: an earlier version's, for leases it should have
+/// refused. Ours (our protocol) and never wanted now, so they go.
+pub fn plan_strays(outside: &[ListedRoute], protected: &[IpNet]) -> Vec<Route> {
+    outside
+        .iter()
+        .filter(|r| r.ours && !protected.contains(&r.route.dst))
+        .map(|r| r.route.clone())
+        .collect()
 }
 
 /// Set changes keyed by `key`: add what differs, delete what nobody wants.
@@ -82,8 +94,8 @@ fn first_error(mut errors: Vec<KernelError>) -> Result<(), KernelError> {
     Err(first)
 }
 
-/// Bring the kernel in line with `desired`, within `networks` (routes) and on the devices
-/// named in `desired` (neighbours and FDB). Additions come before deletions, so a changed
+/// Bring the kernel in line with `desired`, within `networks` (routes; our routes outside
+/// them are strays and go) and on the devices named in `desired` (neighbours and FDB). Additions come before deletions, so a changed
 /// entry is never missing in between, and in the order a packet uses them: FDB entries, then
 /// neighbours, then routes; deletions in the reverse order. A route through a vxlan device is
 /// thus never without its neighbour and FDB entry (a packet routed then would wait for an
@@ -107,17 +119,26 @@ pub async fn reconcile(
         neighbours.push((*dev, add, delete));
     }
     let mut routes = Vec::new();
-    for network in networks {
+    for family in [Family::V4, Family::V6] {
+        let inside: Vec<IpNet> = networks
+            .iter()
+            .filter(|n| family_of(n) == family)
+            .copied()
+            .collect();
         let want: Vec<Route> = desired
             .routes
             .iter()
-            .filter(|r| r.dst.addr().is_ipv4() == network.addr().is_ipv4())
+            .filter(|r| family_of(&r.dst) == family)
             .cloned()
             .collect();
-        let have = kernel.routes_within(*network).await?;
-        routes.push(plan_routes(&want, &have, protected));
+        let all = kernel.routes(family).await?;
+        let (have, outside): (Vec<ListedRoute>, Vec<ListedRoute>) = all
+            .into_iter()
+            .partition(|r| inside.iter().any(|n| within(n, &r.route.dst)));
+        let (replace, mut delete) = plan_routes(&want, &have, protected);
+        delete.extend(plan_strays(&outside, protected));
+        routes.push((replace, delete));
     }
-
     let mut changes = Changes::default();
     let mut errors = Vec::new();
     let mut tally = |r: Result<(), KernelError>, added: bool| match r {
@@ -214,6 +235,41 @@ mod tests {
         assert_eq!(delete, vec![via("10.5.3.0/24", "172.16.0.3")]);
         let in_sync: Vec<ListedRoute> = desired.iter().map(|r| listed(r.clone(), true)).collect();
         assert_eq!(plan_routes(&desired, &in_sync, &[]), (vec![], vec![]));
+    }
+
+    #[tokio::test]
+    async fn our_strays_outside_the_networks_go_and_nothing_else_does() {
+        let k = crate::kernel::fake::FakeKernel::with_link("eth0", 2, 1500);
+        let put = |r: Route, ours: bool| {
+            k.s().routes.insert(r.dst, ListedRoute { route: r, ours });
+        };
+        // What an earlier version installed for hostile leases, and a user's routes.
+        put(via("0.0.0.0/1", "172.16.0.9"), true);
+        put(via("192.168.5.0/24", "172.16.0.9"), true);
+        put(via("fd00:99::/64", "fd00::9"), true);
+        put(via("0.0.0.0/0", "172.16.0.254"), false);
+        put(via("192.168.100.0/24", "172.16.0.5"), false);
+        put(via("10.5.2.0/24", "172.16.0.2"), true);
+        let changes = reconcile(
+            &k,
+            &[net("10.5.0.0/16")],
+            &[],
+            &Desired {
+                routes: vec![via("10.5.2.0/24", "172.16.0.2")],
+                ..Desired::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            changes,
+            Changes {
+                added: 0,
+                deleted: 3
+            }
+        );
+        let left: Vec<String> = k.routes().iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(left, ["0.0.0.0/0", "10.5.2.0/24", "192.168.100.0/24"]);
     }
 
     #[test]

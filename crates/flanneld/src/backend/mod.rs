@@ -9,7 +9,7 @@ pub mod tencent_vpc;
 pub mod vxlan;
 
 use crate::iface::ExternalInterface;
-use crate::kernel::Netlink;
+use crate::kernel::{Fenced, Kernel, Netlink};
 use crate::metrics::Metrics;
 use crate::subnet::{SubnetError, SubnetManager};
 use async_trait::async_trait;
@@ -168,6 +168,14 @@ pub trait BackendFactory: Send + Sync {
     async fn build(&self, ctx: &BackendContext<'_>) -> Result<Box<dyn Backend>, BackendError>;
 }
 
+/// The kernel as the backends write it: netlink, fenced to the pod networks.
+pub fn fenced_kernel(network: &ValidatedNetConfig) -> Result<Arc<dyn Kernel>, BackendError> {
+    Ok(Arc::new(Fenced::new(
+        Netlink::connect()?,
+        host_gw::networks(network),
+    )))
+}
+
 /// The backends built into flanneld.
 pub struct Builtin;
 
@@ -192,14 +200,14 @@ impl BackendFactory for Builtin {
             BackendConfig::HostGw => Ok(Box::new(host_gw::HostGwBackend::new(
                 ctx.ext.clone(),
                 ctx.network,
-                Arc::new(Netlink::connect()?),
+                fenced_kernel(ctx.network)?,
             )?)),
             BackendConfig::Vxlan(c) => Ok(Box::new(
                 vxlan::VxlanBackend::new(
                     ctx.ext.clone(),
                     ctx.network,
                     c,
-                    Arc::new(Netlink::connect()?),
+                    fenced_kernel(ctx.network)?,
                 )
                 .await?,
             )),

@@ -90,12 +90,12 @@ impl FakeKernel {
 
 #[async_trait]
 impl Routes for FakeKernel {
-    async fn routes_within(&self, network: IpNet) -> Result<Vec<ListedRoute>, KernelError> {
+    async fn routes(&self, family: Family) -> Result<Vec<ListedRoute>, KernelError> {
         Ok(self
             .s()
             .routes
             .values()
-            .filter(|r| network.contains(&r.route.dst))
+            .filter(|r| family_of(&r.route.dst) == family)
             .cloned()
             .collect())
     }
@@ -115,7 +115,10 @@ impl Routes for FakeKernel {
     async fn delete_route(&self, route: &Route) -> Result<(), KernelError> {
         let mut s = self.s();
         s.mutations += 1;
-        s.routes.remove(&route.dst);
+        // As the kernel: only a route of ours goes.
+        if s.routes.get(&route.dst).is_some_and(|r| r.ours) {
+            s.routes.remove(&route.dst);
+        }
         s.check_paths("route delete");
         Ok(())
     }

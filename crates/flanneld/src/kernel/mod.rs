@@ -5,6 +5,7 @@
 //!
 //! Every mutation is idempotent: adding what is there, or deleting what is not, succeeds.
 
+pub mod fence;
 mod host;
 mod netlink;
 pub mod packet_filter;
@@ -12,6 +13,8 @@ pub mod packet_filter;
 #[cfg(test)]
 pub(crate) mod fake;
 
+pub use fence::Fenced;
+pub use flannel_core::admission::Family;
 pub use host::SystemNetwork;
 pub use netlink::{Netlink, VXLAN_DEFAULT_PORT};
 
@@ -38,6 +41,21 @@ pub struct Route {
     pub blackhole: bool,
     /// The route's priority (0 unless a fallback, like the blackhole route).
     pub metric: u32,
+}
+
+/// The address family of a network.
+pub fn family_of(n: &IpNet) -> Family {
+    match n {
+        IpNet::V4(_) => Family::V4,
+        IpNet::V6(_) => Family::V6,
+    }
+}
+
+/// Whether `dst` is `network` or inside it.
+pub fn within(network: &IpNet, dst: &IpNet) -> bool {
+    family_of(network) == family_of(dst)
+        && dst.prefix_len() >= network.prefix_len()
+        && network.contains(&dst.network())
 }
 
 impl Route {
@@ -191,11 +209,13 @@ impl KernelError {
 /// Routes of the main table.
 #[async_trait]
 pub trait Routes: Send + Sync {
-    /// The routes whose destination lies inside `network`.
-    async fn routes_within(&self, network: IpNet) -> Result<Vec<ListedRoute>, KernelError>;
+    /// Every route of the main table in `family` (one dump).
+    async fn routes(&self, family: Family) -> Result<Vec<ListedRoute>, KernelError>;
     /// Add `route`, or replace the route to the same destination.
     async fn replace_route(&self, route: &Route) -> Result<(), KernelError>;
-    /// Delete `route`; absent is fine.
+    /// Delete our route to `route.dst` (at its metric); absent is fine. Only the destination,
+    /// the metric and our protocol are matched, so it goes whatever its next hop reads as,
+    /// and a route we did not make never does.
     async fn delete_route(&self, route: &Route) -> Result<(), KernelError>;
     /// Whether `ip` is reachable without a gateway (on a connected subnet).
     async fn is_on_link(&self, ip: IpAddr) -> Result<bool, KernelError>;

@@ -2,8 +2,8 @@
 //! real in network namespaces (tests/dataplane.rs); the backends are tested against the fake.
 
 use super::{
-    FdbEntry, KernelError, Link, Links, ListedRoute, Mac, Neighbour, Neighbours, Route, Routes,
-    VxlanAttrs, VxlanSpec, RTPROT_FLANNEL,
+    Family, FdbEntry, KernelError, Link, Links, ListedRoute, Mac, Neighbour, Neighbours, Route,
+    Routes, VxlanAttrs, VxlanSpec, RTPROT_FLANNEL,
 };
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -119,6 +119,23 @@ fn route_message(route: &Route) -> Result<RouteMessage, KernelError> {
         if route.onlink {
             b = b.onlink();
         }
+    }
+    Ok(b.build())
+}
+
+/// The message that deletes our route to `route.dst`: destination, metric, our protocol and
+/// the main table; any scope, type and next hop (the kernel matches only what is given), so a
+/// route listed with no gateway (`via 0.0.0.0` as written) is found too.
+fn delete_message(route: &Route) -> Result<RouteMessage, KernelError> {
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(route.dst.network(), route.dst.prefix_len())
+        .map_err(invalid(format!("route {route}")))?
+        .table_id(RouteHeader::RT_TABLE_MAIN.into())
+        .protocol(RouteProtocol::from(RTPROT_FLANNEL))
+        .scope(RouteScope::NoWhere)
+        .kind(RouteType::Unspec);
+    if route.metric != 0 {
+        b = b.priority(route.metric);
     }
     Ok(b.build())
 }
@@ -290,10 +307,10 @@ impl Netlink {
 
 #[async_trait]
 impl Routes for Netlink {
-    async fn routes_within(&self, network: IpNet) -> Result<Vec<ListedRoute>, KernelError> {
-        let query = match network {
-            IpNet::V4(_) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-            IpNet::V6(_) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    async fn routes(&self, family: Family) -> Result<Vec<ListedRoute>, KernelError> {
+        let query = match family {
+            Family::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            Family::V6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
         };
         let msgs: Vec<RouteMessage> = self
             .handle
@@ -302,14 +319,8 @@ impl Routes for Netlink {
             .execute()
             .try_collect()
             .await
-            .map_err(fail(format!("list routes within {network}")))?;
-        Ok(msgs
-            .iter()
-            .filter_map(listed)
-            .filter(|r| {
-                r.route.dst.prefix_len() >= network.prefix_len() && network.contains(&r.route.dst)
-            })
-            .collect())
+            .map_err(fail(format!("list {family} routes")))?;
+        Ok(msgs.iter().filter_map(listed).collect())
     }
 
     async fn replace_route(&self, route: &Route) -> Result<(), KernelError> {
@@ -324,7 +335,7 @@ impl Routes for Netlink {
     }
 
     async fn delete_route(&self, route: &Route) -> Result<(), KernelError> {
-        let msg = route_message(route)?;
+        let msg = delete_message(route)?;
         absent_ok(
             self.handle.route().del(msg).execute().await,
             format!("delete route {route}"),

@@ -13,7 +13,7 @@ use flannel_core::backend_config::{BackendKind, TencentVpcConfig, VxlanConfig};
 use flannel_core::lease::Lease;
 use ipnet::Ipv4Net;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use tracing::info;
 
 pub struct Fallback {
@@ -35,7 +35,7 @@ impl Fallback {
             ctx.ext.clone(),
             ctx.network,
             &VxlanConfig::default(),
-            Arc::new(crate::kernel::Netlink::connect()?),
+            crate::backend::fenced_kernel(ctx.network)?,
             BackendKind::TencentVpc,
         )
         .await?;
