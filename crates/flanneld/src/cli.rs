@@ -78,19 +78,9 @@ impl EtcdArgs {
     }
 }
 
-/// Every flag of flanneld. `Debug` never shows the etcd password.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "flanneld",
-    about = "flannel-rs node agent: acquires a pod subnet lease and programs the network for it",
-    disable_version_flag = true,
-    max_term_width = 100
-)]
-pub struct Options {
-    #[command(flatten)]
-    pub etcd: EtcdArgs,
-
-    // --- Kubernetes ---
+/// The Kubernetes store's flags (flanneld's, also flannelctl's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubeArgs {
     /// Contact the Kubernetes API for subnet assignment instead of etcd.
     #[arg(long = "kube-subnet-mgr", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool, action = ArgAction::Set)]
     pub kube_subnet_mgr: bool,
@@ -112,6 +102,70 @@ pub struct Options {
         default_value = "/etc/kube-flannel/net-conf.json"
     )]
     pub net_config_path: PathBuf,
+}
+
+impl KubeArgs {
+    /// The Kubernetes manager's options (the node's identity from the environment).
+    pub fn to_options(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> crate::subnet::kube::KubeOptions {
+        let env = |k: &str| env(k).filter(|v| !v.is_empty());
+        crate::subnet::kube::KubeOptions {
+            kubeconfig: (!self.kubeconfig_file.is_empty())
+                .then(|| self.kubeconfig_file.clone().into()),
+            api_url: (!self.kube_api_url.is_empty()).then(|| self.kube_api_url.clone()),
+            node_name: env("NODE_NAME"),
+            pod_name: env("POD_NAME"),
+            pod_namespace: env("POD_NAMESPACE"),
+            annotation_prefix: self.kube_annotation_prefix.clone(),
+            net_config_path: self.net_config_path.clone(),
+            set_network_unavailable: true,
+        }
+    }
+}
+
+/// Where the leases are, for an operator (flannelctl): etcd by default, the Kubernetes API
+/// with `--kube-subnet-mgr` (the same flags as flanneld's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+impl StoreArgs {
+    /// The store, opened by one that holds no lease.
+    pub async fn open(
+        &self,
+    ) -> Result<std::sync::Arc<dyn crate::subnet::SubnetManager>, crate::subnet::SubnetError> {
+        if self.kube.kube_subnet_mgr {
+            let o = self.kube.to_options(&|k| std::env::var(k).ok());
+            return Ok(std::sync::Arc::new(
+                crate::subnet::kube::KubeManager::observer(&o).await?,
+            ));
+        }
+        Ok(std::sync::Arc::new(
+            crate::subnet::etcd::EtcdManager::connect(&self.etcd.to_options()).await?,
+        ))
+    }
+}
+
+/// Every flag of flanneld. `Debug` never shows the etcd password.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "flanneld",
+    about = "flannel-rs node agent: acquires a pod subnet lease and programs the network for it",
+    disable_version_flag = true,
+    max_term_width = 100
+)]
+pub struct Options {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Set the NetworkUnavailable node condition to false once the network is ready.
     #[arg(long = "set-node-network-unavailable", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = go_bool, action = ArgAction::Set)]
     pub set_node_network_unavailable: bool,
@@ -347,9 +401,9 @@ mod tests {
         assert_eq!(o.etcd.etcd_prefix, "/coreos.com/network");
         assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(o.subnet_lease_renew_margin, 60);
-        assert_eq!(o.kube_annotation_prefix, "flannel.alpha.coreos.com");
+        assert_eq!(o.kube.kube_annotation_prefix, "flannel.alpha.coreos.com");
         assert_eq!(
-            o.net_config_path,
+            o.kube.net_config_path,
             PathBuf::from("/etc/kube-flannel/net-conf.json")
         );
         assert!(o.set_node_network_unavailable);
@@ -358,7 +412,7 @@ mod tests {
         assert_eq!(o.iptables_resync, 5);
         assert_eq!(o.healthz_ip, "0.0.0.0".parse::<IpAddr>().unwrap());
         assert_eq!(o.healthz_port, 0);
-        assert!(!o.kube_subnet_mgr);
+        assert!(!o.kube.kube_subnet_mgr);
     }
 
     #[test]

@@ -162,7 +162,7 @@ impl Controller {
         let vpc_id = tvpc::resolve_vpc(cfg, &cloud.metadata)
             .await
             .ok_or(ControllerError::NoVpc)?;
-        let vpc_cidrs = vpc_cidrs(&cloud.client, &vpc_id).await;
+        let vpc_cidrs = tvpc::vpc_cidrs(&cloud.client, &vpc_id).await;
         let settings = tvpc::Settings::from_config(cfg, network, vpc_id);
         info!(vpc = %settings.vpc_id, vpc_cidrs = ?vpc_cidrs, cluster = %settings.owner.cluster, region = %cloud.region, credentials = ?cloud.client, "tencent-vpc controller");
         Ok(Controller {
@@ -350,30 +350,6 @@ impl Controller {
         } else {
             Next::Resync
         })
-    }
-}
-
-/// The VPC's primary and secondary CIDRs (one DescribeVpcs at start); empty when the call
-/// fails (admission then checks PrivateIPs without them).
-async fn vpc_cidrs(client: &tencent_cloud::Client, vpc_id: &str) -> Vec<Ipv4Net> {
-    let filter = tencent_cloud::vpc::Filter::new("vpc-id", &[vpc_id]);
-    match client.describe_vpcs(&[filter]).await {
-        Ok(vpcs) => vpcs
-            .iter()
-            .flat_map(|v| {
-                v.cidr_block.iter().chain(
-                    v.assistant_cidr_set
-                        .iter()
-                        .flatten()
-                        .filter_map(|a| a.cidr_block.as_ref()),
-                )
-            })
-            .filter_map(|c| c.parse().ok())
-            .collect(),
-        Err(e) => {
-            warn!(vpc = vpc_id, error = %crate::Report(&e), "the VPC's CIDRs could not be read: PrivateIPs are checked without them");
-            Vec::new()
-        }
     }
 }
 

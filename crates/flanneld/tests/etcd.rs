@@ -504,6 +504,12 @@ async fn flannelctl_leases_list() {
     m.acquire_lease(&req("172.16.0.7")).await.unwrap();
     etcd.etcdctl(&["put", "/x/subnets/garbage", "{}"]);
     etcd.etcdctl(&["put", "/x/subnets/10.5.43.0-24", "not json"]);
+    // A hostile lease: listed, with the rule it breaks.
+    etcd.etcdctl(&[
+        "put",
+        "/x/subnets/0.0.0.0-1",
+        r#"{"PublicIP":"172.16.0.66","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    ]);
     let endpoint = etcd.endpoint();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_flannelctl"))
@@ -521,8 +527,8 @@ async fn flannelctl_leases_list() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "{text}");
-    assert!(lines[0].starts_with("SUBNET"));
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("SUBNET") && lines[0].ends_with("STATUS"));
     let reserved = lines
         .iter()
         .find(|l| l.starts_with("10.5.42.0/24 "))
@@ -531,13 +537,22 @@ async fn flannelctl_leases_list() {
         reserved.contains("172.16.0.42")
             && reserved.contains("vxlan")
             && reserved.contains("never")
-            && reserved.ends_with("yes"),
+            && reserved.contains(" yes ")
+            && reserved.ends_with("refused: vxlan lease has no VtepMAC for its IPv4 subnet"),
         "{reserved}"
     );
     let leased = lines.iter().find(|l| l.contains("172.16.0.7")).unwrap();
     assert!(
-        leased.contains("host-gw") && leased.contains(" 23h59m") && leased.ends_with("no"),
+        leased.contains("host-gw")
+            && leased.contains(" 23h59m")
+            && leased.contains(" no ")
+            && leased.ends_with(" used"),
         "{leased}"
+    );
+    let hostile = lines.iter().find(|l| l.starts_with("0.0.0.0/1 ")).unwrap();
+    assert!(
+        hostile.ends_with("refused: IPv4 subnet 0.0.0.0/1 covers the Network 10.5.0.0/16: a lease must be a subnet inside it"),
+        "{hostile}"
     );
     // What could not be parsed is not listed, but said on stderr, naming the key.
     let err = String::from_utf8_lossy(&out.stderr);

@@ -182,6 +182,122 @@ async fn plan_prints_without_writing_and_gc_removes_only_our_orphans() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_leases_are_shown_and_strays_outside_the_network_go_on_the_operators_word() {
+    let emu = emulator().await;
+    let etcd = EtcdServer::start();
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        &config(&emu, "10.244.0.0/16"),
+    ]);
+    let lease = |ip: &str| {
+        json!({"PublicIP": ip, "PublicIPv6": null, "BackendType": "tencent-vpc",
+                "BackendData": {"PrivateIP": ip, "SubnetId": "subnet-a"}})
+        .to_string()
+    };
+    for (key, ip) in [
+        ("10.244.1.0-24", "172.16.1.7"),
+        ("0.0.0.0-1", "172.16.1.7"),
+        ("192.168.100.0-24", "172.16.1.8"),
+        ("10.244.3.0-24", "8.8.8.8"),
+    ] {
+        etcd.etcdctl(&[
+            "put",
+            &format!("/coreos.com/network/subnets/{key}"),
+            &lease(ip),
+        ]);
+    }
+    // What an earlier version wrote for such leases: tagged as ours, outside the Network.
+    let tag = |ip: &str| format!("flannel:10-244-0-0-16:{ip}");
+    // (172.16.2.7 holds no lease: its stray waits for the operator.)
+    for (dest, via) in [("0.0.0.0/1", "172.16.1.7"), ("172.31.0.0/24", "172.16.2.7")] {
+        admin(
+            &emu,
+            reqwest::Method::POST,
+            "/route-tables/rtb-main/routes",
+            Some(
+                json!({"DestinationCidrBlock": dest, "GatewayType": "NORMAL_CVM",
+                        "GatewayId": via, "RouteDescription": tag(via)}),
+            ),
+        )
+        .await;
+    }
+    let etcd_arg = format!("--etcd-endpoints={}", etcd.endpoint());
+
+    let out = ctl(vec!["routes".into(), "plan".into(), etcd_arg.clone()]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for line in [
+        "refused lease 0.0.0.0-1: IPv4 subnet 0.0.0.0/1 covers the Network 10.244.0.0/16: a lease must be a subnet inside it",
+        "refused lease 10.244.3.0-24: PrivateIP 8.8.8.8 is not inside the VPC (172.16.0.0/16)",
+        "refused lease 192.168.100.0-24: IPv4 subnet 192.168.100.0/24 is not inside the Network 10.244.0.0/16",
+        "rtb-main: create 10.244.1.0/24 via 172.16.1.7 (flannel:10-244-0-0-16:172.16.1.7)",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("create 0.0.0.0/1") && !stdout.contains("create 192.168"));
+
+    // The stray via a lease holder goes with a plain gc; the other only on the operator's
+    // word.
+    let out = ctl(vec![
+        "routes".into(),
+        "gc".into(),
+        "--all-ours".into(),
+        "--dry-run".into(),
+        etcd_arg.clone(),
+    ])
+    .await;
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("2 routes of ours lie outside the Network via no lease holder: add --outside-network to delete them"),
+        "{stdout}"
+    );
+    let out = ctl(vec![
+        "routes".into(),
+        "gc".into(),
+        "--dry-run".into(),
+        etcd_arg.clone(),
+    ])
+    .await;
+    let (stdout, _) = text(&out);
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("would delete"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert!(
+        lines[0].ends_with(": 0.0.0.0/1 via 172.16.1.7 (outside the Network)"),
+        "{stdout}"
+    );
+    let out = ctl(vec![
+        "routes".into(),
+        "gc".into(),
+        "--all-ours".into(),
+        "--outside-network".into(),
+        etcd_arg,
+    ])
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("deleted 2 routes"), "{stdout}");
+    let state = admin(&emu, reqwest::Method::GET, "/state", None).await;
+    let dests: Vec<&str> = state["route_tables"][0]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["destination_cidr_block"].as_str().unwrap())
+        .collect();
+    assert!(
+        !dests.contains(&"0.0.0.0/1") && !dests.contains(&"172.31.0.0/24"),
+        "{dests:?}"
+    );
+    assert!(
+        dests.contains(&"192.168.100.0/24"),
+        "the user's VPN route stays: {dests:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_check_cloud_is_a_preflight() {
     let emu = emulator().await;
     let dir = tempfile::tempdir().unwrap();

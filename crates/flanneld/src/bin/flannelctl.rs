@@ -1,6 +1,8 @@
 //! flannelctl: the operator CLI. `config check FILE [--cloud]` validates a network config
 //! exactly as flanneld would (and, with --cloud, preflights the VPC); `leases list` shows the
-//! leases in etcd; `routes list|plan|gc` show and tend the tencent-vpc routes.
+//! leases (etcd, or the Kubernetes API with --kube-subnet-mgr) and whether nodes may use
+//! each; `routes list|plan|gc` show and tend the tencent-vpc routes. A thin shell over
+//! `flanneld::ctl`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -25,17 +27,18 @@ enum Command {
     /// Tencent Cloud VPC route tables.
     #[command(subcommand)]
     Routes(RoutesCommand),
-    /// Subnet leases in etcd.
+    /// Subnet leases (etcd, or the Kubernetes API with --kube-subnet-mgr).
     #[command(subcommand)]
     Leases(LeasesCommand),
 }
 
 #[derive(Subcommand)]
 enum LeasesCommand {
-    /// Print every lease: subnet, public IP, backend type, time left, reservation.
+    /// Print every lease: subnet, public IP, backend type, time left, reservation, and
+    /// whether nodes use it (a refused lease: the rule it broke).
     List {
         #[command(flatten)]
-        etcd: flanneld::cli::EtcdArgs,
+        store: flanneld::cli::StoreArgs,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Output,
     },
@@ -70,17 +73,17 @@ impl CloudArgs {
 
 #[derive(Subcommand)]
 enum RoutesCommand {
-    /// Print what a controller would change to route every lease in etcd, without writing.
+    /// Print what a controller would change to route every lease, without writing.
     Plan {
         #[command(flatten)]
-        etcd: flanneld::cli::EtcdArgs,
+        store: flanneld::cli::StoreArgs,
         #[command(flatten)]
         cloud: CloudArgs,
     },
     /// Delete this cluster's routes whose lease is gone (--dry-run: only print them).
     Gc {
         #[command(flatten)]
-        etcd: flanneld::cli::EtcdArgs,
+        store: flanneld::cli::StoreArgs,
         #[command(flatten)]
         cloud: CloudArgs,
         /// Print what would be deleted; delete nothing.
@@ -89,6 +92,10 @@ enum RoutesCommand {
         /// Every route of this cluster, leased or not (uninstall).
         #[arg(long = "all-ours")]
         all_ours: bool,
+        /// Also every route with this cluster's tag outside the Network (an earlier
+        /// version's, for leases it should have refused), whatever its next hop.
+        #[arg(long = "outside-network")]
+        outside_network: bool,
     },
     /// List every route table of a VPC with its subnet associations and routes.
     List {
@@ -128,8 +135,7 @@ enum ConfigCommand {
     },
 }
 
-/// Exit status for invalid input, as Go's flag package and upstream use.
-const EXIT_INVALID: u8 = 2;
+use flanneld::ctl::commands::{self, CtlError, GcRequest, EXIT_INVALID};
 
 fn main() -> ExitCode {
     // Accept Go-style single-dash long flags, as flanneld does.
@@ -141,25 +147,40 @@ fn main() -> ExitCode {
         _ => "trace",
     };
     flanneld::logging::init_at(flanneld::cli::LogFormat::Plain, level);
-    match cli.command {
+    let result: Result<(), CtlError> = match cli.command {
         Command::Config(ConfigCommand::Check {
             file,
             cloud,
             cloud_args,
-        }) => match config_check(&file) {
-            Some(config) if cloud => runtime().block_on(preflight(config, cloud_args)),
-            Some(_) => ExitCode::SUCCESS,
-            None => ExitCode::from(EXIT_INVALID),
-        },
-        Command::Routes(RoutesCommand::Plan { etcd, cloud }) => {
-            runtime().block_on(routes_plan(etcd, cloud))
+        }) => {
+            return match config_check(&file) {
+                Some(config) if cloud => runtime().block_on(preflight(config, cloud_args)),
+                Some(_) => ExitCode::SUCCESS,
+                None => ExitCode::from(EXIT_INVALID),
+            }
         }
+        Command::Routes(RoutesCommand::Plan { store, cloud }) => runtime().block_on(async {
+            let store = store.open().await?;
+            let text = commands::routes_plan(store.as_ref(), &cloud.overrides()).await?;
+            print!("{text}");
+            Ok(())
+        }),
         Command::Routes(RoutesCommand::Gc {
-            etcd,
+            store,
             cloud,
             dry_run,
             all_ours,
-        }) => runtime().block_on(routes_gc(etcd, cloud, dry_run, all_ours)),
+            outside_network,
+        }) => runtime().block_on(async {
+            let store = store.open().await?;
+            let req = GcRequest {
+                dry_run,
+                all_ours,
+                outside_network,
+            };
+            let mut say = |line: &str| println!("{line}");
+            commands::routes_gc(store.as_ref(), &cloud.overrides(), req, &mut say).await
+        }),
         Command::Routes(RoutesCommand::List {
             vpc_id,
             region,
@@ -167,48 +188,26 @@ fn main() -> ExitCode {
             metadata_url,
             output,
         }) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a current-thread runtime");
-            rt.block_on(routes_list(vpc_id, region, endpoint, metadata_url, output))
+            return runtime().block_on(routes_list(vpc_id, region, endpoint, metadata_url, output))
         }
-        Command::Leases(LeasesCommand::List { etcd, output }) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a current-thread runtime");
-            rt.block_on(leases_list(etcd, output))
-        }
-    }
-}
-
-async fn leases_list(etcd: flanneld::cli::EtcdArgs, output: Output) -> ExitCode {
-    let opts = etcd.to_options();
-    let result = async {
-        let m = flanneld::subnet::etcd::EtcdManager::connect(&opts).await?;
-        m.list_with_ttl().await
-    }
-    .await;
-    match result {
-        Ok(mut leases) => {
-            leases.sort_by_key(|l| l.key);
+        Command::Leases(LeasesCommand::List { store, output }) => runtime().block_on(async {
+            let store = store.open().await?;
+            let report = commands::leases(store.as_ref()).await?;
             match output {
                 Output::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(&flanneld::ctl::leases_json(&leases))
-                        .expect("JSON")
+                    serde_json::to_string_pretty(&report.json()).expect("JSON")
                 ),
-                Output::Table => print!(
-                    "{}",
-                    flanneld::ctl::render_leases(&leases, std::time::SystemTime::now())
-                ),
+                Output::Table => print!("{}", report.render(std::time::SystemTime::now())),
             }
-            ExitCode::SUCCESS
-        }
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flannelctl: {}", flanneld::report(&e));
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -273,19 +272,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a current-thread runtime")
 }
 
-/// The network config and every lease, from etcd.
-async fn from_etcd(
-    etcd: &flanneld::cli::EtcdArgs,
-) -> Result<(flannel_core::ValidatedNetConfig, Vec<flannel_core::Lease>), String> {
-    use flanneld::subnet::SubnetManager;
-    let m = flanneld::subnet::etcd::EtcdManager::connect(&etcd.to_options())
-        .await
-        .map_err(|e| flanneld::report(&e))?;
-    let config = m.network_config().await.map_err(|e| flanneld::report(&e))?;
-    let (leases, _, _) = m.list().await.map_err(|e| flanneld::report(&e))?;
-    Ok((config, leases))
-}
-
 async fn open_routes(
     config: &flannel_core::ValidatedNetConfig,
     cloud: &CloudArgs,
@@ -296,80 +282,6 @@ async fn open_routes(
             eprintln!("flannelctl: {}", flanneld::report(&e));
             ExitCode::from(EXIT_INVALID)
         })
-}
-
-/// The cluster's routes and its leases, from etcd's config and the cloud.
-async fn routes_and_leases(
-    etcd: &flanneld::cli::EtcdArgs,
-    cloud: &CloudArgs,
-) -> Result<(flanneld::ctl::routes::Routes, Vec<flannel_core::Lease>), ExitCode> {
-    let (config, leases) = from_etcd(etcd).await.map_err(|e| {
-        eprintln!("flannelctl: {e}");
-        ExitCode::FAILURE
-    })?;
-    Ok((open_routes(&config, cloud).await?, leases))
-}
-
-async fn routes_plan(etcd: flanneld::cli::EtcdArgs, cloud: CloudArgs) -> ExitCode {
-    let (routes, leases) = match routes_and_leases(&etcd, &cloud).await {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    match routes.plan(&leases).await {
-        Ok((reading, plan, split)) => {
-            print!(
-                "{}",
-                flanneld::ctl::routes::render_plan(&reading, &plan, split.as_ref())
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("flannelctl: {}", flanneld::report(&e));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn routes_gc(
-    etcd: flanneld::cli::EtcdArgs,
-    cloud: CloudArgs,
-    dry_run: bool,
-    all_ours: bool,
-) -> ExitCode {
-    let (routes, leases) = match routes_and_leases(&etcd, &cloud).await {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let orphans = match routes
-        .orphans((!all_ours).then_some(leases.as_slice()))
-        .await
-    {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("flannelctl: {}", flanneld::report(&e));
-            return ExitCode::from(EXIT_INVALID);
-        }
-    };
-    let verb = if dry_run { "would delete" } else { "deleting" };
-    for (table, id, dest, via) in &orphans {
-        println!("{verb} {table} route {id}: {dest} via {via}");
-    }
-    if orphans.is_empty() {
-        println!("nothing to delete");
-    }
-    if dry_run || orphans.is_empty() {
-        return ExitCode::SUCCESS;
-    }
-    match routes.delete(&orphans).await {
-        Ok(n) => {
-            println!("deleted {n} routes");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("flannelctl: {}", flanneld::report(&e));
-            ExitCode::FAILURE
-        }
-    }
 }
 
 async fn preflight(config: flannel_core::ValidatedNetConfig, cloud: CloudArgs) -> ExitCode {

@@ -54,27 +54,19 @@ fn unsupported_flags(opts: &Options) -> anyhow::Result<()> {
 }
 
 async fn subnet_manager(opts: &Options) -> anyhow::Result<Arc<dyn SubnetManager>> {
-    if opts.kube_subnet_mgr {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let o = flanneld::subnet::kube::KubeOptions {
-            kubeconfig: (!opts.kubeconfig_file.is_empty())
-                .then(|| opts.kubeconfig_file.clone().into()),
-            api_url: (!opts.kube_api_url.is_empty()).then(|| opts.kube_api_url.clone()),
-            node_name: env("NODE_NAME"),
-            pod_name: env("POD_NAME"),
-            pod_namespace: env("POD_NAMESPACE"),
-            annotation_prefix: opts.kube_annotation_prefix.clone(),
-            net_config_path: opts.net_config_path.clone(),
-            set_network_unavailable: opts.set_node_network_unavailable,
+    if opts.kube.kube_subnet_mgr {
+        let mut o = opts.kube.to_options(&|k| std::env::var(k).ok());
+        o.set_network_unavailable = opts.set_node_network_unavailable;
+        // The controller holds no lease: it is no node's.
+        let m = if opts.controller {
+            flanneld::subnet::kube::KubeManager::observer(&o).await
+        } else {
+            flanneld::subnet::kube::KubeManager::connect(&o).await
         };
-        return Ok(Arc::new(
-            flanneld::subnet::kube::KubeManager::connect(&o)
-                .await
-                .context("Kubernetes subnet manager")?,
-        ));
+        return Ok(Arc::new(m.context("Kubernetes subnet manager")?));
     }
     if opts.local_subnet_mgr {
-        let path = &opts.net_config_path;
+        let path = &opts.kube.net_config_path;
         let text = std::fs::read_to_string(path).map_err(|source| SubnetError::ConfigFile {
             path: path.display().to_string(),
             source,

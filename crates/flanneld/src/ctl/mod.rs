@@ -1,9 +1,15 @@
-//! flannelctl's library side: renderers (route tables and leases as tables or JSON) and, in
-//! `routes`, the tencent-vpc operations (plan, garbage collection, uninstall, preflight).
-//! The cloud client comes from [`crate::cloud`], shared with the tencent-vpc backend.
+//! flannelctl's library side, on either store: the leases with admission's verdict on each
+//! ([`LeaseReport`]), renderers, and in `routes` the tencent-vpc operations (plan, garbage
+//! collection, uninstall, preflight). The binary only parses flags and prints. The cloud
+//! client comes from [`crate::cloud`], shared with the tencent-vpc backend.
 
+pub mod commands;
 pub mod routes;
 
+use crate::subnet::{SubnetError, SubnetManager};
+use flannel_core::admission::{evaluate, Rules, Verdict};
+use flannel_core::lease::{Lease, SubnetKey};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use tencent_cloud::vpc::RouteTable;
 
@@ -54,67 +60,108 @@ pub fn render_route_tables(tables: &[RouteTable]) -> String {
     out
 }
 
-/// Leases as a table: subnet, public IP, backend, time left, reservation.
-pub fn render_leases(leases: &[flannel_core::Lease], now: std::time::SystemTime) -> String {
-    use flannel_core::lease::Expiry;
-    let mut out = format!(
-        "{:<36} {:<16} {:<12} {:<12} {}\n",
-        "SUBNET", "PUBLIC-IP", "BACKEND", "EXPIRES-IN", "RESERVED"
-    );
-    for l in leases {
-        let expires = match l.expiry {
-            Expiry::Never => "never".to_string(),
-            Expiry::Unknown => "?".to_string(),
-            Expiry::At(t) => {
-                let s = t.duration_since(now).map_or(0, |d| d.as_secs());
-                format!("{}h{:02}m{:02}s", s / 3600, s % 3600 / 60, s % 60)
-            }
-        };
-        let backend = if l.attrs.backend_type.is_empty() {
-            "-"
-        } else {
-            l.attrs.backend_type.as_str()
-        };
-        // Subnets as CIDRs (the key's `-` form is etcd's, not an operator's).
-        let subnet = match l.ipv6_subnet() {
-            Some(v6) => format!("{},{v6}", l.key.ipv4),
-            None => l.key.ipv4.to_string(),
-        };
-        let _ = writeln!(
-            out,
-            "{:<36} {:<16} {:<12} {:<12} {}",
-            subnet,
-            l.attrs.public_ip.to_string(),
-            backend,
-            expires,
-            if l.is_reservation() { "yes" } else { "no" }
-        );
-    }
-    out
+/// The leases of a store with admission's verdict on each (as a node would decide it).
+#[derive(Debug, Clone)]
+pub struct LeaseReport {
+    pub leases: Vec<Lease>,
+    pub verdicts: BTreeMap<SubnetKey, Verdict>,
 }
 
-/// Leases as JSON objects.
-pub fn leases_json(leases: &[flannel_core::Lease]) -> serde_json::Value {
-    use flannel_core::lease::Expiry;
-    serde_json::Value::Array(
-        leases
-            .iter()
-            .map(|l| {
-                let expiry = match l.expiry {
-                    Expiry::At(t) => serde_json::json!(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())),
-                    _ => serde_json::Value::Null,
-                };
-                serde_json::json!({
-                    "Subnet": l.subnet().map(|s| s.to_string()),
-                    "IPv6Subnet": l.ipv6_subnet().map(|s| s.to_string()),
-                    "Key": l.key.to_string(),
-                    "Attrs": serde_json::from_str::<serde_json::Value>(&l.attrs.to_json()).unwrap_or_default(),
-                    "ExpiresAt": expiry,
-                    "Reservation": l.is_reservation(),
+impl LeaseReport {
+    /// Read every lease of `store` and decide on each as flanneld does.
+    pub async fn read(store: &dyn SubnetManager) -> Result<LeaseReport, SubnetError> {
+        let config = store.network_config().await?;
+        let mut leases = store.list_leases().await?;
+        leases.sort_by_key(|l| l.key);
+        let verdicts = evaluate(&Rules::new(&config, store.allocation()), None, &leases);
+        Ok(LeaseReport { leases, verdicts })
+    }
+
+    /// "used", "not used" (no part in an enabled family), or "refused: why".
+    pub fn status(&self, l: &Lease) -> String {
+        match self.verdicts.get(&l.key) {
+            Some(v) if v.used() => match v.refusal() {
+                Some(r) => format!("used in part; refused: {r}"),
+                None => "used".into(),
+            },
+            Some(v) => match v.refusal() {
+                Some(r) => format!("refused: {r}"),
+                None => "not used (no subnet of an enabled family)".into(),
+            },
+            None => "?".into(),
+        }
+    }
+
+    /// Leases as a table: subnet, public IP, backend, time left, reservation, and whether
+    /// admission lets nodes use it.
+    pub fn render(&self, now: std::time::SystemTime) -> String {
+        use flannel_core::lease::Expiry;
+        let mut out = format!(
+            "{:<36} {:<16} {:<12} {:<12} {:<9} {}\n",
+            "SUBNET", "PUBLIC-IP", "BACKEND", "EXPIRES-IN", "RESERVED", "STATUS"
+        );
+        for l in &self.leases {
+            let expires = match l.expiry {
+                Expiry::Never => "never".to_string(),
+                Expiry::Unknown => "?".to_string(),
+                Expiry::At(t) => {
+                    let s = t.duration_since(now).map_or(0, |d| d.as_secs());
+                    format!("{}h{:02}m{:02}s", s / 3600, s % 3600 / 60, s % 60)
+                }
+            };
+            let backend = if l.attrs.backend_type.is_empty() {
+                "-"
+            } else {
+                l.attrs.backend_type.as_str()
+            };
+            // Subnets as CIDRs (the key's `-` form is etcd's, not an operator's).
+            let subnet = match l.ipv6_subnet() {
+                Some(v6) => format!("{},{v6}", l.key.ipv4),
+                None => l.key.ipv4.to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<36} {:<16} {:<12} {:<12} {:<9} {}",
+                subnet,
+                l.attrs.public_ip.to_string(),
+                backend,
+                expires,
+                if l.is_reservation() { "yes" } else { "no" },
+                self.status(l)
+            );
+        }
+        out
+    }
+
+    /// Leases as JSON objects (`Refused`: the rule a refused lease broke, else null).
+    pub fn json(&self) -> serde_json::Value {
+        use flannel_core::lease::Expiry;
+        serde_json::Value::Array(
+            self.leases
+                .iter()
+                .map(|l| {
+                    let expiry = match l.expiry {
+                        Expiry::At(t) => serde_json::json!(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())),
+                        _ => serde_json::Value::Null,
+                    };
+                    let verdict = self.verdicts.get(&l.key);
+                    let refused = verdict.and_then(|v| v.refusal()).map(|r| {
+                        serde_json::json!({"Reason": r.reason.label(), "Detail": r.detail})
+                    });
+                    serde_json::json!({
+                        "Subnet": l.subnet().map(|s| s.to_string()),
+                        "IPv6Subnet": l.ipv6_subnet().map(|s| s.to_string()),
+                        "Key": l.key.to_string(),
+                        "Attrs": serde_json::from_str::<serde_json::Value>(&l.attrs.to_json()).unwrap_or_default(),
+                        "ExpiresAt": expiry,
+                        "Reservation": l.is_reservation(),
+                        "Used": verdict.is_some_and(Verdict::used),
+                        "Refused": refused,
+                    })
                 })
-            })
-            .collect(),
-    )
+                .collect(),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use crate::backend::tencent_vpc::reconcile::{Reading, Reconciler, SplitRequest, 
 use crate::backend::tencent_vpc::split::Split;
 use crate::backend::tencent_vpc::{self as tvpc};
 use crate::backend::BackendError;
+use flannel_core::admission::{Allocation, LeaseGate, PeerView, Rules};
 use flannel_core::backend_config::{BackendConfig, TencentVpcConfig};
 use flannel_core::lease::Lease;
 use flannel_core::ValidatedNetConfig;
@@ -35,6 +36,29 @@ pub struct Routes {
     owner: Ownership,
     /// `Fallback: vxlan`: the entries per table kept free (ReservedRoutes).
     fallback_reserved: Option<usize>,
+    /// The VPC's CIDRs (admission checks PrivateIPs against them).
+    vpc_cidrs: Vec<Ipv4Net>,
+}
+
+/// A route of ours a collection would delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    pub table: String,
+    pub route_id: u64,
+    pub dest: Ipv4Net,
+    pub via: String,
+    /// Outside the Network (an earlier version's route for a lease it should have refused).
+    pub stray: bool,
+}
+
+/// Which of our routes a collection takes.
+#[derive(Debug, Clone, Copy)]
+pub struct OrphanQuery<'a> {
+    /// The leases (None: every route of ours, leased or not: an uninstall).
+    pub leases: Option<&'a PeerView<'a>>,
+    /// Also every stray of ours outside the Network, whatever its next hop (an operator's
+    /// word); without it a stray goes only when its next hop holds a lease.
+    pub outside_network: bool,
 }
 
 /// What the operator may override on the command line.
@@ -65,22 +89,38 @@ impl Routes {
         let vpc_id = tvpc::resolve_vpc(&cfg, &cloud.metadata)
             .await
             .ok_or(RoutesError::NoVpc)?;
+        let vpc_cidrs = tvpc::vpc_cidrs(&cloud.client, &vpc_id).await;
         let settings = tvpc::Settings::from_config(&cfg, network, vpc_id);
         Ok(Routes {
             fallback_reserved: settings.fallback.then_some(settings.reserved),
             owner: settings.owner.clone(),
+            vpc_cidrs,
             reconciler: Reconciler::new(Arc::new(cloud.client), settings, metrics),
         })
     }
 
-    /// The plan a controller would apply for these leases (with Fallback, for the leases
-    /// the split routes, and the split).
+    /// The leases as the controller would take them: through admission, with the VPC's
+    /// CIDRs known.
+    pub fn admit(
+        &self,
+        config: &ValidatedNetConfig,
+        allocation: Allocation,
+        leases: Vec<Lease>,
+    ) -> LeaseGate {
+        let rules = Rules::new(config, allocation).with_vpc_cidrs(self.vpc_cidrs.clone());
+        let mut gate = LeaseGate::new(rules, None);
+        gate.reset(leases);
+        gate
+    }
+
+    /// The plan a controller would apply for these (admitted) leases (with Fallback, for the
+    /// leases the split routes, and the split).
     pub async fn plan(
         &self,
-        leases: &[Lease],
+        leases: &PeerView<'_>,
     ) -> Result<(Reading, Plan, Option<Split>), RoutesError> {
         let wanted: Vec<Wanted> = leases.iter().filter_map(tvpc::route_of).collect();
-        let leased = tvpc::leased_subnets(leases);
+        let leased = tvpc::leased_subnets(leases.iter());
         let subnets: BTreeSet<String> = leases.iter().filter_map(tvpc::subnet_of).collect();
         let evict_none = BTreeSet::new();
         Ok(self
@@ -100,18 +140,17 @@ impl Routes {
             .await?)
     }
 
-    /// Routes of this cluster in any table of the VPC whose destination is not leased (all of
-    /// them with `all_ours`).
+    /// Routes of this cluster in any table of the VPC that `query` takes, and how many
+    /// strays of ours it leaves (outside the Network, via no lease holder).
     pub async fn orphans(
         &self,
-        leases: Option<&[Lease]>,
-    ) -> Result<Vec<(String, u64, Ipv4Net, String)>, RoutesError> {
-        if leases.is_some_and(<[Lease]>::is_empty) {
+        query: OrphanQuery<'_>,
+    ) -> Result<(Vec<Orphan>, usize), RoutesError> {
+        if query.leases.is_some_and(|l| l.is_empty()) {
             return Err(RoutesError::NoLeases);
         }
-        let leased = leases.map(tvpc::leased_subnets);
         let reading = self.reconciler.read(&BTreeSet::new()).await?;
-        Ok(orphans_in(&reading.all, &self.owner, leased.as_ref()))
+        Ok(orphans_in(&reading.all, &self.owner, query))
     }
 
     /// `config check --cloud`: Network against the VPC, credentials, permissions for every
@@ -244,15 +283,17 @@ impl Routes {
     }
 
     /// Delete routes by (table, RouteId), a call per table and 100 routes.
-    pub async fn delete(
-        &self,
-        routes: &[(String, u64, Ipv4Net, String)],
-    ) -> Result<usize, RoutesError> {
+    pub async fn delete(&self, routes: &[Orphan]) -> Result<usize, RoutesError> {
         let mut done = 0;
-        let mut tables: Vec<&str> = routes.iter().map(|r| r.0.as_str()).collect();
+        let mut tables: Vec<&str> = routes.iter().map(|r| r.table.as_str()).collect();
+        tables.sort_unstable();
         tables.dedup();
         for t in tables {
-            let ids: Vec<u64> = routes.iter().filter(|r| r.0 == t).map(|r| r.1).collect();
+            let ids: Vec<u64> = routes
+                .iter()
+                .filter(|r| r.table == t)
+                .map(|r| r.route_id)
+                .collect();
             for chunk in ids.chunks(crate::backend::tencent_vpc::apply::MAX_PER_CALL) {
                 match self.reconciler.client().delete_routes(t, chunk).await {
                     Ok(_) => done += chunk.len(),
@@ -283,24 +324,43 @@ fn apply_overrides(cfg: &mut TencentVpcConfig, o: &Overrides) {
     set(&mut cfg.metadata_url, &o.metadata_url);
 }
 
-/// Our routes whose destination is not in `leased` (every one of ours when None). Pure.
+/// The routes of ours `query` takes, and how many strays it leaves. Pure.
 pub fn orphans_in(
     tables: &[TableState],
     owner: &Ownership,
-    leased: Option<&BTreeSet<Ipv4Net>>,
-) -> Vec<(String, u64, Ipv4Net, String)> {
+    query: OrphanQuery<'_>,
+) -> (Vec<Orphan>, usize) {
+    let leased = query.leases.map(|l| tvpc::leased_subnets(l.iter()));
+    let holders = query.leases.map(|l| tvpc::lease_holders(l, None));
     let mut out = Vec::new();
+    let mut strays_left = 0;
     for t in tables {
         for r in &t.routes {
-            let (Some(dest), true) = (r.dest, owner.owns(r)) else {
-                continue;
+            let Some(dest) = r.dest else { continue };
+            let orphan = |stray| Orphan {
+                table: t.id.clone(),
+                route_id: r.route_id,
+                dest,
+                via: r.gateway_id.clone(),
+                stray,
             };
-            if leased.is_none_or(|l| !l.contains(&dest)) {
-                out.push((t.id.clone(), r.route_id, dest, r.gateway_id.clone()));
+            if owner.owns(r) {
+                if leased.as_ref().is_none_or(|l| !l.contains(&dest)) {
+                    out.push(orphan(false));
+                }
+            } else if owner.stray(r).is_some() {
+                let via_holder = holders
+                    .as_ref()
+                    .is_some_and(|h| r.gateway_id.parse().is_ok_and(|ip| h.contains(&ip)));
+                if query.outside_network || via_holder {
+                    out.push(orphan(true));
+                } else {
+                    strays_left += 1;
+                }
             }
         }
     }
-    out
+    (out, strays_left)
 }
 
 /// The plan as text: one line per action, then conflicts and full tables.
@@ -330,6 +390,13 @@ pub fn render_plan(reading: &Reading, plan: &Plan, split: Option<&Split>) -> Str
             } else {
                 format!(": {}", list(&s.fallback))
             }
+        );
+    }
+    for w in &plan.outside {
+        let _ = writeln!(
+            out,
+            "not routed: {} via {} is outside the Network",
+            w.dest, w.next_hop
         );
     }
     if plan.tables.is_empty() && plan.conflicts.is_empty() && plan.blocked.is_empty() {

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease as KubeLease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,7 +72,33 @@ fn view(node: &Node) -> NodeView {
 }
 
 impl KubeManager {
+    /// The manager of this node (NODE_NAME, else the pod's node).
     pub async fn connect(o: &KubeOptions) -> Result<KubeManager, SubnetError> {
+        let mut m = Self::observer(o).await?;
+        m.node = match o.node_name.clone().filter(|n| !n.is_empty()) {
+            Some(n) => n,
+            None => {
+                let (Some(pod), Some(ns)) = (&o.pod_name, &o.pod_namespace) else {
+                    return Err(SubnetError::NodeUnknown(
+                        "env variables POD_NAME and POD_NAMESPACE must be set".into(),
+                    ));
+                };
+                let p: k8s_openapi::api::core::v1::Pod = Api::namespaced(m.client.clone(), ns)
+                    .get(pod)
+                    .await
+                    .map_err(|e| store(format!("get pod {ns}/{pod}"), e))?;
+                p.spec.and_then(|s| s.node_name).ok_or_else(|| {
+                    SubnetError::NodeUnknown(format!("pod {ns}/{pod} has no nodeName"))
+                })?
+            }
+        };
+        Ok(m)
+    }
+
+    /// A manager that holds no lease: it reads the config, the leases and the records, and
+    /// stands in elections (`flannelctl`, `flanneld --controller`). It is no node's, so it
+    /// cannot acquire a lease.
+    pub async fn observer(o: &KubeOptions) -> Result<KubeManager, SubnetError> {
         let prefix = AnnotationPrefix::parse(&o.annotation_prefix).map_err(SubnetError::Kube)?;
         let text = std::fs::read_to_string(&o.net_config_path).map_err(|source| {
             SubnetError::ConfigFile {
@@ -107,26 +133,9 @@ impl KubeManager {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "kube-flannel".into());
-        let node = match o.node_name.clone().filter(|n| !n.is_empty()) {
-            Some(n) => n,
-            None => {
-                let (Some(pod), Some(ns)) = (&o.pod_name, &o.pod_namespace) else {
-                    return Err(SubnetError::NodeUnknown(
-                        "env variables POD_NAME and POD_NAMESPACE must be set".into(),
-                    ));
-                };
-                let p: k8s_openapi::api::core::v1::Pod = Api::namespaced(client.clone(), ns)
-                    .get(pod)
-                    .await
-                    .map_err(|e| store(format!("get pod {ns}/{pod}"), e))?;
-                p.spec.and_then(|s| s.node_name).ok_or_else(|| {
-                    SubnetError::NodeUnknown(format!("pod {ns}/{pod} has no nodeName"))
-                })?
-            }
-        };
         Ok(KubeManager {
             client,
-            node,
+            node: String::new(),
             namespace,
             prefix,
             config,
@@ -140,6 +149,11 @@ impl KubeManager {
 
     /// This node's object, waiting for it (and its podCIDR) up to 30 s.
     async fn own_node(&self) -> Result<Node, SubnetError> {
+        if self.node.is_empty() {
+            return Err(SubnetError::NodeUnknown(
+                "this Kubernetes manager observes only: it is no node's".into(),
+            ));
+        }
         let deadline = tokio::time::Instant::now() + NODE_WAIT;
         loop {
             match self.nodes().get(&self.node).await {
@@ -253,7 +267,10 @@ impl SubnetManager for KubeManager {
 
     async fn watch_leases(&self) -> Result<LeaseStream, SubnetError> {
         let prefix = self.prefix.clone();
-        let stream = watcher(self.nodes(), watcher::Config::default());
+        // The watcher re-lists by itself after an error: paced (exponential, jittered), so a
+        // lasting 403 or 5xx is not a tight loop of LISTs; the lease feed reopens with its
+        // own backoff on top.
+        let stream = watcher(self.nodes(), watcher::Config::default()).default_backoff();
         // Per node: its last lease, so updates that do not change it are dropped.
         let state = std::sync::Arc::new(std::sync::Mutex::new((
             BTreeMap::<String, NodeView>::new(),

@@ -128,6 +128,21 @@ pub trait SubnetManager: Send + Sync {
     /// Extend the lease's TTL (a reservation stays a reservation).
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, SubnetError>;
     async fn watch_leases(&self) -> Result<LeaseStream, SubnetError>;
+    /// Every lease, once (for an operator: `flannelctl`): the watch's first snapshot unless
+    /// the store has a cheaper or richer way (etcd's lists the time each lease has left).
+    async fn list_leases(&self) -> Result<Vec<Lease>, SubnetError> {
+        use futures::StreamExt;
+        let mut stream = self.watch_leases().await?;
+        match stream.next().await {
+            Some(Ok(WatchUpdate::Snapshot(leases))) => Ok(leases),
+            Some(Ok(WatchUpdate::Events(_))) | None => Err(SubnetError::store(
+                self.name(),
+                "listing leases",
+                "the watch did not begin with a snapshot",
+            )),
+            Some(Err(e)) => Err(e),
+        }
+    }
     /// An election among the holders of this store (for cluster-wide jobs such as route
     /// garbage collection). `identity` names this candidate.
     fn leader_election(&self, name: &str, identity: &str) -> Box<dyn election::LeaderElection>;

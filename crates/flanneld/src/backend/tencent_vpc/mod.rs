@@ -142,6 +142,29 @@ pub fn leased_subnets<'a>(leases: impl IntoIterator<Item = &'a Lease>) -> BTreeS
         .collect()
 }
 
+/// The VPC's primary and secondary CIDRs (one DescribeVpcs); empty when the call fails (admission then checks PrivateIPs without them).
+pub async fn vpc_cidrs(client: &tencent_cloud::Client, vpc_id: &str) -> Vec<Ipv4Net> {
+    let filter = tencent_cloud::vpc::Filter::new("vpc-id", &[vpc_id]);
+    match client.describe_vpcs(&[filter]).await {
+        Ok(vpcs) => vpcs
+            .iter()
+            .flat_map(|v| {
+                v.cidr_block.iter().chain(
+                    v.assistant_cidr_set
+                        .iter()
+                        .flatten()
+                        .filter_map(|a| a.cidr_block.as_ref()),
+                )
+            })
+            .filter_map(|c| c.parse().ok())
+            .collect(),
+        Err(e) => {
+            warn!(vpc = vpc_id, error = %crate::Report(&e), "the VPC's CIDRs could not be read: PrivateIPs are checked without them");
+            Vec::new()
+        }
+    }
+}
+
 /// The addresses of the nodes holding `leases` (their routes' next hops), and `own`.
 pub fn lease_holders(peers: &PeerView<'_>, own: Option<Ipv4Addr>) -> BTreeSet<Ipv4Addr> {
     peers

@@ -309,6 +309,10 @@ impl SubnetManager for EtcdManager {
         "etcd"
     }
 
+    async fn list_leases(&self) -> Result<Vec<Lease>, SubnetError> {
+        self.list_with_ttl().await
+    }
+
     async fn network_config(&self) -> Result<ValidatedNetConfig, SubnetError> {
         let key = self.config_key();
         let Some(kv) = self.get_one(&key).await? else {
