@@ -31,9 +31,53 @@ impl fmt::Display for Report<'_> {
     }
 }
 
+/// `text` with the user and password of every URL in it replaced by `<redacted>`
+/// (`http://user:pass@host:2379` → `http://<redacted>@host:2379`), for anything that may be
+/// logged or shown: a URL's userinfo is a credential.
+pub fn redact_urls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("://") || !text.contains('@') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(['/', '?', '#', ',', ' ', '"', '\'', ';'])
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str("<redacted>");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_userinfo_is_redacted_everywhere_in_a_text() {
+        assert_eq!(
+            redact_urls("http://user:password@host:2379/x,https://a:b@c/"),
+            "http://<redacted>@host:2379/x,https://<redacted>@c/"
+        );
+        assert_eq!(
+            redact_urls("endpoint \"http://u:p@h\" is bad"),
+            "endpoint \"http://<redacted>@h\" is bad"
+        );
+        assert_eq!(redact_urls("http://host:2379"), "http://host:2379");
+        assert_eq!(redact_urls("mail me@host"), "mail me@host");
+        assert_eq!(redact_urls("http://h/path@x"), "http://h/path@x");
+    }
 
     #[derive(Debug)]
     struct E(&'static str, Option<Box<E>>);

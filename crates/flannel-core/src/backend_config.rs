@@ -104,9 +104,15 @@ pub enum TencentVpcMode {
     Controller,
 }
 
+/// The kernel's vxlan port, used when `Port` is 0 (upstream relies on it).
+pub const VXLAN_KERNEL_PORT: u16 = 8472;
+
 /// The shortest `Backend.ResyncInterval`: DescribeRouteTables counts against an
 /// account-wide 100 requests/s.
 pub const MIN_RESYNC_SECS: u64 = 10;
+/// The longest `Backend.ResyncInterval` (an hour): repair and garbage collection wait this
+/// long at the most.
+pub const MAX_RESYNC_SECS: u64 = 3600;
 /// The default `Backend.ResyncInterval`.
 pub const DEFAULT_RESYNC_SECS: u64 = 60;
 
@@ -161,6 +167,51 @@ impl BackendConfig {
             BackendConfig::HostGw => BackendKind::HostGw,
             BackendConfig::Vxlan(_) => BackendKind::Vxlan,
             BackendConfig::Alloc => BackendKind::Alloc,
+        }
+    }
+
+    /// The section as the backend will use it, every default filled (ClusterName derived
+    /// from `network`, ResyncInterval 60, the kernel's vxlan port), secrets redacted and URLs
+    /// without their userinfo: what `flannelctl config check` prints.
+    pub fn effective_json(&self, network: Option<&ipnet::Ipv4Net>) -> Value {
+        let url = |u: &Option<String>| {
+            u.as_deref()
+                .map(|u| Value::from(error_report::redact_urls(u).into_owned()))
+                .unwrap_or(Value::Null)
+        };
+        let text = |t: &Option<String>| t.clone().map_or(Value::Null, Value::from);
+        match self {
+            BackendConfig::HostGw | BackendConfig::Alloc => {
+                serde_json::json!({"Type": self.kind().name()})
+            }
+            BackendConfig::Vxlan(c) => serde_json::json!({
+                "Type": "vxlan",
+                "VNI": c.vni,
+                "Port": if c.port == 0 { VXLAN_KERNEL_PORT } else { c.port },
+                "MTU": c.mtu,
+                "GBP": c.gbp,
+                "Learning": c.learning,
+                "DirectRouting": c.direct_routing,
+            }),
+            BackendConfig::TencentVpc(c) => serde_json::json!({
+                "Type": "tencent-vpc",
+                "Mode": match c.mode {
+                    TencentVpcMode::PerNode => "per-node",
+                    TencentVpcMode::Controller => "controller",
+                },
+                "ClusterName": c.cluster_name.clone().or_else(|| network.map(cluster_name_for)),
+                "Region": text(&c.region),
+                "Endpoint": c.endpoint.as_deref().map_or(Value::from("public"), |_| url(&c.endpoint)),
+                "VpcId": text(&c.vpc_id),
+                "RouteTableIds": c.route_table_ids,
+                "MetadataURL": url(&c.metadata_url),
+                "AccessKeyID": text(&c.access_key_id),
+                "AccessKeySecret": c.access_key_secret.as_ref().map(|_| "<redacted>"),
+                "AdoptUntaggedRoutes": c.adopt_untagged_routes,
+                "ResyncInterval": c.resync_interval_secs.unwrap_or(DEFAULT_RESYNC_SECS),
+                "Fallback": if c.fallback_vxlan { "vxlan" } else { "none" },
+                "ReservedRoutes": c.reserved_routes,
+            }),
         }
     }
 
@@ -251,15 +302,19 @@ fn parse_tencent(obj: &Map<String, Value>) -> Result<TencentVpcConfig, BackendCo
             }
             "ResyncInterval" => {
                 let n = gojson::as_int(field, v)?;
-                let n = u64::try_from(n)
-                    .ok()
-                    .filter(|n| *n >= MIN_RESYNC_SECS)
-                    .ok_or_else(|| {
-                        invalid(
-                            "ResyncInterval",
-                            format!("{n} is below the minimum of {MIN_RESYNC_SECS} seconds"),
-                        )
-                    })?;
+                let n = match u64::try_from(n) {
+                    Ok(n) if n < MIN_RESYNC_SECS => Err(format!(
+                        "{n} is below the minimum of {MIN_RESYNC_SECS} seconds"
+                    )),
+                    Ok(n) if n > MAX_RESYNC_SECS => Err(format!(
+                        "{n} is above the maximum of {MAX_RESYNC_SECS} seconds"
+                    )),
+                    Ok(n) => Ok(n),
+                    Err(_) => Err(format!(
+                        "{n} is below the minimum of {MIN_RESYNC_SECS} seconds"
+                    )),
+                }
+                .map_err(|problem| invalid("ResyncInterval", problem))?;
                 c.resync_interval_secs = Some(n);
                 continue;
             }
@@ -453,6 +508,14 @@ mod tests {
             (
                 json!({"ResyncInterval": 5}),
                 "Backend.ResyncInterval: 5 is below the minimum of 10 seconds",
+            ),
+            (
+                json!({"ResyncInterval": 9223372036854775807_i64}),
+                "Backend.ResyncInterval: 9223372036854775807 is above the maximum of 3600 seconds",
+            ),
+            (
+                json!({"ResyncInterval": -1}),
+                "Backend.ResyncInterval: -1 is below the minimum of 10 seconds",
             ),
             (
                 json!({"ResyncInterval": "60"}),

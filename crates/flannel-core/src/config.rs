@@ -471,6 +471,8 @@ pub fn redact_secrets(v: &Value) -> Value {
                 .collect(),
         ),
         Value::Array(a) => Value::Array(a.iter().map(redact_secrets).collect()),
+        // A URL's user and password are a credential too (`"Endpoint": "http://u:p@h"`).
+        Value::String(t) => Value::String(error_report::redact_urls(t).into_owned()),
         other => other.clone(),
     }
 }

@@ -36,8 +36,9 @@ fn secret(s: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(s.to_string()))
 }
 
-/// upstream's etcd flags, shared by flanneld and flannelctl. `Debug` never shows the password.
-#[derive(Debug, Clone, clap::Args)]
+/// upstream's etcd flags, shared by flanneld and flannelctl. `Debug` never shows the password,
+/// nor a user and password written into an endpoint URL.
+#[derive(Clone, clap::Args)]
 pub struct EtcdArgs {
     /// A comma-delimited list of etcd endpoints.
     #[arg(
@@ -63,6 +64,23 @@ pub struct EtcdArgs {
     /// Password for BasicAuth to etcd (never logged).
     #[arg(long = "etcd-password", value_parser = secret, hide_default_value = true)]
     pub etcd_password: Option<SecretString>,
+}
+
+impl std::fmt::Debug for EtcdArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdArgs")
+            .field(
+                "etcd_endpoints",
+                &error_report::redact_urls(&self.etcd_endpoints),
+            )
+            .field("etcd_prefix", &self.etcd_prefix)
+            .field("etcd_keyfile", &self.etcd_keyfile)
+            .field("etcd_certfile", &self.etcd_certfile)
+            .field("etcd_cafile", &self.etcd_cafile)
+            .field("etcd_username", &self.etcd_username)
+            .field("etcd_password", &self.etcd_password)
+            .finish()
+    }
 }
 
 impl EtcdArgs {
@@ -216,7 +234,7 @@ pub struct Options {
     /// Disable the fully random source port in masquerade rules.
     #[arg(long = "ip-masq-fully-random-disable", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool, action = ArgAction::Set)]
     pub ip_masq_fully_random_disable: bool,
-    /// Resync period for iptables rules, in seconds.
+    /// Resync period for iptables rules, in seconds (1 to 3600).
     #[arg(long = "iptables-resync", default_value_t = 5)]
     pub iptables_resync: u64,
     /// Add default accept rules to the FORWARD chain.
@@ -255,7 +273,8 @@ pub struct Options {
     /// no kernel state, stand for election and, while leading, route every lease.
     #[arg(long = "controller", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = go_bool, action = ArgAction::Set)]
     pub controller: bool,
-    /// Seconds between full reconciliations of the backend (jittered by up to 10%).
+    /// Seconds between full reconciliations of the backend (jittered by up to 10%), 1 to
+    /// 3600.
     #[arg(long = "resync-period", default_value_t = 30)]
     pub resync_period: u64,
 
@@ -277,9 +296,15 @@ pub enum OptionsError {
         #[source]
         source: regex::Error,
     },
-    #[error("--resync-period must be at least 1 second")]
-    ResyncPeriod,
+    #[error("invalid --resync-period {0}: must be between 1 and {MAX_PERIOD_SECS} seconds")]
+    ResyncPeriod(u64),
+    #[error("invalid --iptables-resync {0}: must be between 1 and {MAX_PERIOD_SECS} seconds")]
+    IptablesResync(u64),
 }
+
+/// The longest period a flag may set (an hour): a timer beyond it is a typo, and a huge one
+/// would overflow the clock.
+pub const MAX_PERIOD_SECS: u64 = 3600;
 
 /// Turn Go-style single-dash long flags (`-iface=eth0`) into `--iface=eth0`. `-h` stays.
 pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
@@ -368,8 +393,11 @@ impl Options {
                 source,
             })?;
         }
-        if self.resync_period == 0 {
-            return Err(OptionsError::ResyncPeriod);
+        if !(1..=MAX_PERIOD_SECS).contains(&self.resync_period) {
+            return Err(OptionsError::ResyncPeriod(self.resync_period));
+        }
+        if !(1..=MAX_PERIOD_SECS).contains(&self.iptables_resync) {
+            return Err(OptionsError::IptablesResync(self.iptables_resync));
         }
         Ok(())
     }
@@ -527,9 +555,39 @@ mod tests {
     }
 
     #[test]
+    fn periods_are_bounded_and_the_error_names_the_flag() {
+        for (flag, bad) in [
+            ("iptables-resync", "18446744073709551615"),
+            ("iptables-resync", "0"),
+            ("iptables-resync", "3601"),
+            ("resync-period", "18446744073709551615"),
+            ("resync-period", "0"),
+        ] {
+            let e = parse(&[&format!("--{flag}={bad}")], &[])
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("invalid --{flag} {bad}: must be between 1 and 3600 seconds")
+            );
+        }
+        parse(&["--iptables-resync=3600", "--resync-period=1"], &[])
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
     fn password_never_in_debug() {
         let o = parse(&["--etcd-password=hunter2"], &[]).unwrap();
         assert!(!format!("{o:?}").contains("hunter2"));
+        let o = parse(&["--etcd-endpoints=https://root:hunter4@etcd:2379"], &[]).unwrap();
+        let dbg = format!("{o:?}");
+        assert!(
+            !dbg.contains("hunter4") && dbg.contains("https://<redacted>@etcd:2379"),
+            "{dbg}"
+        );
         let o = parse(&[], &[("FLANNELD_ETCD_PASSWORD", "hunter3")]).unwrap();
         assert!(o.etcd.etcd_password.is_some());
         assert!(!format!("{o:?}").contains("hunter3"));

@@ -48,6 +48,11 @@ pub enum CloudSetupError {
     Client(#[source] tencent_cloud::Error),
 }
 
+/// A metadata address must be an http(s) URL with a host (checked before any request).
+pub fn check_metadata_url(u: &str) -> Result<(), String> {
+    tencent_cloud::metadata::check_base_url(u)
+}
+
 /// The metadata address: explicit, else [`METADATA_URL_ENV`], else the link-local default.
 pub fn metadata_url(explicit: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> String {
     explicit

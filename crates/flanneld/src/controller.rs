@@ -198,7 +198,7 @@ impl Controller {
             let wake = match (leader, due) {
                 (true, Some(d)) => d.min(resync_at),
                 (true, None) => resync_at,
-                (false, _) => Instant::now() + FAR,
+                (false, _) => crate::after(FAR),
             };
             tokio::select! {
                 _ = &mut *shutdown => {
@@ -221,7 +221,7 @@ impl Controller {
                 event = feed.next() => match event {
                     FeedEvent::Peers { .. } => {
                         if due.is_none() {
-                            due = Some(Instant::now() + BATCH_WINDOW);
+                            due = Some(crate::after(BATCH_WINDOW));
                         }
                     }
                     FeedEvent::Fresh | FeedEvent::OwnLost(_) => {}
@@ -233,7 +233,7 @@ impl Controller {
                 _ = tokio::time::sleep_until(wake) => {
                     if !seat.is_leader() {
                         // Held but not certain (a late renewal): look again shortly.
-                        due = Some(Instant::now() + LEADERSHIP_RECHECK);
+                        due = Some(crate::after(LEADERSHIP_RECHECK));
                         continue;
                     }
                     let full = Instant::now() >= resync_at;
@@ -246,17 +246,17 @@ impl Controller {
                             retry.reset();
                             None
                         }
-                        Ok(Next::Retry) => Some(Instant::now() + retry.next_delay()),
+                        Ok(Next::Retry) => Some(crate::after(retry.next_delay())),
                         Err(e) => {
                             let wait = retry.next_delay();
                             warn!(error = %crate::report(&e), retry_in = ?wait, "reconcile failed");
-                            Some(Instant::now() + wait)
+                            Some(crate::after(wait))
                         }
                     };
                     if full {
                         // Forward whatever the outcome: a failed resync is retried through
                         // `due`, with backoff, never in a loop.
-                        resync_at = Instant::now() + backoff::spread(self.resync, 0.1);
+                        resync_at = crate::after(backoff::spread(self.resync, 0.1));
                     }
                 }
             }

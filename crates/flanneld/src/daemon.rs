@@ -17,7 +17,6 @@ use crate::subnet_file;
 use crate::traffic::{Traffic, TrafficError, TrafficOptions};
 use backoff::Backoff;
 use flannel_core::admission::Rules;
-use flannel_core::backend_config::BackendConfig;
 use flannel_core::lease::{Expiry, Lease};
 use flannel_core::subnet_env::{self, SubnetEnv};
 use flannel_core::ValidatedNetConfig;
@@ -232,8 +231,7 @@ impl Node {
         info!(iface = %ext.name, iface_addr = ?ext.iface_addr, ext_addr = ?ext.ext_addr, mtu = ext.mtu, "using interface");
 
         // 3. Backend (before the lease, so a bad or unsupported backend leaves no lease behind).
-        let backend_config = BackendConfig::parse(&config.backend_type, config.backend.as_ref())
-            .map_err(BackendError::from)?;
+        let backend_config = crate::backend::Builtin::check(&config)?;
         let backend: Box<dyn Backend> = backends
             .build(&BackendContext {
                 config: &backend_config,
@@ -308,7 +306,7 @@ impl Node {
         let env = subnet_env(&config, &own, backend.mtu(), cfg.traffic.masquerade);
         let now = Instant::now();
         let mut node = Node {
-            traffic_at: now + cfg.traffic_resync,
+            traffic_at: crate::after(cfg.traffic_resync),
             resync_at: now,
             resync_pauses: Backoff::new(Duration::from_secs(1), resync_period).delays(),
             resync_period,
@@ -327,8 +325,8 @@ impl Node {
         };
         node.take_status(Trigger::Start, Ok(status));
         node.resync_at = match node.backend_ready {
-            true => now + jittered(resync_period),
-            false => now + node.resync_pauses.next_delay(),
+            true => crate::after(jittered(resync_period)),
+            false => crate::after(node.resync_pauses.next_delay()),
         };
         node.report_ready().await;
         Ok(Some(node))
@@ -371,7 +369,7 @@ impl Node {
                         warn!(error = %crate::report(&e), "traffic rules check failed; retrying at the next check");
                     }
                 }
-                self.traffic_at = Instant::now() + self.cfg.traffic_resync;
+                self.traffic_at = crate::after(self.cfg.traffic_resync);
                 Control::Continue
             }
             Event::Renew => self.renew().await,
@@ -395,7 +393,7 @@ impl Node {
             .await;
         self.take_status(trigger, r);
         if self.pending() {
-            let soon = Instant::now() + self.resync_pauses.next_delay();
+            let soon = crate::after(self.resync_pauses.next_delay());
             self.resync_at = self.resync_at.min(soon);
         }
     }
@@ -417,7 +415,7 @@ impl Node {
         } else {
             self.resync_pauses.next_delay()
         };
-        self.resync_at = Instant::now() + wait;
+        self.resync_at = crate::after(wait);
     }
 
     fn pending(&self) -> bool {
@@ -466,7 +464,11 @@ impl Node {
                 let retry = RENEW_RETRY.min(self.cfg.renew_margin / 3);
                 warn!(error = %crate::report(&e), retry_in = ?retry, "lease renewal failed, retrying");
                 // Push the lease's own deadline forward locally so the retry waits.
-                self.own.expiry = Expiry::At(SystemTime::now() + self.cfg.renew_margin + retry);
+                self.own.expiry = Expiry::At(
+                    SystemTime::now()
+                        .checked_add(self.cfg.renew_margin + retry)
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                );
                 Control::Continue
             }
         }

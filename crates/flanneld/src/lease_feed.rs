@@ -121,7 +121,7 @@ impl LeaseFeed {
     fn close(&mut self) {
         self.stream = None;
         self.fresh = false;
-        self.open_at = Instant::now() + self.pauses.next_delay();
+        self.open_at = crate::after(self.pauses.next_delay());
     }
 
     /// The next change. Cancel-safe.
@@ -135,13 +135,13 @@ impl LeaseFeed {
                         self.delivered = false;
                     }
                     Err(e) if !e.is_retryable() => {
-                        self.open_at = Instant::now() + self.pauses.next_delay();
+                        self.open_at = crate::after(self.pauses.next_delay());
                         return FeedEvent::Failed(e);
                     }
                     Err(e) => {
                         let wait = self.pauses.next_delay();
                         warn!(error = %crate::report(&e), retry_in = ?wait, "watching leases failed");
-                        self.open_at = Instant::now() + wait;
+                        self.open_at = crate::after(wait);
                         continue;
                     }
                 }

@@ -22,3 +22,11 @@ pub use error_report::{report, Report};
 
 /// The version printed by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `d` from now, or a year from now when `d` would overflow the clock: timers built from
+/// configuration or the store never panic.
+pub fn after(d: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(365 * 24 * 3600))
+}

@@ -43,6 +43,37 @@ fn config_check_prints_effective_config() {
 }
 
 #[test]
+fn config_check_prints_the_backends_effective_values() {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(
+        d.path(),
+        "net.json",
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"tx-vpc","RouteTableIds":["rtb-b","rtb-a","rtb-b"],
+            "AccessKeyID":"AKIDx","AccessKeySecret":"very-secret"}}"#,
+    );
+    let out = Command::new(FLANNELCTL)
+        .args(["config", "check"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = &v["Backend"];
+    assert_eq!(b["Type"], "tencent-vpc");
+    assert_eq!(b["ClusterName"], "10-244-0-0-16");
+    assert_eq!(b["RouteTableIds"], serde_json::json!(["rtb-b", "rtb-a"]));
+    assert_eq!(b["ResyncInterval"], 60);
+    assert_eq!(b["Mode"], "per-node");
+    assert_eq!(b["Endpoint"], "public");
+    assert_eq!(b["AccessKeySecret"], "<redacted>");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("very-secret"));
+}
+
+#[test]
 fn config_check_ipv6_defaults() {
     let d = tempfile::tempdir().unwrap();
     let f = write(
@@ -98,6 +129,31 @@ fn config_check_errors_exit_2_with_upstream_message() {
         (
             r#"{"EnableIPv4":false,"EnableIPv6":false,"Network":"10.0.0.0/16","Backend":{"Type":"alloc"}}"#,
             "EnableIPv4 and EnableIPv6 are both false: at least one address family must be enabled",
+        ),
+        // Everything flanneld checks before any network I/O, config check checks too.
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"tencent-vpc","Endpoint":"not a url"}}"#,
+            "Backend.Endpoint: endpoint \"not a url\" is not public, regional, internal, a host name or an http(s) URL",
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"tencent-vpc","Endpoint":"ftp://x"}}"#,
+            "Backend.Endpoint: endpoint \"ftp://x\" is not public, regional, internal, a host name or an http(s) URL",
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"tencent-vpc","Endpoint":"http://user:password@vpc.example.com"}}"#,
+            "Backend.Endpoint: endpoint \"http://<redacted>@vpc.example.com\" carries a user or password: requests are signed with the API keys, leave them out",
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"tencent-vpc","MetadataURL":"169.254.0.23"}}"#,
+            "Backend.MetadataURL: \"169.254.0.23\" is not a valid URL: relative URL without a base",
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"tencent-vpc","ResyncInterval":9223372036854775807}}"#,
+            "Backend.ResyncInterval: 9223372036854775807 is above the maximum of 3600 seconds",
+        ),
+        (
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#,
+            "vxlan with EnableIPv6 is not supported yet by flannel-rs (use host-gw, or IPv4 only)",
         ),
     ] {
         let f = write(d.path(), "net.json", text);

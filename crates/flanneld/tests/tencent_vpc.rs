@@ -646,7 +646,41 @@ async fn the_daemon_with_tencent_vpc_is_ready_once_routed() {
         metrics.contains(r#"flannel_vpc_route_table_limit{table="rtb-main"} 50"#),
         "{metrics}"
     );
+    // The tables read before the lease serve the first reconcile: a join costs one read.
+    let calls = cloud.calls().await;
+    assert_eq!(calls["DescribeRouteTables"]["Success"], 1, "{calls}");
+    assert_eq!(calls["DescribeVpcLimits"]["Success"], 1, "{calls}");
     run.abort();
+}
+
+#[tokio::test]
+async fn an_unknown_vpc_or_route_table_fails_before_any_lease_is_taken() {
+    let cloud = Cloud::start(scenario(50)).await;
+    for (backend, message) in [
+        (
+            json!({"Type": "tencent-vpc", "VpcId": "vpc-nope"}),
+            "VPC vpc-nope has no route tables (is the VpcId right, in this region?)",
+        ),
+        (
+            json!({"Type": "tencent-vpc", "RouteTableIds": ["rtb-nope"]}),
+            "route table rtb-nope (Backend.RouteTableIds) is not in VPC vpc-lab",
+        ),
+    ] {
+        let sm = cloud.store(backend);
+        let (health, run, _dir) = spawn_agent(&sm, "172.16.1.7");
+        let err = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            flanneld::report(&err).ends_with(message),
+            "{}",
+            flanneld::report(&err)
+        );
+        assert!(sm.leases().is_empty(), "no lease left behind");
+        assert!(!health.is_ready());
+    }
 }
 
 /// Run the flanneld binary with `backend` as the Backend section and RUST_LOG=trace until
@@ -761,7 +795,16 @@ async fn ipv6_networks_are_refused_clearly() {
         ),
     ] {
         let network = flannel_core::config::parse_and_check(conf).unwrap();
-        let config = flanneld::backend::Builtin::check(&network).unwrap();
+        // Refused by the check flanneld runs before building anything (config check too).
+        let e = flanneld::backend::Builtin::check(&network).unwrap_err();
+        assert!(matches!(e, BackendError::Unsupported(_)));
+        assert_eq!(e.to_string(), message);
+        // And by the backend itself, whatever its caller checked.
+        let config = flannel_core::backend_config::BackendConfig::parse(
+            &network.backend_type,
+            network.backend.as_ref(),
+        )
+        .unwrap();
         let ctx = flanneld::backend::BackendContext {
             config: &config,
             network: &network,

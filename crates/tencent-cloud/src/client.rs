@@ -69,21 +69,31 @@ impl FromStr for Endpoint {
             "regional" => Ok(Endpoint::Regional),
             "internal" => Ok(Endpoint::Internal),
             u if u.starts_with("http://") || u.starts_with("https://") => {
+                // Never echo a user or password the URL may carry.
+                let shown = error_report::redact_urls(u);
                 let rest = u.split_once("://").map(|(_, r)| r).unwrap_or_default();
                 if rest.is_empty() || rest.starts_with('/') {
-                    return Err(format!("endpoint {u:?} has no host"));
+                    return Err(format!("endpoint {shown:?} has no host"));
                 }
                 match reqwest::Url::parse(u) {
+                    Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                        Err(format!(
+                            "endpoint {shown:?} carries a user or password: requests are signed with the API keys, leave them out"
+                        ))
+                    }
                     Ok(url) if url.host_str().is_some() => {
                         Ok(Endpoint::Url(u.trim_end_matches('/').to_string()))
                     }
-                    Ok(_) => Err(format!("endpoint {u:?} has no host")),
-                    Err(e) => Err(format!("endpoint {u:?} is not a valid URL: {e}")),
+                    Ok(_) => Err(format!("endpoint {shown:?} has no host")),
+                    Err(e) => Err(format!("endpoint {shown:?} is not a valid URL: {e}")),
                 }
             }
-            h if h.contains('.') && !h.contains('/') && !h.contains(' ') => Ok(Endpoint::Url(format!("https://{h}"))),
+            h if h.contains('.') && !h.contains('/') && !h.contains(' ') => {
+                Ok(Endpoint::Url(format!("https://{h}")))
+            }
             other => Err(format!(
-                "endpoint {other:?} is not public, regional, internal, a host name or an http(s) URL"
+                "endpoint {:?} is not public, regional, internal, a host name or an http(s) URL",
+                error_report::redact_urls(other)
             )),
         }
     }

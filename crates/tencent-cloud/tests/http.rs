@@ -389,3 +389,44 @@ async fn metadata_errors_name_path_and_status() {
         "CVM role r: credentials response has Code \"Failure\", not \"Success\""
     );
 }
+
+#[tokio::test]
+async fn a_metadata_service_answering_200_with_garbage_gives_no_value() {
+    // A proxy or a broken service: 200 and an error document for every path.
+    let (url, _) = start(
+        |_, _| (200, r#"{"Error":{"Code":"NotFound","Message":"x"}}"#.into()),
+        Duration::ZERO,
+    )
+    .await;
+    let md = MetadataClient::new(&format!("{url}/latest/meta-data/")).unwrap();
+    let mac = "52:54:00:12:34:56";
+    for (e, text) in [
+        (
+            md.region().await.unwrap_err(),
+            "metadata placement/region: the answer is not a region (ap-guangzhou)",
+        ),
+        (
+            md.vpc_id(mac).await.unwrap_err(),
+            "metadata network/interfaces/macs/52:54:00:12:34:56/vpc-id: the answer is not a VPC id (vpc-…)",
+        ),
+        (
+            md.subnet_id(mac).await.unwrap_err(),
+            "metadata network/interfaces/macs/52:54:00:12:34:56/subnet-id: the answer is not a subnet id (subnet-…)",
+        ),
+        (
+            md.local_ipv4().await.unwrap_err(),
+            "metadata local-ipv4: the answer is not an IPv4 address",
+        ),
+        (md.mac().await.unwrap_err(), "metadata mac: the answer is not a MAC address"),
+    ] {
+        assert_eq!(e.to_string(), text);
+        assert!(!e.to_string().contains("NotFound"), "the body stays out");
+    }
+    assert!(MetadataClient::new("169.254.0.23/latest/meta-data/").is_err());
+    assert_eq!(
+        MetadataClient::new("http://u:p@169.254.0.23/")
+            .unwrap_err()
+            .to_string(),
+        "metadata address \"http://<redacted>@169.254.0.23/\" carries a user or password"
+    );
+}

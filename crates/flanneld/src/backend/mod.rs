@@ -180,14 +180,45 @@ pub fn fenced_kernel(network: &ValidatedNetConfig) -> Result<Arc<dyn Kernel>, Ba
 pub struct Builtin;
 
 impl Builtin {
-    /// Type the Backend section and check this build supports it: what flanneld does before
-    /// taking a lease (the daemon types it, `build` refuses what is unsupported), and what
-    /// `flannelctl config check` does, so they validate alike.
+    /// Type the Backend section and check everything about it that needs no network I/O:
+    /// what flanneld does before taking a lease (the daemon calls this, `build` then only
+    /// meets the world), and what `flannelctl config check` does, so they validate alike.
     pub fn check(network: &ValidatedNetConfig) -> Result<BackendConfig, BackendError> {
-        Ok(BackendConfig::parse(
-            &network.backend_type,
-            network.backend.as_ref(),
-        )?)
+        let config = BackendConfig::parse(&network.backend_type, network.backend.as_ref())?;
+        match &config {
+            BackendConfig::TencentVpc(c) => {
+                if network.enable_ipv6() {
+                    return Err(BackendError::Unsupported(
+                        tencent_vpc::IPV6_UNSUPPORTED.into(),
+                    ));
+                }
+                if let Some(e) = &c.endpoint {
+                    e.parse::<tencent_cloud::Endpoint>().map_err(|e| {
+                        BackendError::Config(
+                            flannel_core::backend_config::BackendConfigError::Invalid {
+                                field: "Endpoint",
+                                problem: e,
+                            },
+                        )
+                    })?;
+                }
+                if let Some(u) = &c.metadata_url {
+                    crate::cloud::check_metadata_url(u).map_err(|problem| {
+                        BackendError::Config(
+                            flannel_core::backend_config::BackendConfigError::Invalid {
+                                field: "MetadataURL",
+                                problem,
+                            },
+                        )
+                    })?;
+                }
+            }
+            BackendConfig::Vxlan(_) if network.enable_ipv6() => {
+                return Err(BackendError::Unsupported(vxlan::IPV6_UNSUPPORTED.into()));
+            }
+            _ => {}
+        }
+        Ok(config)
     }
 }
 

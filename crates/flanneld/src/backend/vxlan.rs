@@ -21,6 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
 
+/// Why a vxlan config with IPv6 is refused.
+pub const IPV6_UNSUPPORTED: &str =
+    "vxlan with EnableIPv6 is not supported yet by flannel-rs (use host-gw, or IPv4 only)";
+
 /// The vxlan header overhead upstream subtracts from the interface MTU (IPv4).
 pub const VXLAN_OVERHEAD: u32 = 50;
 
@@ -109,9 +113,7 @@ impl VxlanBackend {
         peer_kind: BackendKind,
     ) -> Result<VxlanBackend, BackendError> {
         if network.enable_ipv6() {
-            return Err(BackendError::Unsupported(
-                "vxlan with EnableIPv6 is not supported yet by flannel-rs (use host-gw, or IPv4 only)".into(),
-            ));
+            return Err(BackendError::Unsupported(IPV6_UNSUPPORTED.into()));
         }
         let local = ext
             .iface_addr

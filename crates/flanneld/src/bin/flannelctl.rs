@@ -319,13 +319,15 @@ fn config_check(file: &PathBuf) -> Option<flannel_core::ValidatedNetConfig> {
         .map_err(|e| flanneld::report(&e))
         .and_then(|c| {
             flanneld::backend::Builtin::check(&c)
-                .map(|_| c)
+                .map(|b| (c, b))
                 .map_err(|e| flanneld::report(&e))
         });
     match checked {
-        Ok(c) => {
-            let pretty = serde_json::to_string_pretty(&c.effective_json())
-                .expect("a Value always serialises");
+        Ok((c, backend)) => {
+            let mut effective = c.effective_json();
+            effective["Backend"] = backend.effective_json(c.network().as_ref());
+            let pretty =
+                serde_json::to_string_pretty(&effective).expect("a Value always serialises");
             println!("{pretty}");
             Some(c)
         }

@@ -79,7 +79,10 @@ async fn subnet_manager(opts: &Options) -> anyhow::Result<Arc<dyn SubnetManager>
     etcd.lease_ttl = opts.lease_ttl();
     let mgr = EtcdManager::connect(&etcd).await;
     Ok(Arc::new(mgr.with_context(|| {
-        format!("etcd subnet manager ({})", etcd.endpoints.join(","))
+        format!(
+            "etcd subnet manager ({})",
+            error_report::redact_urls(&etcd.endpoints.join(","))
+        )
     })?))
 }
 

@@ -68,6 +68,17 @@ impl Agent {
         self
     }
 
+    /// Before the lease: read the tables once. A VPC or configured route table that does not
+    /// exist is an error now (no lease is left behind); the reading serves the first
+    /// reconcile.
+    pub async fn preflight(&self) -> Result<(), BackendError> {
+        let subnets: BTreeSet<String> = Some(self.node.subnet_id.clone())
+            .filter(|s| !s.is_empty())
+            .into_iter()
+            .collect();
+        self.reconciler.prime(&subnets).await
+    }
+
     /// Whether this node's route is in place (as of the last reconcile).
     pub fn ready(&self) -> bool {
         self.ready.get()

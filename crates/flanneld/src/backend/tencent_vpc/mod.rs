@@ -47,6 +47,9 @@ use std::time::Duration;
 use tencent_cloud::{CallObserver, MetadataClient};
 use tracing::{info, warn};
 
+/// Why a tencent-vpc config with IPv6 is refused.
+pub const IPV6_UNSUPPORTED: &str = "tencent-vpc routes IPv4 pod subnets only: IPv6 networks are not supported yet (set EnableIPv6 to false)";
+
 /// The lease's BackendType.
 pub const BACKEND_TYPE: &str = "tencent-vpc";
 
@@ -214,11 +217,7 @@ pub async fn build(
     cfg: &TencentVpcConfig,
 ) -> Result<Box<dyn Backend>, BackendError> {
     let network = match (ctx.network.ipv4, ctx.network.ipv6) {
-        (_, Some(_)) => {
-            return Err(BackendError::Unsupported(
-                "tencent-vpc routes IPv4 pod subnets only: IPv6 networks are not supported yet (set EnableIPv6 to false)".into(),
-            ))
-        }
+        (_, Some(_)) => return Err(BackendError::Unsupported(IPV6_UNSUPPORTED.into())),
         (Some(p), None) => p.network,
         (None, None) => unreachable!("a validated config has an address family"),
     };
@@ -271,6 +270,20 @@ pub async fn build(
         metrics,
         Some(seat),
     );
+    match backend.preflight().await {
+        // Configured wrong (no such VPC or table, credentials refused): fatal before the
+        // lease. Unreachable or throttled: the first reconcile retries.
+        Err(e @ BackendError::Discovery(_)) => return Err(e),
+        Err(BackendError::Cloud { op, source })
+            if source.class() == tencent_cloud::ErrorClass::Fatal =>
+        {
+            return Err(BackendError::Cloud { op, source })
+        }
+        Err(e) => {
+            warn!(error = %crate::report(&e), "reading the route tables failed; the first reconcile tries again")
+        }
+        Ok(()) => {}
+    }
     if let Some(f) = fallback {
         backend = backend.with_fallback(f);
     }

@@ -12,7 +12,7 @@ use crate::metrics::{TableLabels, TableRouteLabels, VpcMetrics};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tencent_cloud::vpc::{Filter, ROUTE_TABLE_MAX_POLICIES};
+use tencent_cloud::vpc::{Filter, RouteTable, ROUTE_TABLE_MAX_POLICIES};
 use tencent_cloud::Client;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
@@ -118,7 +118,12 @@ struct State {
     /// The last plan had creates blocked by a full table: read the limit again, and forget
     /// limits learnt from LimitExceeded, so that a raised quota is seen at the next resync.
     blocked: bool,
+    /// A reading taken by [`Reconciler::prime`], for the next read if still young.
+    primed: Option<(std::time::Instant, Vec<RouteTable>)>,
 }
+
+/// How long a primed reading stands in for a read (the lease is taken in between).
+const PRIMED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Reconciler {
     pub fn new(client: Arc<Client>, settings: Settings, metrics: VpcMetrics) -> Reconciler {
@@ -183,19 +188,43 @@ impl Reconciler {
         self.read_locked(&mut state, node_subnets).await
     }
 
-    async fn read_locked(
-        &self,
-        state: &mut State,
-        node_subnets: &BTreeSet<String>,
-    ) -> Result<Reading, BackendError> {
-        let described = self
-            .client
+    /// One DescribeRouteTables of the VPC.
+    async fn describe(&self) -> Result<Vec<RouteTable>, BackendError> {
+        self.client
             .describe_route_tables(&[Filter::new("vpc-id", &[self.settings.vpc_id.as_str()])])
             .await
             .map_err(|e| BackendError::Cloud {
                 op: format!("read the route tables of {}", self.settings.vpc_id),
                 source: Box::new(e),
-            })?;
+            })
+    }
+
+    /// Read the tables before anything else happens (an agent, before it takes its lease):
+    /// an unknown VpcId or RouteTableIds entry is an error now, not after the lease is held.
+    /// The reading is kept for the first reconcile, so a join costs no extra call.
+    pub async fn prime(&self, node_subnets: &BTreeSet<String>) -> Result<(), BackendError> {
+        let mut state = self.state.lock().await;
+        let described = self.describe().await?;
+        tables::select(
+            &self.settings.vpc_id,
+            &described,
+            &self.settings.route_table_ids,
+            node_subnets,
+        )
+        .map_err(BackendError::Discovery)?;
+        state.primed = Some((std::time::Instant::now(), described));
+        Ok(())
+    }
+
+    async fn read_locked(
+        &self,
+        state: &mut State,
+        node_subnets: &BTreeSet<String>,
+    ) -> Result<Reading, BackendError> {
+        let described = match state.primed.take() {
+            Some((at, d)) if at.elapsed() < PRIMED_FOR => d,
+            _ => self.describe().await?,
+        };
         let selection = tables::select(
             &self.settings.vpc_id,
             &described,

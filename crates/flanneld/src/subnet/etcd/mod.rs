@@ -49,8 +49,9 @@ const FAILOVER_WINDOW: Duration = Duration::from_secs(2);
 /// Deadline of one unary etcd request.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How to reach etcd (upstream's `--etcd-*` flags). Debug never shows the password.
-#[derive(Debug, Clone)]
+/// How to reach etcd (upstream's `--etcd-*` flags). Debug never shows the password, nor a user
+/// and password written into an endpoint URL.
+#[derive(Clone)]
 pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     pub prefix: String,
@@ -61,6 +62,26 @@ pub struct EtcdOptions {
     pub password: Option<SecretString>,
     /// The lifetime of this node's subnet lease (`--subnet-lease-ttl`, default 24 h).
     pub lease_ttl: Duration,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let endpoints: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|e| error_report::redact_urls(e).into_owned())
+            .collect();
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &endpoints)
+            .field("prefix", &self.prefix)
+            .field("keyfile", &self.keyfile)
+            .field("certfile", &self.certfile)
+            .field("cafile", &self.cafile)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish()
+    }
 }
 
 impl EtcdOptions {
@@ -120,7 +141,10 @@ impl EtcdManager {
         } else {
             debug!("etcd TLS not configured (keyfile and certfile unset): this is insecure");
         }
-        let target = format!("connecting to {}", opts.endpoints.join(","));
+        let target = format!(
+            "connecting to {}",
+            error_report::redact_urls(&opts.endpoints.join(","))
+        );
         tokio::time::timeout(RPC_TIMEOUT, Client::connect(&opts.endpoints, Some(co)))
             .await
             .map_err(|_| store_err(&target, "timed out"))?
@@ -222,7 +246,9 @@ impl EtcdManager {
                 .await?
                 .ttl();
             l.expiry = if ttl > 0 {
-                Expiry::At(SystemTime::now() + Duration::from_secs(ttl as u64))
+                SystemTime::now()
+                    .checked_add(Duration::from_secs(ttl as u64))
+                    .map_or(Expiry::Unknown, Expiry::At)
             } else {
                 Expiry::Unknown
             };
@@ -261,7 +287,9 @@ impl EtcdManager {
         Ok(Lease {
             key: existing.key,
             attrs: attrs.clone(),
-            expiry: Expiry::At(SystemTime::now() + Duration::from_secs(ttl as u64)),
+            expiry: SystemTime::now()
+                .checked_add(Duration::from_secs(ttl as u64))
+                .map_or(Expiry::Unknown, Expiry::At),
         })
     }
 
@@ -396,7 +424,9 @@ impl SubnetManager for EtcdManager {
                         return Ok(Lease {
                             key,
                             attrs: req.attrs.clone(),
-                            expiry: Expiry::At(SystemTime::now() + Duration::from_secs(ttl as u64)),
+                            expiry: SystemTime::now()
+                                .checked_add(Duration::from_secs(ttl as u64))
+                                .map_or(Expiry::Unknown, Expiry::At),
                         });
                     }
                     debug!(subnet = %key, attempt, "another node took this subnet first; retrying");
