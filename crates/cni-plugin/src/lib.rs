@@ -150,16 +150,42 @@ impl NetConf {
         };
         let cni_version = string_field(&obj, "cniVersion")?.unwrap_or_default();
         check_version(&cni_version)?;
+        let delegate = object_field(&obj, "delegate")?.unwrap_or_default();
+        let ipam = object_field(&obj, "ipam")?;
+        for (field, section) in [("delegate", Some(&delegate)), ("ipam", ipam.as_ref())] {
+            if let Some(t) = section.and_then(|m| m.get("type")) {
+                let name = t.as_str().ok_or_else(|| {
+                    CniError::new(
+                        code::INVALID_CONFIG,
+                        format!("network config field {field}.type: expected a string"),
+                    )
+                })?;
+                check_plugin_name(&format!("{field}.type"), name)?;
+            }
+        }
+        // An empty dataDir is the default, as upstream; a relative one would land in the
+        // runtime's working directory.
+        let data_dir: PathBuf = string_field(&obj, "dataDir")?
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into())
+            .into();
+        if !data_dir.is_absolute() {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "network config field dataDir: {:?} is not an absolute path",
+                    data_dir.display().to_string()
+                ),
+            ));
+        }
         Ok(NetConf {
             name: string_field(&obj, "name")?.unwrap_or_default(),
-            delegate: object_field(&obj, "delegate")?.unwrap_or_default(),
-            ipam: object_field(&obj, "ipam")?,
+            delegate,
+            ipam,
             subnet_file: string_field(&obj, "subnetFile")?
                 .unwrap_or_else(|| DEFAULT_SUBNET_FILE.into())
                 .into(),
-            data_dir: string_field(&obj, "dataDir")?
-                .unwrap_or_else(|| DEFAULT_DATA_DIR.into())
-                .into(),
+            data_dir,
             runtime_config: obj.get("runtimeConfig").cloned(),
             prev_result: obj.get("prevResult").cloned(),
             cni_version,
@@ -261,6 +287,18 @@ pub fn delegate_conf(n: &NetConf, env: &FlannelEnv) -> Map<String, Value> {
 }
 
 /// A container ID usable as a file name in the data dir.
+/// A plugin is found by name in CNI_PATH: a name with a path separator (or `.`, `..`) would
+/// run something else (libcni refuses them too).
+pub fn check_plugin_name(field: &str, name: &str) -> Result<(), CniError> {
+    if name.is_empty() || name.contains(['/', '\\', '\0']) || name == "." || name == ".." {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("network config field {field}: {name:?} is not a plugin name"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn check_container_id(id: &str) -> Result<(), CniError> {
     if id.is_empty() {
         return Err(CniError::new(
@@ -348,5 +386,32 @@ mod tests {
             code::INVALID_ENV
         );
         assert!(check_container_id("abc123").is_ok());
+    }
+
+    #[test]
+    fn plugin_names_and_the_data_dir_cannot_escape() {
+        for conf in [
+            r#"{"cniVersion":"1.0.0","delegate":{"type":"../../../bin/sh"}}"#,
+            r#"{"cniVersion":"1.0.0","delegate":{"type":"/bin/sh"}}"#,
+            r#"{"cniVersion":"1.0.0","delegate":{"type":".."}}"#,
+            r#"{"cniVersion":"1.0.0","ipam":{"type":"x/host-local"}}"#,
+            r#"{"cniVersion":"1.0.0","delegate":{"type":7}}"#,
+            r#"{"cniVersion":"1.0.0","dataDir":"relative/dir"}"#,
+        ] {
+            let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{conf}: {}", e.msg);
+        }
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","delegate":{"type":"../../../bin/sh"}}"#)
+            .unwrap_err();
+        assert_eq!(
+            e.msg,
+            r#"network config field delegate.type: "../../../bin/sh" is not a plugin name"#
+        );
+        let n = NetConf::parse(br#"{"cniVersion":"1.0.0","dataDir":""}"#).unwrap();
+        assert_eq!(
+            n.data_dir,
+            PathBuf::from(DEFAULT_DATA_DIR),
+            "empty is the default"
+        );
     }
 }

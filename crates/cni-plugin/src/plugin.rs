@@ -188,18 +188,35 @@ fn save(path: &Path, conf: &[u8]) -> Result<(), CniError> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| io("creating the directory of", e))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io("saving the delegate config", e))?;
-    f.write_all(conf)
+    // A temporary name no other container's file can have, created exclusively: a
+    // container named `<id>.tmp` keeps its saved config whatever `<id>`'s ADD does.
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("conf");
+    let (mut f, tmp) = (0..100u32)
+        .find_map(|n| {
+            let tmp = dir.join(format!(".{name}.{}.{n}.saving", std::process::id()));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .ok()
+                .map(|f| (f, tmp))
+        })
+        .ok_or_else(|| {
+            io(
+                "saving the delegate config",
+                std::io::Error::other("no free temporary name"),
+            )
+        })?;
+    let written = f
+        .write_all(conf)
         .and_then(|()| f.sync_all())
-        .map_err(|e| io("saving the delegate config", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("saving the delegate config", e))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("saving the delegate config", e));
+    }
+    Ok(())
 }
 
 /// Run the delegate plugin named by the config's `type`, found in CNI_PATH, with the
@@ -209,6 +226,8 @@ fn delegate(command: &str, conf: &[u8]) -> Result<Outcome, CniError> {
         .ok()
         .and_then(|v| v.get("type")?.as_str().map(str::to_string))
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "delegate config has no type"))?;
+    // A saved config from an older version went unchecked: check the name again here.
+    crate::check_plugin_name("delegate.type", &kind)?;
     let cni_path = env("CNI_PATH");
     let plugin = cni_path
         .split(':')
@@ -246,5 +265,32 @@ fn delegate(command: &str, conf: &[u8]) -> Result<Outcome, CniError> {
         ))
     } else {
         Ok(Outcome::DelegateFailed(out.stdout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saving_one_containers_config_never_touches_anothers() {
+        let d = tempfile::tempdir().unwrap();
+        // Container `c1.tmp` first, then `c1`: the old temporary name of `c1` was `c1.tmp`.
+        save(&d.path().join("c1.tmp"), b"first").unwrap();
+        save(&d.path().join("c1"), b"second").unwrap();
+        assert_eq!(std::fs::read(d.path().join("c1.tmp")).unwrap(), b"first");
+        assert_eq!(std::fs::read(d.path().join("c1")).unwrap(), b"second");
+        let mut names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["c1", "c1.tmp"], "no temporary file left");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.path().join("c1"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

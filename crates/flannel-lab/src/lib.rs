@@ -5,6 +5,7 @@
 pub mod lab;
 pub mod measure;
 pub mod netns;
+pub mod pki;
 pub mod render;
 pub mod topology;
 

@@ -12,8 +12,9 @@ use std::process::ExitCode;
     about = "A Tencent-VPC-style flannel cluster in network namespaces (root)"
 )]
 struct Cli {
-    /// Prefix of the lab's namespace names (several labs can coexist).
-    #[arg(long, global = true, default_value = "fl")]
+    /// The lab's name: 1 to 8 of a-z and 0-9, the prefix of its namespaces and the name of
+    /// its state directory (several labs can coexist).
+    #[arg(long, global = true, default_value = "fl", value_parser = lab_prefix)]
     prefix: String,
     #[command(subcommand)]
     command: Command,
@@ -23,7 +24,7 @@ struct Cli {
 enum Command {
     /// Build the lab and wait until every pod reaches every other pod.
     Up {
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=i64::from(flannel_lab::topology::MAX_NODES)))]
         nodes: u8,
         #[arg(long, value_enum, default_value = "tencent-vpc")]
         backend: Backend,
@@ -64,7 +65,10 @@ enum Command {
     /// Change the routes-per-table quota (as a raise by support would).
     Quota { routes: usize },
     /// Answer PERCENT % of all cloud API calls with RequestLimitExceeded (0 stops it).
-    Throttle { percent: u8 },
+    Throttle {
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: u8,
+    },
     /// Remove the lab: processes, namespaces, files.
     Down,
 }
@@ -83,6 +87,12 @@ enum Console {
         #[arg(long)]
         table: Option<String>,
     },
+}
+
+fn lab_prefix(s: &str) -> Result<String, String> {
+    flannel_lab::topology::check_prefix(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -150,6 +160,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut status = flannel_lab::status(&lab)?;
             status.tables.clear();
             print!("{}", flannel_lab::render::render(&status));
+            let failed = status.failed_pairs();
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} pairs of live pods cannot reach each other"
+            );
         }
         Command::AddNode => {
             let mut lab = Lab::load(&prefix)?;

@@ -198,3 +198,76 @@ pub fn wait_until<T>(
         }
     }
 }
+
+/// Run `f` on a thread inside the network namespace `name` (sockets it opens live there), so
+/// a lab address is reached from inside the lab, never from the root namespace.
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = std::fs::File::open(&path)?;
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
+    })
+}
+
+/// An HTTP request from inside namespace `ns`: the status and the body.
+pub fn http(
+    ns: &str,
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), CmdError> {
+    let shown = format!("(in {ns}) {method} {url}");
+    let failed = |e: String| CmdError::Failed {
+        cmd: shown.clone(),
+        stderr: e,
+    };
+    let method =
+        reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| failed(e.to_string()))?;
+    in_netns(ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut req = client.request(method, url);
+            if let Some(b) = body {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(b.to_string());
+            }
+            let resp = req.send().await.map_err(|e| error_report::report(&e))?;
+            let status = resp.status().as_u16();
+            let text = resp.text().await.map_err(|e| error_report::report(&e))?;
+            Ok::<_, String>((status, text))
+        })
+    })
+    .map_err(|e| CmdError::Spawn {
+        cmd: shown.clone(),
+        source: e,
+    })?
+    .map_err(failed)
+}
+
+/// Whether process `pid` lives in one of `namespaces` (its network namespace is theirs).
+pub fn in_any(pid: &i32, namespaces: &[Netns]) -> bool {
+    let Ok(theirs) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
+        return false;
+    };
+    use std::os::unix::fs::MetadataExt;
+    namespaces.iter().any(|n| {
+        std::fs::metadata(format!("/run/netns/{}", n.name))
+            .is_ok_and(|m| m.ino() == theirs.ino() && m.dev() == theirs.dev())
+    })
+}

@@ -28,8 +28,20 @@ pub struct Status {
     pub title: String,
     pub nodes: Vec<NodeRow>,
     pub tables: Vec<TableRows>,
-    pub matrix: Vec<Vec<bool>>,
+    /// Row pings column: None where not tried (itself, or a stopped node).
+    pub matrix: Vec<Vec<Option<bool>>>,
     pub converged_secs: Option<f64>,
+}
+
+impl Status {
+    /// Pairs of live pods that do not reach each other.
+    pub fn failed_pairs(&self) -> usize {
+        self.matrix
+            .iter()
+            .flatten()
+            .filter(|ok| **ok == Some(false))
+            .count()
+    }
 }
 
 fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
@@ -125,27 +137,31 @@ pub fn render(s: &Status) -> String {
         .map(|(i, (row, name))| {
             let mut r = vec![name.clone()];
             r.extend(row.iter().enumerate().map(|(j, ok)| {
-                if i == j {
-                    "·".to_string()
-                } else if *ok {
-                    "ok".to_string()
-                } else {
-                    "FAIL".to_string()
+                match (i == j, ok) {
+                    (true, _) => "·",
+                    (false, None) => "-",
+                    (false, Some(true)) => "ok",
+                    (false, Some(false)) => "FAIL",
                 }
+                .to_string()
             }));
             r
         })
         .collect();
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     table(&mut out, &header, &rows);
-    let pairs = s.matrix.len() * s.matrix.len().saturating_sub(1);
+    let tried = s.matrix.iter().flatten().filter(|v| v.is_some()).count();
     let ok = s
         .matrix
         .iter()
-        .enumerate()
-        .flat_map(|(i, r)| r.iter().enumerate().filter(move |(j, v)| *j != i && **v))
+        .flatten()
+        .filter(|v| **v == Some(true))
         .count();
-    let _ = write!(out, "\n{ok}/{pairs} pod pairs reachable");
+    let _ = write!(out, "\n{ok}/{tried} pod pairs reachable");
+    let stopped = s.nodes.iter().filter(|n| n.agent == "stopped").count();
+    if stopped > 0 {
+        let _ = write!(out, " ({stopped} stopped nodes not tried)");
+    }
     if let Some(c) = s.converged_secs {
         let _ = write!(out, "; converged {c:.1} s after flanneld started");
     }
@@ -270,12 +286,10 @@ pub fn render_svg(s: &Status) -> String {
             esc(name)
         );
         for (j, ok) in row.iter().enumerate() {
-            let fill = if i == j {
-                "#dddddd"
-            } else if *ok {
-                "#5cb85c"
-            } else {
-                "#d9534f"
+            let fill = match (i == j, ok) {
+                (true, _) | (false, None) => "#dddddd",
+                (false, Some(true)) => "#5cb85c",
+                (false, Some(false)) => "#d9534f",
             };
             let _ = writeln!(
                 body,
@@ -320,7 +334,7 @@ mod tests {
                     ip: "172.16.2.12".into(),
                     instance: "ins-node-2".into(),
                     lease: None,
-                    agent: "stopped",
+                    agent: "not ready",
                     pod_ip: None,
                 },
             ],
@@ -333,7 +347,7 @@ mod tests {
                     "flannel node-1".into(),
                 )],
             }],
-            matrix: vec![vec![false, false], vec![false, false]],
+            matrix: vec![vec![None, Some(false)], vec![Some(false), None]],
             converged_secs: None,
         };
         let text = render(&s);
@@ -358,5 +372,17 @@ mod tests {
             "two failing pairs in red"
         );
         assert!(svg.trim_end().ends_with("</svg>"));
+        // A stopped node's pairs are not tried, and say so.
+        let mut stopped = s.clone();
+        stopped.nodes[1].agent = "stopped";
+        stopped.matrix = vec![vec![None, None], vec![None, None]];
+        let text = render(&stopped);
+        assert!(text.contains("  node-1  ·       -"), "{text}");
+        assert!(
+            text.ends_with("0/0 pod pairs reachable (1 stopped nodes not tried)\n"),
+            "{text}"
+        );
+        assert_eq!(stopped.failed_pairs(), 0);
+        assert_eq!(s.failed_pairs(), 2);
     }
 }

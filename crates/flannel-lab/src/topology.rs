@@ -95,6 +95,37 @@ impl Subnet {
     }
 }
 
+/// A lab's prefix: 1 to 8 of `a-z` and `0-9`. No `-`, `/` or `.`: the prefix names the lab's
+/// namespaces (`<prefix>-vpc`, `<prefix>-node-N`) and its state directory, and `down` must
+/// never match another lab's names or leave its own directory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--prefix {0:?}: a lab prefix is 1 to 8 of a-z and 0-9")]
+pub struct PrefixError(pub String);
+
+pub fn check_prefix(prefix: &str) -> Result<(), PrefixError> {
+    let ok = (1..=8).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    ok.then_some(()).ok_or_else(|| PrefixError(prefix.into()))
+}
+
+/// Whether namespace `name` is one of lab `prefix`'s: its router `<prefix>-vpc`, a node
+/// `<prefix>-node-N` or a pod `<prefix>-node-N-pod`, matched whole.
+pub fn is_lab_namespace(prefix: &str, name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    if rest == "vpc" {
+        return true;
+    }
+    let Some(node) = rest.strip_prefix("node-") else {
+        return false;
+    };
+    let digits = node.strip_suffix("-pod").unwrap_or(node);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// What `up` was asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabSpec {
@@ -237,6 +268,42 @@ mod tests {
             mode,
             route_quota: DEFAULT_QUOTA,
             fallback: false,
+        }
+    }
+
+    #[test]
+    fn prefixes_are_short_plain_words_and_names_match_whole() {
+        for ok in ["fl", "lt1", "fp", "abcdefgh"] {
+            assert!(check_prefix(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "fp-node-1",
+            "x/../fp1",
+            "..",
+            "fp bad",
+            "ABC",
+            "abcdefghi",
+        ] {
+            assert!(check_prefix(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            check_prefix("fp bad").unwrap_err().to_string(),
+            r#"--prefix "fp bad": a lab prefix is 1 to 8 of a-z and 0-9"#
+        );
+        for mine in ["fp-vpc", "fp-node-1", "fp-node-12-pod"] {
+            assert!(is_lab_namespace("fp", mine), "{mine}");
+        }
+        for theirs in [
+            "fp2-vpc",
+            "fp-node-1-x",
+            "fp-node-",
+            "fp-nodes-1",
+            "fpx-node-1",
+            "fp-vpc2",
+            "fl-node-1",
+        ] {
+            assert!(!is_lab_namespace("fp", theirs), "{theirs}");
         }
     }
 

@@ -19,7 +19,7 @@ pub struct EtcdServer {
     netns: Option<String>,
 }
 
-/// Certificates for a TLS etcd (made with openssl): a CA, the server's pair and a client pair.
+/// Certificates for a TLS etcd: a CA, the server's pair and a client pair.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub ca: PathBuf,
@@ -29,84 +29,16 @@ pub struct TlsFiles {
     pub client_key: PathBuf,
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl TlsFiles {
     /// A throw-away CA and two leaf certificates for 127.0.0.1.
     pub fn generate(dir: &std::path::Path) -> TlsFiles {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=flannel-test-ca",
-            ],
-        );
-        for (name, usage) in [
-            ("server", "serverAuth,clientAuth"),
-            ("client", "clientAuth"),
-        ] {
-            std::fs::write(
-                dir.join(format!("{name}.ext")),
-                format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"),
-            )
-            .expect("writing an openssl extension file");
-            openssl(
-                dir,
-                &[
-                    "req",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                    "-subj",
-                    &format!("/CN={name}"),
-                ],
-            );
-            openssl(
-                dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{name}.csr"),
-                    "-CA",
-                    "ca.crt",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-out",
-                    &format!("{name}.crt"),
-                    "-days",
-                    "2",
-                    "-extfile",
-                    &format!("{name}.ext"),
-                ],
-            );
+        let ca = flannel_lab::pki::Authority::new("flannel-test-ca").expect("a CA");
+        std::fs::write(dir.join("ca.crt"), &ca.ca_pem).expect("writing ca.crt");
+        let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+        for (name, server) in [("server", true), ("client", false)] {
+            let (cert, key) = ca.leaf(name, lo, server, true).expect("a leaf certificate");
+            std::fs::write(dir.join(format!("{name}.crt")), cert).expect("writing a certificate");
+            std::fs::write(dir.join(format!("{name}.key")), key).expect("writing a key");
         }
         TlsFiles {
             ca: dir.join("ca.crt"),
@@ -408,11 +340,9 @@ impl KubeApiServer {
             format!("{KUBE_TOKEN},admin,admin-uid,system:masters\n"),
         )
         .expect("token file");
-        let key = Command::new("openssl")
-            .args(["genrsa", "-out", &d("sa.key"), "2048"])
-            .output()
-            .expect("openssl");
-        assert!(key.status.success(), "openssl genrsa");
+        let (private, public) = flannel_lab::pki::key_pair().expect("a key pair");
+        std::fs::write(dir.path().join("sa.key"), private).expect("writing sa.key");
+        std::fs::write(dir.path().join("sa.pub"), public).expect("writing sa.pub");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("apiserver.log")).expect("log");
         let child = Command::new(Self::binary())
@@ -423,7 +353,7 @@ impl KubeApiServer {
                 &format!("--cert-dir={}", d("certs")),
                 &format!("--token-auth-file={}", d("tokens.csv")),
                 "--authorization-mode=RBAC",
-                &format!("--service-account-key-file={}", d("sa.key")),
+                &format!("--service-account-key-file={}", d("sa.pub")),
                 &format!("--service-account-signing-key-file={}", d("sa.key")),
                 "--service-account-issuer=https://kubernetes.default.svc",
                 "--service-cluster-ip-range=10.96.0.0/12",

@@ -324,9 +324,9 @@ impl Node {
             reported: None,
         };
         node.take_status(Trigger::Start, Ok(status));
-        node.resync_at = match node.backend_ready {
-            true => crate::after(jittered(resync_period)),
-            false => crate::after(node.resync_pauses.next_delay()),
+        node.resync_at = match node.pending() {
+            false => crate::after(jittered(resync_period)),
+            true => crate::after(node.resync_pauses.next_delay()),
         };
         node.report_ready().await;
         Ok(Some(node))
@@ -409,7 +409,7 @@ impl Node {
         let failed = r.is_err();
         self.take_status(trigger, r);
         self.report_ready().await;
-        let wait = if !failed && self.backend_ready && !self.pending() {
+        let wait = if !failed && !self.pending() {
             self.resync_pauses.reset();
             jittered(self.resync_period)
         } else {
@@ -419,7 +419,7 @@ impl Node {
     }
 
     fn pending(&self) -> bool {
-        !self.backend_ready || self.last_pending
+        self.last_pending
     }
 
     /// Take what a reconcile said: an error leaves readiness as it was. Then subnet.env and

@@ -33,6 +33,8 @@ pub struct Agent {
     reconciler: Reconciler,
     gc_seat: Option<LeaderSeat>,
     ready: Readiness,
+    /// The last reconcile wants a sooner one.
+    pending: std::sync::atomic::AtomicBool,
     /// The VPC subnets of the nodes seen at the last full reconcile and since: a lease in a
     /// subnet not among them may need this node's route in another table.
     known_subnets: Mutex<BTreeSet<String>>,
@@ -57,6 +59,7 @@ impl Agent {
             settings,
             gc_seat,
             ready: Readiness::default(),
+            pending: std::sync::atomic::AtomicBool::new(true),
             known_subnets: Mutex::new(BTreeSet::new()),
             fallback: None,
         }
@@ -177,19 +180,26 @@ impl Agent {
         };
         self.ready
             .set(ready, over_vxlan, mine.dest, &outcome.tables);
+        // A write that failed or a table that changed under us is worth a sooner look; a
+        // full table, a conflict or a refused route waits for the resync (re-reading sooner
+        // changes nothing and costs calls against the account's budget).
+        let transient = !outcome.errors.is_empty() || outcome.refresh;
+        let explained = outcome.unrouted.contains_key(&mine.dest);
+        let pending = transient || (!ready && !explained);
+        self.pending
+            .store(pending, std::sync::atomic::Ordering::SeqCst);
         Ok(Status {
             ready,
-            pending: !ready || problem.is_some(),
+            pending,
             problem,
         })
     }
 
-    /// The status without a cloud call: readiness as last seen.
+    /// The status without a cloud call: as last seen.
     fn last_status(&self) -> Status {
-        let ready = self.ready.get();
         Status {
-            ready,
-            pending: !ready,
+            ready: self.ready.get(),
+            pending: self.pending.load(std::sync::atomic::Ordering::SeqCst),
             problem: None,
         }
     }
