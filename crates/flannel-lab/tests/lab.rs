@@ -102,6 +102,17 @@ fn tencent_vpc_lab_survives_faults() {
     })
     .unwrap();
     assert_user_route(lab);
+    // The stopped node is shown as such and left out: a new node joins without waiting for
+    // it, and every live pair reaches each other.
+    let n5 = lab.add_node().unwrap();
+    let m = lab.ping_matrix();
+    assert!(full(&m), "{m:?}");
+    let at = |name: &str| lab.nodes().iter().position(|n| n.name == name).unwrap();
+    assert!(m[at("node-3")].iter().all(Option::is_none));
+    assert_eq!(m[at(&n5.name)][at("node-1")], Some(true));
+    let status = flannel_lab::status(lab).unwrap();
+    assert_eq!(status.failed_pairs(), 0);
+    assert_eq!(status.nodes[at("node-3")].agent, "stopped");
 
     // down leaves nothing.
     let prefix = lab.spec().prefix.clone();

@@ -978,3 +978,88 @@ async fn with_fallback_the_quota_is_read_again_only_while_leases_are_over_vxlan(
     reconcile(80).await;
     assert_eq!(limits_read().await, before + 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_the_api_refuses_is_isolated_and_the_rest_are_routed_without_a_retry_storm() {
+    let cloud = Cloud::start(scenario(100)).await;
+    let sm =
+        cloud.store(json!({"Type": "tencent-vpc", "Mode": "controller", "ResyncInterval": 10}));
+    // Ten good leases and one whose PrivateIP is inside the VPC but no CVM's: CreateRoutes
+    // refuses a batch holding it (RouteNextHopInvalid), all or nothing.
+    let good: Vec<Lease> = (0..10).map(agent_lease).collect();
+    let mut bad = agent_lease(20);
+    bad.attrs.backend_data = Some(json!({"PrivateIP": "172.16.1.250", "SubnetId": "subnet-a"}));
+    for l in good.iter().chain([&bad]) {
+        sm.put_lease(l.clone());
+    }
+    let health = Arc::new(Health::default());
+    let controller = {
+        let (sm, health) = (sm.clone() as Arc<dyn SubnetManager>, health.clone());
+        tokio::spawn(flanneld::controller::run(
+            flanneld::controller::ControllerOptions {
+                identity: "controller-1".into(),
+            },
+            sm,
+            health,
+            std::future::pending(),
+        ))
+    };
+    let status_name = "tencent-vpc-routes-10-244-0-0-16";
+    let bad_dest = bad.key.ipv4.to_string();
+    let mut status = Value::Null;
+    for _ in 0..200 {
+        status = sm
+            .get_record(status_name)
+            .await
+            .unwrap()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        if status["Routes"].as_object().is_some_and(|r| r.len() == 10)
+            && status["Unrouted"].get(&bad_dest).is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status["Routes"].as_object().map(|r| r.len()),
+        Some(10),
+        "{status}"
+    );
+    let why = status["Unrouted"][&bad_dest].as_str().unwrap();
+    assert!(
+        why.contains("InvalidParameterValue.RouteNextHopInvalid"),
+        "{why}"
+    );
+    for table in ["rtb-main", "rtb-b"] {
+        let routes = cloud.routes(table).await;
+        for l in &good {
+            assert!(
+                routes.iter().any(|r| r.1 == l.key.ipv4.to_string()),
+                "{table}"
+            );
+        }
+        assert!(!routes.iter().any(|r| r.1 == bad_dest));
+    }
+    // Settled: the refused lease is tried again at the resync (10 s), never in a loop.
+    let failed = |calls: &Value| -> u64 {
+        calls["CreateRoutes"].as_object().map_or(0, |r| {
+            r.iter()
+                .filter(|(k, _)| *k != "Success")
+                .map(|(_, v)| v.as_u64().unwrap())
+                .sum()
+        })
+    };
+    let before = failed(&cloud.calls().await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        failed(&cloud.calls().await),
+        before,
+        "no retry before the resync"
+    );
+    assert!(health
+        .metrics
+        .encode()
+        .contains(r#"flannel_vpc_routes{table="rtb-main",state="rejected"} 1"#));
+    controller.abort();
+}
