@@ -8,6 +8,7 @@
 use crate::backend::tencent_vpc::gc::LeaseView;
 use crate::backend::tencent_vpc::plan::{Scope, Wanted};
 use crate::backend::tencent_vpc::reconcile::{Reconciler, SplitRequest, Target};
+use crate::backend::tencent_vpc::TencentVpcError;
 use crate::backend::tencent_vpc::{self as tvpc, RouteStatus};
 use crate::backend::BackendError;
 use crate::health::Health;
@@ -35,6 +36,8 @@ pub enum ControllerError {
     Subnet(#[from] SubnetError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    TencentVpc(#[from] TencentVpcError),
     #[error("--controller routes tencent-vpc leases, but Backend.Type is {0}")]
     NotTencentVpc(String),
     #[error("--controller: tencent-vpc routes IPv4 pod subnets only (set EnableIPv6 to false)")]
@@ -158,24 +161,35 @@ impl Controller {
         let env = |k: &str| std::env::var(k).ok();
         let cloud = crate::cloud::connect(tvpc::cloud_setup(cfg, &health.metrics.vpc), &env)
             .await
-            .map_err(BackendError::CloudSetup)?;
+            .map_err(TencentVpcError::CloudSetup)?;
         let vpc_id = tvpc::resolve_vpc(cfg, &cloud.metadata)
             .await
             .ok_or(ControllerError::NoVpc)?;
         let vpc_cidrs = tvpc::vpc_cidrs(&cloud.client, &vpc_id).await;
         let settings = tvpc::Settings::from_config(cfg, network, vpc_id);
         info!(vpc = %settings.vpc_id, vpc_cidrs = ?vpc_cidrs, cluster = %settings.owner.cluster, region = %cloud.region, credentials = ?cloud.client, "tencent-vpc controller");
-        Ok(Controller {
+        Ok(Controller::with(
+            Arc::new(cloud.client),
+            settings,
+            health.metrics.vpc.clone(),
+            vpc_cidrs,
+        ))
+    }
+
+    /// A controller writing through `cloud`.
+    fn with(
+        cloud: Arc<dyn tvpc::cloud::VpcRoutes>,
+        settings: tvpc::Settings,
+        metrics: crate::metrics::VpcMetrics,
+        vpc_cidrs: Vec<Ipv4Net>,
+    ) -> Controller {
+        Controller {
             resync: settings.resync,
-            metrics: health.metrics.vpc.clone(),
+            metrics: metrics.clone(),
             fallback_reserved: settings.fallback.then_some(settings.reserved),
             vpc_cidrs: vpc_cidrs.iter().map(|c| c.trunc()).collect(),
-            reconciler: Reconciler::new(
-                Arc::new(cloud.client),
-                settings,
-                health.metrics.vpc.clone(),
-            ),
-        })
+            reconciler: Reconciler::new(cloud, settings, metrics),
+        }
     }
 
     async fn run(
@@ -393,6 +407,103 @@ mod tests {
             .fallback_since
             .keys()
             .all(|d| d.to_string() == "10.244.4.0/24"));
+    }
+
+    #[tokio::test]
+    async fn every_admitted_lease_is_routed_a_refused_one_isolated_and_its_reason_published() {
+        use crate::backend::tencent_vpc::cloud::fake::FakeVpc;
+        use crate::backend::tencent_vpc::plan::Ownership;
+        use crate::subnet::memory::MemoryManager;
+        use flannel_core::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
+
+        let vpc = Arc::new(FakeVpc::new(50));
+        vpc.s().refused_next_hops.insert("172.16.1.99".into());
+        let settings = tvpc::Settings {
+            vpc_id: "vpc-1".into(),
+            owner: Ownership {
+                cluster: "c1".into(),
+                network: "10.244.0.0/16".parse().unwrap(),
+            },
+            adopt_untagged: false,
+            route_table_ids: vec![],
+            resync: Duration::from_secs(60),
+            fallback: false,
+            reserved: 0,
+        };
+        let c = Controller::with(
+            vpc.clone(),
+            settings,
+            crate::metrics::Metrics::default().vpc,
+            vec![],
+        );
+        let lease = |i: u8, ip: &str| {
+            let mut attrs = LeaseAttrs::new(ip.parse().unwrap());
+            attrs.backend_type = "tencent-vpc".into();
+            let subnet = if i.is_multiple_of(2) {
+                "subnet-a"
+            } else {
+                "subnet-b"
+            };
+            attrs.backend_data = Some(serde_json::json!({"PrivateIP": ip, "SubnetId": subnet}));
+            Lease {
+                key: SubnetKey::v4(format!("10.244.{i}.0/24").parse().unwrap()),
+                attrs,
+                expiry: Expiry::Never,
+            }
+        };
+        let mut leases: Vec<Lease> = (1..=7)
+            .map(|i| lease(i, &format!("172.16.1.{i}")))
+            .collect();
+        leases.push(lease(8, "172.16.1.99"));
+        let sm = MemoryManager::new(
+            flannel_core::config::parse_and_check(
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"tencent-vpc"}}"#,
+            )
+            .unwrap(),
+        );
+        let mut published = Published::default();
+        let next = c
+            .reconcile_all(
+                &PeerView::unchecked(&leases),
+                Some(true),
+                &mut BTreeSet::new(),
+                &sm,
+                "status",
+                &mut published,
+            )
+            .await
+            .unwrap();
+        assert_eq!(next, Next::Resync, "nothing a sooner retry changes");
+        let status: RouteStatus =
+            serde_json::from_str(&sm.get_record("status").await.unwrap().unwrap()).unwrap();
+        assert_eq!(status.routes.len(), 7);
+        let why = &status.unrouted[&"10.244.8.0/24".parse::<Ipv4Net>().unwrap()];
+        assert!(
+            why.contains("InvalidParameterValue.RouteNextHopInvalid"),
+            "{why}"
+        );
+        for t in ["rtb-a", "rtb-b"] {
+            assert_eq!(vpc.routes(t).len(), 7, "{t}");
+        }
+        // Halving 8 routes down to the refused one: 1 + 2 + 2 + 2 calls per table at most.
+        assert!(
+            vpc.calls("CreateRoutes") <= 14,
+            "{}",
+            vpc.calls("CreateRoutes")
+        );
+        // At the next resync only the refused route is tried again: one call per table.
+        let before = vpc.calls("CreateRoutes");
+        c.reconcile_all(
+            &PeerView::unchecked(&leases),
+            Some(true),
+            &mut BTreeSet::new(),
+            &sm,
+            "status",
+            &mut published,
+        )
+        .await
+        .unwrap();
+        assert_eq!(vpc.calls("CreateRoutes") - before, 2);
     }
 
     #[test]

@@ -526,7 +526,8 @@ async fn a_full_table_is_reported_with_usage_and_limit_and_the_node_is_not_ready
     start(&a, &lease, &[]).await;
     assert!(!a.ready(), "not ready without its route");
     let status = resync(&a, &lease, &[]).await;
-    assert!(!status.ready && status.pending);
+    assert!(!status.ready);
+    assert!(!status.pending, "a full table waits for the resync");
     assert_eq!(
         status.problem.unwrap(),
         "create route 10.244.1.0/24 via 172.16.1.7 in rtb-main: route table full (1/1 routes)"

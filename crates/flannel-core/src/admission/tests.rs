@@ -1,6 +1,8 @@
 use super::*;
 use crate::config::parse_and_check;
+use crate::lease::LeaseEvent;
 use crate::lease::{Expiry, LeaseAttrs};
+use crate::watch::WatchUpdate;
 use serde_json::json;
 
 fn rules(allocation: Allocation) -> Rules {

@@ -11,7 +11,7 @@ pub mod vxlan;
 use crate::iface::ExternalInterface;
 use crate::kernel::{Fenced, Kernel, Netlink};
 use crate::metrics::Metrics;
-use crate::subnet::{SubnetError, SubnetManager};
+use crate::subnet::SubnetManager;
 use async_trait::async_trait;
 use flannel_core::admission::PeerView;
 use flannel_core::backend_config::{BackendConfig, BackendConfigError, BackendKind};
@@ -23,35 +23,11 @@ use std::sync::Arc;
 pub enum BackendError {
     #[error(transparent)]
     Config(#[from] BackendConfigError),
-    /// A cloud API call failed (after the client's own retries).
-    #[error("{op}")]
-    Cloud {
-        op: String,
-        #[source]
-        source: Box<tencent_cloud::Error>,
-    },
     /// A kernel operation (netlink) failed; the error names the object.
     #[error(transparent)]
     Kernel(#[from] crate::kernel::KernelError),
-    /// The route tables to program could not be determined (never a silent fallback).
     #[error(transparent)]
-    Discovery(tencent_vpc::tables::DiscoveryError),
-    /// The cloud client could not be set up (credentials, region, endpoint, metadata).
-    #[error("tencent-vpc")]
-    CloudSetup(#[source] crate::cloud::CloudSetupError),
-    /// The lease store could not be read for the route status.
-    #[error("reading the route status in the lease store")]
-    RouteStatus(#[source] SubnetError),
-    /// The controller's route status record is not what a controller writes.
-    #[error("the route status record {record} is corrupt")]
-    CorruptRouteStatus {
-        record: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    /// This node's route could not be put in place (a full table, a route in the way).
-    #[error("{0}")]
-    NotRouted(String),
+    TencentVpc(#[from] tencent_vpc::TencentVpcError),
     /// The network config asks for something this backend cannot do.
     #[error("{0}")]
     Unsupported(String),

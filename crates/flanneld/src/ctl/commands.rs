@@ -3,7 +3,7 @@
 
 use super::routes::{render_plan, OrphanQuery, Overrides, Routes, RoutesError};
 use super::LeaseReport;
-use crate::backend::BackendError;
+use crate::backend::tencent_vpc::TencentVpcError;
 use crate::subnet::{SubnetError, SubnetManager};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,11 +26,9 @@ impl CtlError {
         match self {
             CtlError::Store(e) if e.is_retryable() => EXIT_FAILURE,
             CtlError::Store(_) => EXIT_INVALID,
-            CtlError::Routes(RoutesError::Backend(BackendError::Cloud { source, .. }))
-                if source.class() == tencent_cloud::ErrorClass::Retryable =>
-            {
-                EXIT_FAILURE
-            }
+            CtlError::Routes(RoutesError::TencentVpc(TencentVpcError::Cloud {
+                source, ..
+            })) if source.class() == tencent_cloud::ErrorClass::Retryable => EXIT_FAILURE,
             CtlError::Routes(_) => EXIT_INVALID,
         }
     }

@@ -5,6 +5,7 @@
 use crate::backend::tencent_vpc::plan::{Ownership, Plan, Scope, TableState, Wanted};
 use crate::backend::tencent_vpc::reconcile::{Reading, Reconciler, SplitRequest, Target};
 use crate::backend::tencent_vpc::split::Split;
+use crate::backend::tencent_vpc::TencentVpcError;
 use crate::backend::tencent_vpc::{self as tvpc};
 use crate::backend::BackendError;
 use flannel_core::admission::{Allocation, LeaseGate, PeerView, Rules};
@@ -26,12 +27,15 @@ pub enum RoutesError {
     NoVpc,
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    TencentVpc(#[from] TencentVpcError),
     #[error("the lease store holds no lease: refusing to treat every route of the cluster as an orphan (use --all-ours to remove them all)")]
     NoLeases,
 }
 
 /// A connected view of the cluster's routes.
 pub struct Routes {
+    client: Arc<tencent_cloud::Client>,
     reconciler: Reconciler,
     owner: Ownership,
     /// `Fallback: vxlan`: the entries per table kept free (ReservedRoutes).
@@ -85,17 +89,19 @@ impl Routes {
         let metrics = crate::metrics::Metrics::default().vpc;
         let cloud = crate::cloud::connect(tvpc::cloud_setup(&cfg, &metrics), &env)
             .await
-            .map_err(BackendError::CloudSetup)?;
+            .map_err(TencentVpcError::CloudSetup)?;
         let vpc_id = tvpc::resolve_vpc(&cfg, &cloud.metadata)
             .await
             .ok_or(RoutesError::NoVpc)?;
         let vpc_cidrs = tvpc::vpc_cidrs(&cloud.client, &vpc_id).await;
         let settings = tvpc::Settings::from_config(&cfg, network, vpc_id);
+        let client = Arc::new(cloud.client);
         Ok(Routes {
             fallback_reserved: settings.fallback.then_some(settings.reserved),
             owner: settings.owner.clone(),
             vpc_cidrs,
-            reconciler: Reconciler::new(Arc::new(cloud.client), settings, metrics),
+            reconciler: Reconciler::new(client.clone(), settings, metrics),
+            client,
         })
     }
 
@@ -157,7 +163,7 @@ impl Routes {
     /// action the backend uses, the tables, quota headroom. One line per check.
     pub async fn preflight(&self, leases: usize) -> Vec<Check> {
         let mut out = Vec::new();
-        let client = self.reconciler.client();
+        let client = self.client.as_ref();
         let vpc = self.reconciler.vpc_id().to_string();
         let filter = [tencent_cloud::vpc::Filter::new("vpc-id", &[vpc.as_str()])];
         match client.describe_vpcs(&filter).await {
@@ -295,11 +301,11 @@ impl Routes {
                 .map(|r| r.route_id)
                 .collect();
             for chunk in ids.chunks(crate::backend::tencent_vpc::apply::MAX_PER_CALL) {
-                match self.reconciler.client().delete_routes(t, chunk).await {
+                match self.client.delete_routes(t, chunk).await {
                     Ok(_) => done += chunk.len(),
                     Err(e) if e.class() == tencent_cloud::ErrorClass::NotFound => {}
                     Err(e) => {
-                        return Err(BackendError::Cloud {
+                        return Err(TencentVpcError::Cloud {
                             op: format!("delete routes {chunk:?} in {t}"),
                             source: Box::new(e),
                         }

@@ -2,10 +2,12 @@
 //! write calls when all is right); the agent elected through the lease store also deletes
 //! the routes of departed nodes.
 
+use super::cloud::VpcRoutes;
 use super::fallback::Fallback;
 use super::gc::LeaseView;
 use super::plan::{Scope, Wanted};
 use super::reconcile::{Reconciler, SplitRequest, Target};
+use super::TencentVpcError;
 use super::{
     lease_holders, leased_subnets, own_route, route_of, split, subnet_of, NodeFacts, Readiness,
     Settings,
@@ -22,7 +24,6 @@ use ipnet::Ipv4Net;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tencent_cloud::Client;
 use tracing::warn;
 
 pub struct Agent {
@@ -47,7 +48,7 @@ impl Agent {
         ext: ExternalInterface,
         node: NodeFacts,
         settings: Settings,
-        client: Arc<Client>,
+        client: Arc<dyn VpcRoutes>,
         metrics: VpcMetrics,
         gc_seat: Option<LeaderSeat>,
     ) -> Agent {
@@ -74,7 +75,7 @@ impl Agent {
     /// Before the lease: read the tables once. A VPC or configured route table that does not
     /// exist is an error now (no lease is left behind); the reading serves the first
     /// reconcile.
-    pub async fn preflight(&self) -> Result<(), BackendError> {
+    pub async fn preflight(&self) -> Result<(), TencentVpcError> {
         let subnets: BTreeSet<String> = Some(self.node.subnet_id.clone())
             .filter(|s| !s.is_empty())
             .into_iter()
@@ -227,7 +228,7 @@ impl Backend for Agent {
     ) -> Result<Status, BackendError> {
         match trigger {
             Trigger::Start => match self.route(own, peers, None).await {
-                Err(e @ BackendError::Discovery(_)) => Err(e),
+                Err(e @ BackendError::TencentVpc(TencentVpcError::Discovery(_))) => Err(e),
                 Err(e) => {
                     warn!(error = %crate::report(&e), "route not in place yet; retrying");
                     Ok(Status {
@@ -270,5 +271,193 @@ impl Backend for Agent {
 
     fn resync_period(&self) -> Option<Duration> {
         Some(self.settings.resync)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::tencent_vpc::cloud::fake::FakeVpc;
+    use crate::backend::tencent_vpc::fallback::Fallback;
+    use crate::backend::tencent_vpc::plan::Ownership;
+    use crate::backend::vxlan::VxlanBackend;
+    use crate::kernel::fake::FakeKernel;
+    use flannel_core::backend_config::VxlanConfig;
+    use flannel_core::lease::{Expiry, SubnetKey};
+    use serde_json::json;
+
+    fn settings(fallback: bool) -> Settings {
+        Settings {
+            vpc_id: "vpc-1".into(),
+            owner: Ownership {
+                cluster: "c1".into(),
+                network: "10.244.0.0/16".parse().unwrap(),
+            },
+            adopt_untagged: false,
+            route_table_ids: vec![],
+            resync: Duration::from_secs(60),
+            fallback,
+            reserved: 0,
+        }
+    }
+
+    fn node(i: u8, subnet: &str) -> (ExternalInterface, NodeFacts) {
+        let ip = Ipv4Addr::new(172, 16, 1, i);
+        (
+            ExternalInterface::ipv4("eth0", 2, 1500, ip),
+            NodeFacts {
+                private_ip: ip,
+                subnet_id: subnet.into(),
+            },
+        )
+    }
+
+    fn lease(i: u8, subnet: &str, vtep: bool) -> Lease {
+        let ip = format!("172.16.1.{i}");
+        let mut attrs = LeaseAttrs::new(ip.parse().unwrap());
+        attrs.backend_type = "tencent-vpc".into();
+        let mut data = json!({"PrivateIP": ip, "SubnetId": subnet});
+        if vtep {
+            data["VNI"] = 1.into();
+            data["VtepMAC"] = format!("0e:00:00:00:00:{i:02x}").into();
+        }
+        attrs.backend_data = Some(data);
+        Lease {
+            key: SubnetKey::v4(format!("10.244.{i}.0/24").parse().unwrap()),
+            attrs,
+            expiry: Expiry::Never,
+        }
+    }
+
+    use std::net::Ipv4Addr;
+
+    #[tokio::test]
+    async fn a_node_routes_itself_in_every_table_once_and_a_restart_writes_nothing() {
+        let vpc = Arc::new(FakeVpc::new(50));
+        let (ext, facts) = node(7, "subnet-a");
+        let own = lease(7, "subnet-a", false);
+        let peers = [lease(8, "subnet-b", false)];
+        let view = PeerView::unchecked(&peers);
+        let a = Agent::new(
+            ext.clone(),
+            facts.clone(),
+            settings(false),
+            vpc.clone(),
+            crate::metrics::Metrics::default().vpc,
+            None,
+        );
+        a.preflight().await.unwrap();
+        let s = a.reconcile(&own, &view, Trigger::Start).await.unwrap();
+        assert!(s.ready && !s.pending, "{s:?}");
+        assert_eq!(
+            (
+                vpc.calls("DescribeRouteTables"),
+                vpc.calls("DescribeVpcLimits"),
+                vpc.calls("CreateRoutes")
+            ),
+            (1, 1, 2),
+            "the primed reading serves the first reconcile: 2 + tables calls"
+        );
+        for t in ["rtb-a", "rtb-b"] {
+            assert_eq!(
+                vpc.routes(t),
+                [("10.244.7.0/24".to_string(), "172.16.1.7".to_string())]
+            );
+        }
+        let again = Agent::new(
+            ext,
+            facts,
+            settings(false),
+            vpc.clone(),
+            crate::metrics::Metrics::default().vpc,
+            None,
+        );
+        let s = again.reconcile(&own, &view, Trigger::Start).await.unwrap();
+        assert!(s.ready);
+        assert_eq!(vpc.calls("CreateRoutes"), 2, "a restart writes nothing");
+    }
+
+    #[tokio::test]
+    async fn a_full_table_waits_for_the_resync_and_a_raise_routes_it() {
+        let vpc = Arc::new(FakeVpc::new(0));
+        let (ext, facts) = node(7, "subnet-a");
+        let own = lease(7, "subnet-a", false);
+        let a = Agent::new(
+            ext,
+            facts,
+            settings(false),
+            vpc.clone(),
+            crate::metrics::Metrics::default().vpc,
+            None,
+        );
+        let none = PeerView::unchecked(&[]);
+        let s = a.reconcile(&own, &none, Trigger::Start).await.unwrap();
+        assert!(!s.ready);
+        assert!(!s.pending, "a full table changes at a resync, not sooner");
+        assert_eq!(
+            s.problem.as_deref(),
+            Some(
+                "create route 10.244.7.0/24 via 172.16.1.7 in rtb-a: route table full (0/0 routes)"
+            )
+        );
+        assert_eq!(vpc.calls("CreateRoutes"), 0, "nothing sent that must fail");
+        vpc.s().limit = 50;
+        let s = a
+            .reconcile(&own, &none, Trigger::Resync { fresh: true })
+            .await
+            .unwrap();
+        assert!(s.ready, "the blocked create re-read the limit: {s:?}");
+        assert_eq!(vpc.calls("DescribeVpcLimits"), 2);
+    }
+
+    #[tokio::test]
+    async fn with_fallback_a_node_beyond_the_quota_is_reached_over_vxlan() {
+        // Room for 2 routes of ours per table; 3 leases: the highest subnet goes to vxlan.
+        let vpc = Arc::new(FakeVpc::new(2));
+        let kernel = Arc::new(FakeKernel::with_link("eth0", 2, 1500));
+        let (ext, facts) = node(9, "subnet-a");
+        let network = flannel_core::config::parse_and_check(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"tencent-vpc","Fallback":"vxlan"}}"#,
+        )
+        .unwrap();
+        let vxlan = VxlanBackend::reaching(
+            ext.clone(),
+            &network,
+            &VxlanConfig::default(),
+            kernel.clone(),
+            BackendKind::TencentVpc,
+        )
+        .await
+        .unwrap();
+        let a = Agent::new(
+            ext,
+            facts,
+            settings(true),
+            vpc.clone(),
+            crate::metrics::Metrics::default().vpc,
+            None,
+        )
+        .with_fallback(Fallback::new(vxlan));
+        let own = lease(9, "subnet-a", true);
+        let peers = [lease(1, "subnet-a", true), lease(2, "subnet-a", true)];
+        let s = a
+            .reconcile(&own, &PeerView::unchecked(&peers), Trigger::Start)
+            .await
+            .unwrap();
+        assert!(
+            s.ready,
+            "on the vxlan side, ready with its device up: {s:?}"
+        );
+        assert_eq!(a.mtu(), 1450);
+        assert_eq!(
+            vpc.calls("CreateRoutes"),
+            0,
+            "its own route does not fit: not sent"
+        );
+        // The peers' routes are not in the tables yet (their agents write them): they are
+        // reached over vxlan until they are.
+        let routes: Vec<String> = kernel.routes().iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(routes, ["10.244.1.0/24", "10.244.2.0/24"]);
+        assert!(kernel.s().path_gaps.is_empty());
     }
 }

@@ -7,12 +7,13 @@
 //! every other route is still written and the refused one is reported by destination. A
 //! failure in one table does not stop the others.
 
+use super::cloud::VpcRoutes;
 use super::plan::{Plan, RouteWrite, TablePlan, NORMAL_CVM};
-use crate::backend::BackendError;
+use super::TencentVpcError;
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use tencent_cloud::vpc::{NewRoute, ReplacementRoute};
-use tencent_cloud::{Client, ErrorClass};
+use tencent_cloud::ErrorClass;
 use tracing::{info, warn};
 
 /// Items per call (EnableRoutes documents 100; the others are kept to the same).
@@ -22,14 +23,14 @@ pub const MAX_PER_CALL: usize = 100;
 pub struct Applied {
     /// Tables whose every action succeeded.
     pub done: Vec<String>,
-    pub errors: Vec<BackendError>,
+    pub errors: Vec<TencentVpcError>,
     /// The tables changed behind our back (duplicate, stale id): read them again soon.
     pub refresh: bool,
     /// Tables that answered LimitExceeded: their limit is the usage before the create.
     pub full: BTreeMap<String, usize>,
     /// Routes the API refused on their own (table, destination, the refusal): retried at the
     /// next resync, never sooner.
-    pub rejected: Vec<(String, Ipv4Net, BackendError)>,
+    pub rejected: Vec<(String, Ipv4Net, TencentVpcError)>,
 }
 
 /// An answer that refuses something in the request (a parameter, an operation), as opposed to
@@ -61,14 +62,18 @@ fn describe(routes: &[RouteWrite]) -> String {
     }
 }
 
-fn cloud(op: String, e: tencent_cloud::Error) -> BackendError {
-    BackendError::Cloud {
+fn cloud(op: String, e: tencent_cloud::Error) -> TencentVpcError {
+    TencentVpcError::Cloud {
         op,
         source: Box::new(e),
     }
 }
 
-pub async fn apply(client: &Client, plan: &Plan, usage: &BTreeMap<String, usize>) -> Applied {
+pub async fn apply(
+    client: &dyn VpcRoutes,
+    plan: &Plan,
+    usage: &BTreeMap<String, usize>,
+) -> Applied {
     let mut out = Applied::default();
     for tp in &plan.tables {
         let before = out.errors.len();
@@ -80,7 +85,12 @@ pub async fn apply(client: &Client, plan: &Plan, usage: &BTreeMap<String, usize>
     out
 }
 
-async fn apply_table(client: &Client, tp: &TablePlan, usage: Option<usize>, out: &mut Applied) {
+async fn apply_table(
+    client: &dyn VpcRoutes,
+    tp: &TablePlan,
+    usage: Option<usize>,
+    out: &mut Applied,
+) {
     let t = tp.table.as_str();
     let mut batches: Vec<&[(u64, RouteWrite)]> = tp.replace.chunks(MAX_PER_CALL).rev().collect();
     while let Some(chunk) = batches.pop() {
@@ -96,7 +106,7 @@ async fn apply_table(client: &Client, tp: &TablePlan, usage: Option<usize>, out:
             .collect();
         let writes: Vec<RouteWrite> = chunk.iter().map(|(_, w)| w.clone()).collect();
         match client.replace_routes(t, &routes).await {
-            Ok(_) => info!(
+            Ok(()) => info!(
                 table = t,
                 count = chunk.len(),
                 "replaced {}",
@@ -133,7 +143,7 @@ async fn apply_table(client: &Client, tp: &TablePlan, usage: Option<usize>, out:
     }
     for chunk in tp.delete.chunks(MAX_PER_CALL) {
         match client.delete_routes(t, chunk).await {
-            Ok(_) => info!(table = t, route_ids = ?chunk, "deleted routes"),
+            Ok(()) => info!(table = t, route_ids = ?chunk, "deleted routes"),
             // Gone already: what we wanted.
             Err(e)
                 if e.class() == ErrorClass::NotFound
@@ -158,7 +168,7 @@ async fn apply_table(client: &Client, tp: &TablePlan, usage: Option<usize>, out:
             })
             .collect();
         match client.create_routes(t, &routes).await {
-            Ok(_) => info!(
+            Ok(()) => info!(
                 table = t,
                 count = chunk.len(),
                 "created {}",

@@ -4,6 +4,7 @@
 
 use super::fallback::Fallback;
 use super::split::Split;
+use super::TencentVpcError;
 use super::{own_route, NodeFacts, Readiness, RouteStatus};
 use crate::backend::{Backend, BackendError, Status, Trigger};
 use crate::iface::ExternalInterface;
@@ -58,14 +59,16 @@ impl Controlled {
             .store
             .get_record(&self.record)
             .await
-            .map_err(BackendError::RouteStatus)?
+            .map_err(TencentVpcError::RouteStatus)?
         else {
             return Ok(RouteStatus::default());
         };
-        serde_json::from_str(&text).map_err(|e| BackendError::CorruptRouteStatus {
-            record: self.record.clone(),
-            source: e,
-        })
+        let status =
+            serde_json::from_str(&text).map_err(|e| TencentVpcError::CorruptRouteStatus {
+                record: self.record.clone(),
+                source: e,
+            })?;
+        Ok(status)
     }
 
     /// Whether Fallback still has peers the controller has not placed (re-read soon).

@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod cloud;
 pub mod controlled;
 pub mod fallback;
 pub mod gc;
@@ -46,6 +47,44 @@ use std::sync::Arc;
 use std::time::Duration;
 use tencent_cloud::{CallObserver, MetadataClient};
 use tracing::{info, warn};
+
+/// What goes wrong in the tencent-vpc backend, the controller and flannelctl's routes.
+#[derive(Debug, thiserror::Error)]
+pub enum TencentVpcError {
+    /// A cloud API call failed (after the client's own retries).
+    #[error("{op}")]
+    Cloud {
+        op: String,
+        #[source]
+        source: Box<tencent_cloud::Error>,
+    },
+    /// The route tables to program could not be determined (never a silent fallback).
+    #[error(transparent)]
+    Discovery(tables::DiscoveryError),
+    /// The cloud client could not be set up (credentials, region, endpoint, metadata).
+    #[error("tencent-vpc")]
+    CloudSetup(#[source] crate::cloud::CloudSetupError),
+    /// The lease store could not be read for the route status.
+    #[error("reading the route status in the lease store")]
+    RouteStatus(#[source] crate::subnet::SubnetError),
+    /// The controller's route status record is not what a controller writes.
+    #[error("the route status record {record} is corrupt")]
+    CorruptRouteStatus {
+        record: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl TencentVpcError {
+    /// A failed API call, named by what it was for.
+    pub fn cloud(op: impl Into<String>, e: tencent_cloud::Error) -> TencentVpcError {
+        TencentVpcError::Cloud {
+            op: op.into(),
+            source: Box::new(e),
+        }
+    }
+}
 
 /// Why a tencent-vpc config with IPv6 is refused.
 pub const IPV6_UNSUPPORTED: &str = "tencent-vpc routes IPv4 pod subnets only: IPv6 networks are not supported yet (set EnableIPv6 to false)";
@@ -229,7 +268,7 @@ pub async fn build(
             cfg.metadata_url.as_deref(),
             &env,
         ))
-        .map_err(|e| BackendError::CloudSetup(crate::cloud::CloudSetupError::Metadata(e)))?;
+        .map_err(|e| TencentVpcError::CloudSetup(crate::cloud::CloudSetupError::Metadata(e)))?;
         let node = node_facts(&md, ctx.ext).await;
         let cluster = cluster_of(cfg, network);
         info!(cluster = %cluster, private_ip = %node.private_ip, subnet = %node.subnet_id, "tencent-vpc backend in controller mode: routes are written by flanneld --controller");
@@ -248,7 +287,7 @@ pub async fn build(
     let metrics = ctx.metrics.vpc.clone();
     let cloud = crate::cloud::connect(cloud_setup(cfg, &metrics), &env)
         .await
-        .map_err(BackendError::CloudSetup)?;
+        .map_err(TencentVpcError::CloudSetup)?;
     let node = node_facts(&cloud.metadata, ctx.ext).await;
     let vpc_id = resolve_vpc(cfg, &cloud.metadata).await.ok_or_else(|| {
         BackendError::Unsupported(
@@ -273,11 +312,11 @@ pub async fn build(
     match backend.preflight().await {
         // Configured wrong (no such VPC or table, credentials refused): fatal before the
         // lease. Unreachable or throttled: the first reconcile retries.
-        Err(e @ BackendError::Discovery(_)) => return Err(e),
-        Err(BackendError::Cloud { op, source })
+        Err(e @ TencentVpcError::Discovery(_)) => return Err(e.into()),
+        Err(TencentVpcError::Cloud { op, source })
             if source.class() == tencent_cloud::ErrorClass::Fatal =>
         {
-            return Err(BackendError::Cloud { op, source })
+            return Err(TencentVpcError::Cloud { op, source }.into())
         }
         Err(e) => {
             warn!(error = %crate::report(&e), "reading the route tables failed; the first reconcile tries again")

@@ -368,345 +368,95 @@ fn plan_table(
     tp
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// The cluster `c1` on 10.244.0.0/16, as the tencent-vpc unit tests own routes.
-    pub(crate) fn owner() -> Ownership {
-        Ownership {
-            cluster: "c1".into(),
-            network: "10.244.0.0/16".parse().unwrap(),
-        }
-    }
-
-    fn route(id: u64, dest: &str, gw: &str, desc: &str) -> ActualRoute {
-        ActualRoute {
-            route_id: id,
-            dest: Some(dest.parse().unwrap()),
-            gateway_type: NORMAL_CVM.into(),
-            gateway_id: gw.into(),
-            description: desc.into(),
-            enabled: true,
-        }
-    }
-
-    fn table(id: &str, routes: Vec<ActualRoute>) -> TableState {
-        TableState {
-            id: id.into(),
-            routes,
-            limit: 50,
-        }
-    }
-
-    fn want(dest: &str, nh: &str) -> Wanted {
-        Wanted {
-            dest: dest.parse().unwrap(),
-            next_hop: nh.parse().unwrap(),
-        }
-    }
-
-    fn write(dest: &str, nh: &str) -> RouteWrite {
-        RouteWrite {
-            dest: dest.parse().unwrap(),
-            next_hop: nh.parse().unwrap(),
-            description: format!("flannel:c1:{nh}"),
-        }
-    }
-
-    struct Case {
-        tables: Vec<TableState>,
-        wanted: Vec<Wanted>,
-        leased: BTreeSet<Ipv4Net>,
-        adopt: bool,
-        scope: Scope,
-        collect: BTreeSet<(String, u64)>,
-    }
-
-    impl Case {
-        fn new(tables: Vec<TableState>, wanted: Vec<Wanted>) -> Case {
-            let leased = wanted.iter().map(|w| w.dest).collect();
-            Case {
-                tables,
-                wanted,
-                leased,
-                adopt: false,
-                scope: Scope::Node("172.16.1.7".parse().unwrap()),
-                collect: BTreeSet::new(),
+/// With Fallback: the wanted routes the split keeps (the routed side, and those still
+/// holding a route whose eviction is not due: peers first add their vxlan entries), and the
+/// destinations it drops (for the planner no longer leased, so their routes go).
+pub fn after_split(
+    wanted: &[Wanted],
+    split: &super::split::Split,
+    evict: &BTreeSet<Ipv4Net>,
+    tables: &[TableState],
+    owner: &Ownership,
+) -> (Vec<Wanted>, BTreeSet<Ipv4Net>) {
+    let mut dropped = BTreeSet::new();
+    let kept = wanted
+        .iter()
+        .filter(|w| {
+            let keep = split.routed.contains(&w.dest)
+                || (!evict.contains(&w.dest)
+                    && tables.iter().any(|t| super::split::holds(t, owner, w)));
+            if !keep {
+                dropped.insert(w.dest);
             }
-        }
-        fn run(&self) -> Plan {
-            plan(&PlanInput {
-                tables: &self.tables,
-                wanted: &self.wanted,
-                leased: &self.leased,
-                owner: &owner(),
-                adopt_untagged: self.adopt,
-                scope: self.scope,
-                collect: &self.collect,
-            })
-        }
-    }
-
-    #[test]
-    fn a_fresh_table_gets_one_create_and_a_correct_one_nothing() {
-        let c = Case::new(
-            vec![table("rtb-1", vec![]), table("rtb-2", vec![])],
-            vec![want("10.244.1.0/24", "172.16.1.7")],
-        );
-        let p = c.run();
-        assert_eq!(p.tables.len(), 2);
-        assert_eq!(
-            p.tables[0].create,
-            vec![write("10.244.1.0/24", "172.16.1.7")]
-        );
-        assert_eq!(p.writes(), 2);
-        let c = Case::new(
-            vec![table(
-                "rtb-1",
-                vec![route(
-                    5,
-                    "10.244.1.0/24",
-                    "172.16.1.7",
-                    "flannel:c1:172.16.1.7",
-                )],
-            )],
-            vec![want("10.244.1.0/24", "172.16.1.7")],
-        );
-        let p = c.run();
-        assert_eq!(p.writes(), 0);
-        assert!(p
-            .satisfied
-            .contains(&("rtb-1".into(), "10.244.1.0/24".parse().unwrap())));
-    }
-
-    #[test]
-    fn a_wrong_next_hop_is_replaced_in_place_and_a_disabled_route_enabled() {
-        let mut disabled = route(6, "10.244.2.0/24", "172.16.1.8", "flannel:c1:172.16.1.8");
-        disabled.enabled = false;
-        let mut c = Case::new(
-            vec![table(
-                "rtb-1",
-                vec![
-                    route(5, "10.244.1.0/24", "172.16.9.9", "flannel:c1:172.16.9.9"),
-                    disabled,
-                ],
-            )],
-            vec![
-                want("10.244.1.0/24", "172.16.1.7"),
-                want("10.244.2.0/24", "172.16.1.8"),
-            ],
-        );
-        c.scope = Scope::Cluster;
-        let p = c.run();
-        assert_eq!(
-            p.tables,
-            vec![TablePlan {
-                table: "rtb-1".into(),
-                replace: vec![(5, write("10.244.1.0/24", "172.16.1.7"))],
-                enable: vec![6],
-                ..Default::default()
-            }]
-        );
-        assert!(p.conflicts.is_empty() && p.blocked.is_empty());
-    }
-
-    #[test]
-    fn a_foreign_route_to_the_destination_is_a_conflict_never_a_second_route() {
-        let nat = ActualRoute {
-            gateway_type: "NAT".into(),
-            ..route(9, "10.244.1.0/24", "nat-1", "")
-        };
-        let c = Case::new(
-            vec![table("rtb-1", vec![nat])],
-            vec![want("10.244.1.0/24", "172.16.1.7")],
-        );
-        let p = c.run();
-        assert_eq!(p.writes(), 0, "no ECMP partner for someone else's route");
-        assert_eq!(p.conflicts.len(), 1);
-        assert_eq!(
-            p.conflicts[0].to_string(),
-            "route 10.244.1.0/24 via 172.16.1.7 in rtb-1: route 9 (NAT nat-1) already goes there and is not ours; not creating a second one (it would split traffic as ECMP)"
-        );
-        assert!(p.satisfied.is_empty());
-        // Another cluster's tag is foreign too.
-        let other = route(3, "10.244.1.0/24", "172.16.1.7", "flannel:c2:172.16.1.7");
-        let c = Case::new(
-            vec![table("rtb-1", vec![other])],
-            vec![want("10.244.1.0/24", "172.16.1.7")],
-        );
-        assert_eq!(c.run().conflicts.len(), 1);
-    }
-
-    #[test]
-    fn untagged_upstream_routes_are_adopted_only_when_allowed_and_only_via_the_right_node() {
-        let upstream = route(4, "10.244.1.0/24", "172.16.1.7", "");
-        let mut c = Case::new(
-            vec![table("rtb-1", vec![upstream.clone()])],
-            vec![want("10.244.1.0/24", "172.16.1.7")],
-        );
-        let p = c.run();
-        assert_eq!(
-            (p.writes(), p.conflicts.len()),
-            (0, 1),
-            "left alone by default"
-        );
-        c.adopt = true;
-        let p = c.run();
-        assert_eq!(
-            p.tables[0].replace,
-            vec![(4, write("10.244.1.0/24", "172.16.1.7"))]
-        );
-        assert!(p.conflicts.is_empty());
-        // Via another node: not adoptable, a conflict.
-        let wrong = route(4, "10.244.1.0/24", "172.16.1.99", "");
-        c.tables = vec![table("rtb-1", vec![wrong])];
-        let p = c.run();
-        assert_eq!((p.writes(), p.conflicts.len()), (0, 1));
-    }
-
-    #[test]
-    fn duplicates_of_ours_are_deleted_keeping_the_right_one() {
-        let c = Case::new(
-            vec![table(
-                "rtb-1",
-                vec![
-                    route(1, "10.244.1.0/24", "172.16.9.9", "flannel:c1:172.16.9.9"),
-                    route(2, "10.244.1.0/24", "172.16.1.7", "flannel:c1:172.16.1.7"),
-                ],
-            )],
-            vec![want("10.244.1.0/24", "172.16.1.7")],
-        );
-        let p = c.run();
-        assert_eq!(p.tables[0].delete, vec![1]);
-        assert!(p.tables[0].replace.is_empty() && p.tables[0].create.is_empty());
-    }
-
-    #[test]
-    fn stale_routes_go_only_when_ours_unleased_or_collected() {
-        let routes = vec![
-            // This node's old subnet, leased by nobody now: removed by this node.
-            route(1, "10.244.7.0/24", "172.16.1.7", "flannel:c1:172.16.1.7"),
-            // This node's old subnet, now another node's lease: that node replaces it.
-            route(2, "10.244.8.0/24", "172.16.1.7", "flannel:c1:172.16.1.7"),
-            // Another node's orphan: only the garbage collector may delete it.
-            route(3, "10.244.9.0/24", "172.16.1.9", "flannel:c1:172.16.1.9"),
-            // Outside the Network, or untagged: never ours.
-            route(4, "10.9.0.0/24", "172.16.1.7", "flannel:c1:172.16.1.7"),
-            route(5, "10.244.10.0/24", "172.16.1.7", ""),
-        ];
-        let mut c = Case::new(vec![table("rtb-1", routes)], vec![]);
-        c.leased = ["10.244.8.0/24".parse().unwrap()].into();
-        assert_eq!(c.run().tables[0].delete, vec![1]);
-        c.collect = [
-            ("rtb-1".to_string(), 3),
-            ("rtb-1".to_string(), 4),
-            ("rtb-1".to_string(), 5),
-        ]
-        .into();
-        assert_eq!(
-            c.run().tables[0].delete,
-            vec![1, 3, 4],
-            "collect reaches our tag outside the Network (a stray), never an untagged route"
-        );
-        c.scope = Scope::Cluster;
-        assert_eq!(
-            c.run().tables[0].delete,
-            vec![3, 4],
-            "the controller deletes only what the GC approved"
-        );
-    }
-
-    #[test]
-    fn a_full_table_blocks_creates_and_deletes_make_room_first() {
-        let mut t = table(
-            "rtb-1",
-            vec![
-                route(1, "192.168.0.0/24", "172.16.1.50", ""),
-                route(2, "10.244.7.0/24", "172.16.1.7", "flannel:c1:172.16.1.7"),
-            ],
-        );
-        t.limit = 2;
-        let mut c = Case::new(
-            vec![t],
-            vec![
-                want("10.244.1.0/24", "172.16.1.7"),
-                want("10.244.2.0/24", "172.16.1.8"),
-            ],
-        );
-        c.scope = Scope::Cluster;
-        let p = c.run();
-        // Nothing frees room (the stale route is not collected): both blocked.
-        assert_eq!(p.blocked.len(), 2);
-        assert_eq!(
-            p.blocked[0].to_string(),
-            "create route 10.244.1.0/24 via 172.16.1.7 in rtb-1: route table full (2/2 routes)"
-        );
-        c.collect = [("rtb-1".to_string(), 2)].into();
-        let p = c.run();
-        assert_eq!(p.tables[0].delete, vec![2]);
-        assert_eq!(p.tables[0].create.len(), 1, "one slot freed");
-        assert_eq!(p.blocked.len(), 1);
-    }
-
-    #[test]
-    fn a_destination_outside_the_network_is_never_written_whatever_the_caller_passes() {
-        let mut c = Case::new(
-            vec![table(
-                "rtb-1",
-                vec![route(
-                    7,
-                    "192.168.100.0/24",
-                    "172.16.1.7",
-                    "flannel:c1:172.16.1.7",
-                )],
-            )],
-            vec![
-                want("0.0.0.0/1", "172.16.1.7"),
-                want("192.168.100.0/24", "172.16.1.7"),
-                want("10.244.0.0/16", "172.16.1.8"),
-                want("10.0.0.0/8", "172.16.1.9"),
-                want("10.244.1.0/24", "172.16.1.7"),
-            ],
-        );
-        c.scope = Scope::Cluster;
-        let p = c.run();
-        let written: Vec<Ipv4Net> = p.tables[0]
-            .create
-            .iter()
-            .map(|w| w.dest)
-            .chain(p.tables[0].replace.iter().map(|(_, w)| w.dest))
-            .collect();
-        assert_eq!(
-            written,
-            vec![
-                "10.244.0.0/16".parse::<Ipv4Net>().unwrap(),
-                "10.244.1.0/24".parse().unwrap()
-            ],
-            "the Network itself is covered; nothing outside it"
-        );
-        assert_eq!(p.outside.len(), 3);
-        assert!(
-            p.tables[0].delete.is_empty(),
-            "a stray goes only when collected"
-        );
-        assert!(
-            p.conflicts.is_empty(),
-            "a stray in the way is no conflict: it is not written"
-        );
-    }
-
-    #[test]
-    fn ownership_needs_tag_cluster_and_network() {
-        let o = owner();
-        assert_eq!(
-            o.description("172.16.1.7".parse().unwrap()),
-            "flannel:c1:172.16.1.7"
-        );
-        assert!(o.owns(&route(1, "10.244.1.0/24", "x", "flannel:c1:172.16.1.7")));
-        assert!(!o.owns(&route(1, "10.244.1.0/24", "x", "flannel:c1:not-an-ip")));
-        assert!(!o.owns(&route(1, "10.244.1.0/24", "x", "flannel:c10:172.16.1.7")));
-        assert!(!o.owns(&route(1, "10.0.0.0/8", "x", "flannel:c1:172.16.1.7")));
-        assert!(!o.owns(&route(1, "10.244.1.0/24", "x", "flannel-rs")));
-    }
+            keep
+        })
+        .copied()
+        .collect();
+    (kept, dropped)
 }
+
+/// Deletions the collector approved in the tables not programmed (no node subnet uses them
+/// any more): our orphans and strays only.
+pub fn collect_elsewhere(
+    all: &[TableState],
+    selected: &[String],
+    collect: &BTreeSet<(String, u64)>,
+    owner: &Ownership,
+) -> Vec<TablePlan> {
+    all.iter()
+        .filter(|t| !selected.contains(&t.id))
+        .filter_map(|t| {
+            let delete: Vec<u64> = t
+                .routes
+                .iter()
+                .filter(|r| {
+                    (owner.owns(r) || owner.stray(r).is_some())
+                        && collect.contains(&(t.id.clone(), r.route_id))
+                })
+                .map(|r| r.route_id)
+                .collect();
+            (!delete.is_empty()).then(|| TablePlan {
+                table: t.id.clone(),
+                delete,
+                ..TablePlan::default()
+            })
+        })
+        .collect()
+}
+
+/// What is in place after `plan` was applied: (table, destination) of wanted routes right
+/// before, or written by a table plan that fully succeeded (`done`), except what was blocked,
+/// in conflict, refused by the API (`rejected`) or outside the Network. After a `refresh`
+/// (a duplicate or stale record) a changed table proves nothing until it is read again.
+pub fn present_after(
+    plan: &Plan,
+    wanted: &[Wanted],
+    done: &[String],
+    rejected: &[(String, Ipv4Net)],
+    refresh: bool,
+) -> BTreeSet<(String, Ipv4Net)> {
+    let mut present = plan.satisfied.clone();
+    for tp in plan.tables.iter().filter(|tp| done.contains(&tp.table)) {
+        let missing = |dest: &Ipv4Net| {
+            plan.blocked
+                .iter()
+                .any(|b| b.table == tp.table && b.wanted.dest == *dest)
+                || plan
+                    .conflicts
+                    .iter()
+                    .any(|c| c.table == tp.table && c.wanted.dest == *dest)
+                || rejected.iter().any(|(t, d)| *t == tp.table && d == dest)
+                || plan.outside.iter().any(|w| w.dest == *dest)
+        };
+        for w in wanted.iter().filter(|w| !missing(&w.dest)) {
+            present.insert((tp.table.clone(), w.dest));
+        }
+    }
+    if refresh {
+        present.retain(|(t, _)| !plan.tables.iter().any(|tp| &tp.table == t));
+    }
+    present
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,19 +1,21 @@
 //! One reconcile: read the VPC's tables (one DescribeRouteTables), pick the tables to program,
 //! collect garbage when elected, plan, apply, and report. Shared by the node agent (its own
-//! lease) and, later, the controller (every lease).
+//! lease), the controller (every lease) and flannelctl (a preview). Every decision is the
+//! pure planner's (`plan`, `split`, `gc`); this is the shell around it: the cloud behind
+//! [`VpcRoutes`], the quota state, logs and metrics.
 
 use super::apply::{self, Applied};
+use super::cloud::VpcRoutes;
 use super::gc::{LeaseView, OrphanTracker};
 use super::plan::{self, Ownership, PlanInput, Scope, Wanted};
 use super::tables;
 use super::Settings;
-use crate::backend::BackendError;
+use super::TencentVpcError;
 use crate::metrics::{TableLabels, TableRouteLabels, VpcMetrics};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tencent_cloud::vpc::{Filter, RouteTable, ROUTE_TABLE_MAX_POLICIES};
-use tencent_cloud::Client;
+use tencent_cloud::vpc::RouteTable;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
@@ -57,7 +59,7 @@ pub struct Outcome {
     /// Read the tables again soon (something changed behind our back).
     pub refresh: bool,
     /// Errors of the apply step (the read and plan succeeded): worth a sooner retry.
-    pub errors: Vec<BackendError>,
+    pub errors: Vec<TencentVpcError>,
     /// Why a wanted route is missing, by destination: a conflict, a full table, a route the
     /// API refused, a destination outside the Network. Nothing a sooner retry changes.
     pub unrouted: BTreeMap<Ipv4Net, String>,
@@ -99,7 +101,7 @@ impl Reading {
 }
 
 pub struct Reconciler {
-    client: Arc<Client>,
+    client: Arc<dyn VpcRoutes>,
     settings: Settings,
     metrics: VpcMetrics,
     state: Mutex<State>,
@@ -126,7 +128,7 @@ struct State {
 const PRIMED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Reconciler {
-    pub fn new(client: Arc<Client>, settings: Settings, metrics: VpcMetrics) -> Reconciler {
+    pub fn new(client: Arc<dyn VpcRoutes>, settings: Settings, metrics: VpcMetrics) -> Reconciler {
         Reconciler {
             client,
             settings,
@@ -153,16 +155,9 @@ impl Reconciler {
         if state.blocked {
             state.lowered.clear();
         }
-        match self
-            .client
-            .describe_vpc_limits(&[ROUTE_TABLE_MAX_POLICIES])
-            .await
-        {
-            Ok(limits) => {
-                let l = limits
-                    .iter()
-                    .find(|l| l.limit_type == ROUTE_TABLE_MAX_POLICIES)
-                    .map_or(DEFAULT_ROUTE_LIMIT, |l| l.limit_value as usize);
+        match self.client.route_limit().await {
+            Ok(limit) => {
+                let l = limit.unwrap_or(DEFAULT_ROUTE_LIMIT);
                 if state.limit != Some(l) {
                     info!(limit = l, "routes per route table (DescribeVpcLimits)");
                     if state.limit.is_some_and(|old| l > old) {
@@ -183,17 +178,17 @@ impl Reconciler {
 
     /// One DescribeRouteTables of the VPC: every table as the planner sees it, and the ones
     /// to program for `node_subnets`.
-    pub async fn read(&self, node_subnets: &BTreeSet<String>) -> Result<Reading, BackendError> {
+    pub async fn read(&self, node_subnets: &BTreeSet<String>) -> Result<Reading, TencentVpcError> {
         let mut state = self.state.lock().await;
         self.read_locked(&mut state, node_subnets).await
     }
 
     /// One DescribeRouteTables of the VPC.
-    async fn describe(&self) -> Result<Vec<RouteTable>, BackendError> {
+    async fn describe(&self) -> Result<Vec<RouteTable>, TencentVpcError> {
         self.client
-            .describe_route_tables(&[Filter::new("vpc-id", &[self.settings.vpc_id.as_str()])])
+            .route_tables(&self.settings.vpc_id)
             .await
-            .map_err(|e| BackendError::Cloud {
+            .map_err(|e| TencentVpcError::Cloud {
                 op: format!("read the route tables of {}", self.settings.vpc_id),
                 source: Box::new(e),
             })
@@ -202,7 +197,7 @@ impl Reconciler {
     /// Read the tables before anything else happens (an agent, before it takes its lease):
     /// an unknown VpcId or RouteTableIds entry is an error now, not after the lease is held.
     /// The reading is kept for the first reconcile, so a join costs no extra call.
-    pub async fn prime(&self, node_subnets: &BTreeSet<String>) -> Result<(), BackendError> {
+    pub async fn prime(&self, node_subnets: &BTreeSet<String>) -> Result<(), TencentVpcError> {
         let mut state = self.state.lock().await;
         let described = self.describe().await?;
         tables::select(
@@ -211,7 +206,7 @@ impl Reconciler {
             &self.settings.route_table_ids,
             node_subnets,
         )
-        .map_err(BackendError::Discovery)?;
+        .map_err(TencentVpcError::Discovery)?;
         state.primed = Some((std::time::Instant::now(), described));
         Ok(())
     }
@@ -220,7 +215,7 @@ impl Reconciler {
         &self,
         state: &mut State,
         node_subnets: &BTreeSet<String>,
-    ) -> Result<Reading, BackendError> {
+    ) -> Result<Reading, TencentVpcError> {
         let described = match state.primed.take() {
             Some((at, d)) if at.elapsed() < PRIMED_FOR => d,
             _ => self.describe().await?,
@@ -231,7 +226,7 @@ impl Reconciler {
             &self.settings.route_table_ids,
             node_subnets,
         )
-        .map_err(BackendError::Discovery)?;
+        .map_err(TencentVpcError::Discovery)?;
         for s in &selection.unserved {
             if state.unserved_reported.insert(s.clone()) {
                 warn!(subnet = %s, tables = ?self.settings.route_table_ids, "node subnet {s} is not served by any of Backend.RouteTableIds: its nodes cannot reach pods through them");
@@ -257,7 +252,7 @@ impl Reconciler {
     pub async fn preview(
         &self,
         target: &Target<'_>,
-    ) -> Result<(Reading, plan::Plan, Option<super::split::Split>), BackendError> {
+    ) -> Result<(Reading, plan::Plan, Option<super::split::Split>), TencentVpcError> {
         let reading = self.read(target.node_subnets).await?;
         let states = reading.selected_states();
         let split = target
@@ -284,16 +279,12 @@ impl Reconciler {
         Ok((reading, p, split))
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     pub fn vpc_id(&self) -> &str {
         &self.settings.vpc_id
     }
 
     /// Read, plan and apply once. A failed read is an error; failed writes are in the outcome.
-    pub async fn reconcile(&self, target: &Target<'_>) -> Result<Outcome, BackendError> {
+    pub async fn reconcile(&self, target: &Target<'_>) -> Result<Outcome, TencentVpcError> {
         let started = std::time::Instant::now();
         let mut state = self.state.lock().await;
         let reading = self.read_locked(&mut state, target.node_subnets).await?;
@@ -323,23 +314,15 @@ impl Reconciler {
         state.over_vxlan = split.as_ref().is_some_and(|s| !s.fallback.is_empty());
         let mut leased = target.leased.clone();
         let wanted: Vec<Wanted> = match (&split, target.split) {
-            (Some(s), Some(r)) => target
-                .wanted
-                .iter()
-                .filter(|w| {
-                    let keep = s.routed.contains(&w.dest)
-                        || (!r.evict.contains(&w.dest)
-                            && states
-                                .iter()
-                                .any(|t| super::split::holds(t, &self.settings.owner, w)));
-                    if !keep {
-                        // Not leased as far as the planner knows: our route to it goes.
-                        leased.remove(&w.dest);
-                    }
-                    keep
-                })
-                .copied()
-                .collect(),
+            (Some(s), Some(r)) => {
+                let (kept, dropped) =
+                    plan::after_split(target.wanted, s, r.evict, &states, &self.settings.owner);
+                // Not leased as far as the planner knows: our routes to them go.
+                for d in &dropped {
+                    leased.remove(d);
+                }
+                kept
+            }
             _ => target.wanted.to_vec(),
         };
         let mut plan = plan::plan(&PlanInput {
@@ -352,29 +335,12 @@ impl Reconciler {
             collect: &collect,
         });
         // Orphans in tables no node subnet uses any more: deletions only.
-        for t in reading
-            .all
-            .iter()
-            .filter(|t| !reading.selected.contains(&t.id))
-        {
-            let delete: Vec<u64> = t
-                .routes
-                .iter()
-                .filter(|r| {
-                    let owner = &self.settings.owner;
-                    (owner.owns(r) || owner.stray(r).is_some())
-                        && collect.contains(&(t.id.clone(), r.route_id))
-                })
-                .map(|r| r.route_id)
-                .collect();
-            if !delete.is_empty() {
-                plan.tables.push(plan::TablePlan {
-                    table: t.id.clone(),
-                    delete,
-                    ..Default::default()
-                });
-            }
-        }
+        plan.tables.extend(plan::collect_elsewhere(
+            &reading.all,
+            &reading.selected,
+            &collect,
+            &self.settings.owner,
+        ));
         for c in &plan.conflicts {
             warn!(table = %c.table, dest = %c.wanted.dest, route_id = c.route_id, "{c}");
         }
@@ -388,7 +354,7 @@ impl Reconciler {
         let applied: Applied = if plan.tables.is_empty() {
             Applied::default()
         } else {
-            apply::apply(&self.client, &plan, &usage).await
+            apply::apply(self.client.as_ref(), &plan, &usage).await
         };
         for (table, used) in &applied.full {
             warn!(table = %table, limit = used, "the API says the table is full; using its usage as its limit");
@@ -398,45 +364,13 @@ impl Reconciler {
         if gc_deleted > 0 && applied.errors.is_empty() {
             self.metrics.gc_deleted.inc_by(gc_deleted as u64);
         }
-        // What is in place now: right before, or written by a table plan that fully succeeded.
-        let mut present = plan.satisfied.clone();
-        for tp in plan
-            .tables
+        let rejected: Vec<(String, Ipv4Net)> = applied
+            .rejected
             .iter()
-            .filter(|tp| applied.done.contains(&tp.table))
-        {
-            let blocked: BTreeSet<Ipv4Net> = plan
-                .blocked
-                .iter()
-                .filter(|b| b.table == tp.table)
-                .map(|b| b.wanted.dest)
-                .collect();
-            let conflicting: BTreeSet<Ipv4Net> = plan
-                .conflicts
-                .iter()
-                .filter(|c| c.table == tp.table)
-                .map(|c| c.wanted.dest)
-                .collect();
-            let rejected: BTreeSet<Ipv4Net> = applied
-                .rejected
-                .iter()
-                .filter(|(t, _, _)| t == &tp.table)
-                .map(|(_, d, _)| *d)
-                .collect();
-            for w in &wanted {
-                let missing = blocked.contains(&w.dest)
-                    || conflicting.contains(&w.dest)
-                    || rejected.contains(&w.dest)
-                    || plan.outside.contains(w);
-                if !missing {
-                    present.insert((tp.table.clone(), w.dest));
-                }
-            }
-        }
-        if applied.refresh {
-            // A duplicate or stale record: the routes may well be right, but only a read says.
-            present.retain(|(t, _)| !plan.tables.iter().any(|tp| &tp.table == t));
-        }
+            .map(|(t, d, _)| (t.clone(), *d))
+            .collect();
+        let present =
+            plan::present_after(&plan, &wanted, &applied.done, &rejected, applied.refresh);
         self.record(&states, &plan, &present, &applied, wanted.len());
         debug!(tables = ?reading.selected, writes = plan.writes(), elapsed = ?started.elapsed(), "reconciled");
         self.metrics
