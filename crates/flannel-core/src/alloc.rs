@@ -163,45 +163,70 @@ pub fn plan_acquire(
 
 /// Walk SubnetMin..=SubnetMax and collect up to `limit` subnets that overlap no lease.
 pub fn free_v4(pool: &Ipv4Pool, leases: &[Lease], limit: usize) -> Vec<Ipv4Net> {
-    let (min, max, len) = (pool.subnet_min, pool.subnet_max, pool.subnet_len);
-    let size = ip::v4_size(len);
-    let mut taken: Vec<Ipv4Net> = leases.iter().filter_map(Lease::subnet).collect();
-    taken.sort_by_key(|t| t.network());
-    let mut out = Vec::new();
-    let mut cur = u64::from(u32::from(min));
-    let mut next_taken = 0;
-    while cur <= u64::from(u32::from(max)) && out.len() < limit {
-        let sn = Ipv4Net::new(Ipv4Addr::from(cur as u32), len).unwrap();
-        // Taken subnets are sorted by start: skip those that end before this one starts,
-        // keeping the walk linear in (candidates + leases) rather than their product.
-        while next_taken < taken.len() && u64::from(u32::from(taken[next_taken].broadcast())) < cur
-        {
-            next_taken += 1;
-        }
-        let overlaps = taken[next_taken..]
-            .iter()
-            .take_while(|t| {
-                u64::from(u32::from(t.network())) <= u64::from(u32::from(sn.broadcast()))
-            })
-            .any(|t| ip::overlaps_v4(*t, sn));
-        if !overlaps {
-            out.push(sn);
-        }
-        cur += size;
-    }
-    out
+    let block = |n: Ipv4Net| {
+        (
+            u128::from(u32::from(n.network())),
+            u128::from(u32::from(n.broadcast())),
+        )
+    };
+    let taken = leases.iter().filter_map(Lease::subnet).map(block).collect();
+    free_in(
+        u128::from(u32::from(pool.subnet_min)),
+        u128::from(u32::from(pool.subnet_max)),
+        u128::from(ip::v4_size(pool.subnet_len)),
+        taken,
+        limit,
+    )
+    .into_iter()
+    .map(|a| Ipv4Net::new(Ipv4Addr::from(a as u32), pool.subnet_len).expect("a valid length"))
+    .collect()
 }
 
 pub fn free_v6(pool: &Ipv6Pool, leases: &[Lease], limit: usize) -> Vec<Ipv6Net> {
-    let (min, max, len) = (pool.subnet_min, pool.subnet_max, pool.subnet_len);
-    let size = ip::v6_size(len);
-    let taken: Vec<Ipv6Net> = leases.iter().filter_map(Lease::ipv6_subnet).collect();
+    let block = |n: Ipv6Net| (u128::from(n.network()), u128::from(n.broadcast()));
+    let taken = leases
+        .iter()
+        .filter_map(Lease::ipv6_subnet)
+        .map(block)
+        .collect();
+    free_in(
+        u128::from(pool.subnet_min),
+        u128::from(pool.subnet_max),
+        ip::v6_size(pool.subnet_len),
+        taken,
+        limit,
+    )
+    .into_iter()
+    .map(|a| Ipv6Net::new(Ipv6Addr::from(a), pool.subnet_len).expect("a valid length"))
+    .collect()
+}
+
+/// The starts of the first `limit` blocks of `size` from `min` to `max` that overlap none of
+/// `taken` (first, last address), in one walk over both (taken sorted by start): linear in
+/// candidates plus leases, never their product, in either family.
+fn free_in(
+    min: u128,
+    max: u128,
+    size: u128,
+    mut taken: Vec<(u128, u128)>,
+    limit: usize,
+) -> Vec<u128> {
+    taken.sort_unstable();
     let mut out = Vec::new();
-    let mut cur = u128::from(min);
-    while cur <= u128::from(max) && out.len() < limit {
-        let sn = Ipv6Net::new(Ipv6Addr::from(cur), len).unwrap();
-        if !taken.iter().any(|t| ip::overlaps_v6(*t, sn)) {
-            out.push(sn);
+    let mut cur = min;
+    let mut next = 0;
+    while cur <= max && out.len() < limit {
+        let last = cur.saturating_add(size - 1);
+        // Skip the taken blocks that end before this one starts.
+        while next < taken.len() && taken[next].1 < cur {
+            next += 1;
+        }
+        let overlaps = taken[next..]
+            .iter()
+            .take_while(|(start, _)| *start <= last)
+            .any(|(_, end)| *end >= cur);
+        if !overlaps {
+            out.push(cur);
         }
         match cur.checked_add(size) {
             Some(n) => cur = n,

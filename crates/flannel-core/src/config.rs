@@ -349,98 +349,162 @@ impl RawNetConfig {
 
     fn check_ipv4(&self) -> Result<Ipv4Pool, ConfigError> {
         let network = self.network.ok_or(ConfigError::NoNetwork)?;
-        let prefix = u64::from(network.prefix_len());
-        let subnet_len = if self.subnet_len > 0 {
-            if self.subnet_len > 30 {
-                return Err(ConfigError::SubnetLenTooLong);
-            }
-            if self.subnet_len < prefix + 2 {
-                return Err(ConfigError::FewerThanFourSubnets);
-            }
-            self.subnet_len
-        } else if prefix > 28 {
-            return Err(ConfigError::NetworkTooSmall);
-        } else if prefix <= 22 {
-            24
-        } else {
-            prefix + 2
+        let family = Family {
+            bits: 32,
+            longest: 30,
+            too_small: 28,
+            default_len: 24,
         };
-        let len = subnet_len as u8;
-        let size = ip::v4_size(len);
-        let min = match self.subnet_min {
-            None => ip::v4_add(network.network(), size),
-            Some(m) if !network.contains(&m) => return Err(ConfigError::SubnetMinOutOfRange),
-            Some(m) => m,
-        };
-        let max = match self.subnet_max {
-            None => ip::v4_sub(ip::v4_next_network(network), size),
-            Some(m) if !network.contains(&m) => return Err(ConfigError::SubnetMaxOutOfRange),
-            Some(m) => m,
-        };
-        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-        if u32::from(min) & mask != u32::from(min) {
-            return Err(ConfigError::SubnetMinUnaligned(min));
-        }
-        if u32::from(max) & mask != u32::from(max) {
-            return Err(ConfigError::SubnetMaxUnaligned(max));
-        }
-        if min > max {
-            return Err(ConfigError::SubnetMinAboveMax { min, max });
-        }
+        let to = |v: u128| Ipv4Addr::from(v as u32);
+        let pool = family
+            .pool(
+                u128::from(u32::from(network.network())),
+                network.prefix_len(),
+                self.subnet_len,
+                self.subnet_min.map(|a| u128::from(u32::from(a))),
+                self.subnet_max.map(|a| u128::from(u32::from(a))),
+            )
+            .map_err(|p| match p {
+                PoolProblem::SubnetLenTooLong => ConfigError::SubnetLenTooLong,
+                PoolProblem::FewerThanFour => ConfigError::FewerThanFourSubnets,
+                PoolProblem::TooSmall => ConfigError::NetworkTooSmall,
+                PoolProblem::MinOutOfRange => ConfigError::SubnetMinOutOfRange,
+                PoolProblem::MaxOutOfRange => ConfigError::SubnetMaxOutOfRange,
+                PoolProblem::MinUnaligned(m) => ConfigError::SubnetMinUnaligned(to(m)),
+                PoolProblem::MaxUnaligned(m) => ConfigError::SubnetMaxUnaligned(to(m)),
+                PoolProblem::MinAboveMax(min, max) => ConfigError::SubnetMinAboveMax {
+                    min: to(min),
+                    max: to(max),
+                },
+            })?;
         Ok(Ipv4Pool {
             network,
-            subnet_len: len,
-            subnet_min: min,
-            subnet_max: max,
+            subnet_len: pool.len,
+            subnet_min: to(pool.min),
+            subnet_max: to(pool.max),
         })
     }
 
     fn check_ipv6(&self) -> Result<Ipv6Pool, ConfigError> {
         let network = self.ipv6_network.ok_or(ConfigError::NoIpv6Network)?;
-        let prefix = u64::from(network.prefix_len());
-        let subnet_len = if self.ipv6_subnet_len > 0 {
-            if self.ipv6_subnet_len > 126 {
-                return Err(ConfigError::Ipv6SubnetLenTooLong);
-            }
-            if self.ipv6_subnet_len < prefix + 2 {
-                return Err(ConfigError::FewerThanFourSubnets);
-            }
-            self.ipv6_subnet_len
-        } else if prefix > 124 {
-            return Err(ConfigError::Ipv6NetworkTooSmall);
-        } else if prefix <= 62 {
-            64
-        } else {
-            prefix + 2
+        let family = Family {
+            bits: 128,
+            longest: 126,
+            too_small: 124,
+            default_len: 64,
         };
-        let len = subnet_len as u8;
-        let size = ip::v6_size(len);
-        let min = match self.ipv6_subnet_min {
-            None => ip::v6_add(network.network(), size),
-            Some(m) if !network.contains(&m) => return Err(ConfigError::Ipv6SubnetMinOutOfRange),
-            Some(m) => m,
-        };
-        let max = match self.ipv6_subnet_max {
-            None => ip::v6_sub(ip::v6_next_network(network), size),
-            Some(m) if !network.contains(&m) => return Err(ConfigError::Ipv6SubnetMaxOutOfRange),
-            Some(m) => m,
-        };
-        let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-        if u128::from(min) & mask != u128::from(min) {
-            return Err(ConfigError::Ipv6SubnetMinUnaligned(min));
-        }
-        if u128::from(max) & mask != u128::from(max) {
-            return Err(ConfigError::Ipv6SubnetMaxUnaligned(max));
-        }
-        if min > max {
-            return Err(ConfigError::Ipv6SubnetMinAboveMax { min, max });
-        }
+        let pool = family
+            .pool(
+                u128::from(network.network()),
+                network.prefix_len(),
+                self.ipv6_subnet_len,
+                self.ipv6_subnet_min.map(u128::from),
+                self.ipv6_subnet_max.map(u128::from),
+            )
+            .map_err(|p| match p {
+                PoolProblem::SubnetLenTooLong => ConfigError::Ipv6SubnetLenTooLong,
+                PoolProblem::FewerThanFour => ConfigError::FewerThanFourSubnets,
+                PoolProblem::TooSmall => ConfigError::Ipv6NetworkTooSmall,
+                PoolProblem::MinOutOfRange => ConfigError::Ipv6SubnetMinOutOfRange,
+                PoolProblem::MaxOutOfRange => ConfigError::Ipv6SubnetMaxOutOfRange,
+                PoolProblem::MinUnaligned(m) => ConfigError::Ipv6SubnetMinUnaligned(m.into()),
+                PoolProblem::MaxUnaligned(m) => ConfigError::Ipv6SubnetMaxUnaligned(m.into()),
+                PoolProblem::MinAboveMax(min, max) => ConfigError::Ipv6SubnetMinAboveMax {
+                    min: min.into(),
+                    max: max.into(),
+                },
+            })?;
         Ok(Ipv6Pool {
             network,
-            subnet_len: len,
-            subnet_min: min,
-            subnet_max: max,
+            subnet_len: pool.len,
+            subnet_min: Ipv6Addr::from(pool.min),
+            subnet_max: Ipv6Addr::from(pool.max),
         })
+    }
+}
+
+/// Upstream's pool rules for one address family, over addresses as numbers (an IPv4 address
+/// as its 32-bit value), so both families share one implementation and keep their own
+/// error messages.
+struct Family {
+    bits: u8,
+    /// The longest SubnetLen (/30, /126).
+    longest: u64,
+    /// A Network with a longer prefix is too small for the default SubnetLen (/28, /124).
+    too_small: u8,
+    /// The default SubnetLen for a Network up to `default_len - 2` long (/24, /64).
+    default_len: u64,
+}
+
+struct Pool {
+    len: u8,
+    min: u128,
+    max: u128,
+}
+
+enum PoolProblem {
+    SubnetLenTooLong,
+    FewerThanFour,
+    TooSmall,
+    MinOutOfRange,
+    MaxOutOfRange,
+    MinUnaligned(u128),
+    MaxUnaligned(u128),
+    MinAboveMax(u128, u128),
+}
+
+impl Family {
+    /// Upstream's `CheckNetworkConfig` for a Network at `start`/`prefix`: SubnetLen (0 =
+    /// default), SubnetMin/SubnetMax (None = the second subnet and the last one).
+    fn pool(
+        &self,
+        start: u128,
+        prefix: u8,
+        subnet_len: u64,
+        min: Option<u128>,
+        max: Option<u128>,
+    ) -> Result<Pool, PoolProblem> {
+        let prefix64 = u64::from(prefix);
+        let len = if subnet_len > 0 {
+            if subnet_len > self.longest {
+                return Err(PoolProblem::SubnetLenTooLong);
+            }
+            if subnet_len < prefix64 + 2 {
+                return Err(PoolProblem::FewerThanFour);
+            }
+            subnet_len
+        } else if prefix > self.too_small {
+            return Err(PoolProblem::TooSmall);
+        } else if prefix64 <= self.default_len - 2 {
+            self.default_len
+        } else {
+            prefix64 + 2
+        } as u8;
+        // 2^(bits - n), or 0 for 2^128 (the whole space: wrapping arithmetic is exact).
+        let span = |n: u8| 1u128.checked_shl(u32::from(self.bits - n)).unwrap_or(0);
+        let mask = |n: u8| !span(n).wrapping_sub(1) & span(0).wrapping_sub(1);
+        let inside = |a: u128| a & mask(prefix) == start;
+        let size = span(len);
+        let min = match min {
+            None => start.wrapping_add(size),
+            Some(m) if !inside(m) => return Err(PoolProblem::MinOutOfRange),
+            Some(m) => m,
+        };
+        let max = match max {
+            None => start.wrapping_add(span(prefix)).wrapping_sub(size),
+            Some(m) if !inside(m) => return Err(PoolProblem::MaxOutOfRange),
+            Some(m) => m,
+        };
+        if min & mask(len) != min {
+            return Err(PoolProblem::MinUnaligned(min));
+        }
+        if max & mask(len) != max {
+            return Err(PoolProblem::MaxUnaligned(max));
+        }
+        if min > max {
+            return Err(PoolProblem::MinAboveMax(min, max));
+        }
+        Ok(Pool { len, min, max })
     }
 }
 

@@ -1,7 +1,8 @@
 //! The Kubernetes subnet manager's formats (pure): upstream's annotation names and prefix
 //! rules, the annotations a node publishes, a node's lease from its podCIDRs, a peer from
 //! another node's annotations, when a node update is a lease change, and the
-//! NetworkUnavailable condition. Groundwork for `--kube-subnet-mgr`; the client is not here.
+//! NetworkUnavailable condition. The pure half of `--kube-subnet-mgr`; the client is
+//! flanneld's `subnet::kube`.
 
 use crate::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -194,7 +195,7 @@ pub fn peer_lease(prefix: &AnnotationPrefix, node: &NodeView) -> Option<Lease> {
             ipv6: v6,
         },
         attrs,
-        expiry: Expiry::Unknown,
+        expiry: Expiry::Node,
     })
 }
 
@@ -216,12 +217,16 @@ pub fn lease_changed(prefix: &AnnotationPrefix, old: &NodeView, new: &NodeView) 
 }
 
 /// The status condition a node gets once its network is (`up`) or is not in place.
-pub fn network_unavailable(up: bool, reason: &str, message: &str) -> Value {
+/// The node's NetworkUnavailable condition (False once the network is `up`), stamped `now`
+/// (RFC 3339) as its last heartbeat and transition, as upstream sets both.
+pub fn network_unavailable(up: bool, reason: &str, message: &str, now: &str) -> Value {
     json!({
         "type": "NetworkUnavailable",
         "status": if up { "False" } else { "True" },
         "reason": reason,
         "message": message,
+        "lastTransitionTime": now,
+        "lastHeartbeatTime": now,
     })
 }
 
@@ -355,8 +360,14 @@ mod tests {
     #[test]
     fn network_unavailable_condition() {
         assert_eq!(
-            network_unavailable(true, "FlannelIsUp", "Flannel is running on this node").to_string(),
-            r#"{"type":"NetworkUnavailable","status":"False","reason":"FlannelIsUp","message":"Flannel is running on this node"}"#
+            network_unavailable(
+                true,
+                "FlannelIsUp",
+                "Flannel is running on this node",
+                "2026-12-03T16:00:00Z"
+            )
+            .to_string(),
+            r#"{"type":"NetworkUnavailable","status":"False","reason":"FlannelIsUp","message":"Flannel is running on this node","lastTransitionTime":"2026-12-03T16:00:00Z","lastHeartbeatTime":"2026-12-03T16:00:00Z"}"#
         );
     }
 }

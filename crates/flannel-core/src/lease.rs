@@ -214,6 +214,8 @@ pub enum Expiry {
     /// A reservation: a key with no TTL, written by an operator. Never turned into an
     /// expiring lease (fixes upstream issue 1329).
     Never,
+    /// A Kubernetes podCIDR: the lease lives as long as its node object (not a reservation).
+    Node,
     /// Bound to a store lease whose remaining TTL was not looked up (peers in a listing:
     /// one extra round trip per lease is not worth it where nobody needs the time).
     Unknown,

@@ -244,21 +244,25 @@ fn hostile_leases_never_become_routes(prefix: &str, backend: Backend, mode: Mode
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn hostile_leases_with_host_gw() {
     hostile_leases_never_become_routes("lh1", Backend::HostGw, Mode::PerNode);
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn hostile_leases_with_vxlan() {
     hostile_leases_never_become_routes("lh2", Backend::Vxlan, Mode::PerNode);
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn hostile_leases_with_tencent_vpc_per_node() {
     hostile_leases_never_become_routes("lh3", Backend::TencentVpc, Mode::PerNode);
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn hostile_leases_with_tencent_vpc_controller() {
     hostile_leases_never_become_routes("lh4", Backend::TencentVpc, Mode::Controller);
 }
@@ -329,11 +333,13 @@ fn below_the_quota(prefix: &str, mode: Mode) {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn below_the_quota_the_controller_reads_once_per_resync_and_routes_after_a_raise() {
     below_the_quota("lq1", Mode::Controller);
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn below_the_quota_agents_read_once_per_resync_and_route_after_a_raise() {
     below_the_quota("lq2", Mode::PerNode);
 }

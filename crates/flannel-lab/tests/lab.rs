@@ -17,6 +17,7 @@ use std::time::Duration;
 const RESYNC: Duration = Duration::from_secs(30);
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn tencent_vpc_lab_survives_faults() {
     let mut t = up("lt1", Backend::TencentVpc, Mode::PerNode, 3);
     let lab = &mut t.lab;
@@ -124,6 +125,7 @@ fn tencent_vpc_lab_survives_faults() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn controller_mode_routes_every_node() {
     let t = up("lt2", Backend::TencentVpc, Mode::Controller, 3);
     assert!(full(&t.lab.ping_matrix()));
@@ -136,6 +138,7 @@ fn controller_mode_routes_every_node() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn host_gw_and_vxlan_labs_converge_without_cloud_routes() {
     for (prefix, backend) in [("lt3", Backend::HostGw), ("lt4", Backend::Vxlan)] {
         let t = up(prefix, backend, Mode::PerNode, 3);
@@ -151,6 +154,7 @@ fn host_gw_and_vxlan_labs_converge_without_cloud_routes() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn a_second_up_is_refused_and_down_after_a_failed_up_cleans_up() {
     let t = up("lt5", Backend::HostGw, Mode::PerNode, 1);
     let again = Lab::up(t.lab.spec().clone(), 1, bins(), &mut |_| {});
@@ -195,6 +199,7 @@ fn ours(lab: &Lab, table: &str) -> BTreeMap<String, String> {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn fallback_reaches_over_vxlan_what_the_route_tables_cannot_hold() {
     // Quota 6 with the user's VPN route in rtb-a: room for 5 of our routes per table.
     let mut t = up_spec(
@@ -373,6 +378,7 @@ fn node_routes(lab: &Lab, name: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn controller_mode_fallback_splits_and_promotes_when_the_quota_is_raised() {
     // Quota 4 with the user's VPN route in rtb-a: room for 3 of our routes per table.
     let mut t = up_spec(

@@ -24,6 +24,13 @@ impl Netns {
         Netns(flannel_lab::netns::Netns::create(name).unwrap_or_else(|e| panic!("{e}")))
     }
 
+    /// Run `f` on a thread inside this namespace (what it spawns, and the sockets it opens,
+    /// live there): to drive our own code against the namespace's kernel.
+    pub fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        flannel_lab::netns::in_netns(&self.name, f)
+            .unwrap_or_else(|e| panic!("entering {}: {e}", self.name))
+    }
+
     /// Run inside; the output whatever the exit status.
     pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         self.0.run(args, stdin).unwrap_or_else(|e| panic!("{e}"))

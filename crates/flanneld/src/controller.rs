@@ -25,7 +25,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 /// Lease events gathered into one reconcile.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(500);
@@ -252,8 +252,10 @@ impl Controller {
                     }
                     let full = Instant::now() >= resync_at;
                     let fresh = full.then_some(feed.is_fresh());
+                    let span = tracing::info_span!("reconcile", backend = "tencent-vpc", trigger = if full { "resync" } else { "leases" }, leases = feed.peers().len());
                     let r = self
                         .reconcile_all(&feed.peers(), fresh, &mut unroutable, sm.as_ref(), &record, &mut published)
+                        .instrument(span)
                         .await;
                     due = match r {
                         Ok(Next::Resync) => {

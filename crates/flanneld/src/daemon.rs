@@ -9,7 +9,8 @@
 
 use crate::backend::{Backend, BackendContext, BackendError, BackendFactory, Status, Trigger};
 use crate::health::Health;
-use crate::iface::{self, ExternalInterface, HostNetwork, IfaceError, Selection};
+use crate::iface::{self, ExternalInterface, IfaceError, Selection};
+use crate::kernel::Platform;
 use crate::lease_feed::{FeedEvent, LeaseFeed, OwnLoss};
 use crate::metrics::{EventLabels, LeaseLabels, ResultLabels};
 use crate::subnet::{AcquireRequest, SubnetError, SubnetManager};
@@ -26,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 /// What the daemon needs from the command line.
 #[derive(Debug, Clone)]
@@ -129,12 +130,12 @@ pub async fn run(
     cfg: DaemonConfig,
     sm: Arc<dyn SubnetManager>,
     backends: &dyn BackendFactory,
-    host: &dyn HostNetwork,
+    platform: &dyn Platform,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, DaemonError> {
     let mut shutdown = Box::pin(shutdown);
-    let mut node = match Node::start(cfg, sm, backends, host, health, &mut shutdown).await? {
+    let mut node = match Node::start(cfg, sm, backends, platform, health, &mut shutdown).await? {
         Some(node) => node,
         None => return Ok(Exit::Shutdown),
     };
@@ -205,7 +206,7 @@ impl Node {
         cfg: DaemonConfig,
         sm: Arc<dyn SubnetManager>,
         backends: &dyn BackendFactory,
-        host: &dyn HostNetwork,
+        platform: &dyn Platform,
         health: Arc<Health>,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> Result<Option<Node>, DaemonError> {
@@ -226,7 +227,7 @@ impl Node {
                 ipv4: config.enable_ipv4(),
                 ipv6: config.enable_ipv6(),
             },
-            host,
+            platform,
         )?;
         info!(iface = %ext.name, iface_addr = ?ext.iface_addr, ext_addr = ?ext.ext_addr, mtu = ext.mtu, "using interface");
 
@@ -297,7 +298,7 @@ impl Node {
             .await?;
         let traffic = match cfg.traffic.any() {
             true => {
-                let t = traffic_for(&cfg.traffic, &config, &own).await?;
+                let t = traffic_for(&cfg.traffic, &config, &own, platform).await?;
                 t.ensure().await?;
                 Some(t)
             }
@@ -390,6 +391,7 @@ impl Node {
         let r = self
             .backend
             .reconcile(&self.own, &self.feed.peers(), trigger)
+            .instrument(reconcile_span(self.backend.as_ref(), trigger))
             .await;
         self.take_status(trigger, r);
         if self.pending() {
@@ -405,6 +407,7 @@ impl Node {
         let r = self
             .backend
             .reconcile(&self.own, &self.feed.peers(), trigger)
+            .instrument(reconcile_span(self.backend.as_ref(), trigger))
             .await;
         let failed = r.is_err();
         self.take_status(trigger, r);
@@ -520,24 +523,19 @@ impl Node {
     }
 }
 /// The rules and blackhole route for this lease, applied with iptables or (EnableNFTables)
-/// nftables, `--random-fully` only where the iptables has it.
+/// nftables, `--random-fully` only where the filter has it.
 async fn traffic_for(
     options: &TrafficOptions,
     config: &ValidatedNetConfig,
     own: &Lease,
+    platform: &dyn Platform,
 ) -> Result<Traffic, DaemonError> {
-    use crate::kernel::packet_filter::{Iptables, Nftables, PacketFilter};
     let mut options = options.clone();
-    let filter: Arc<dyn PacketFilter> = if config.enable_nftables {
-        Arc::new(Nftables)
-    } else {
-        options.random_fully &= Iptables::supports_random_fully().await;
-        Arc::new(Iptables)
-    };
-    let routes = Arc::new(crate::kernel::Fenced::new(
-        crate::kernel::Netlink::connect().map_err(TrafficError::from)?,
-        crate::backend::host_gw::networks(config),
-    ));
+    let (filter, random_fully) = platform.packet_filter(config.enable_nftables).await;
+    options.random_fully &= random_fully;
+    let routes = platform
+        .routes(crate::backend::host_gw::networks(config))
+        .map_err(TrafficError::from)?;
     Ok(Traffic::new(&options, config, own, filter, routes))
 }
 
@@ -547,7 +545,7 @@ const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// Time until the lease should be renewed (expiry minus margin); a reservation never is.
 fn renew_delay(own: &Lease, margin: Duration) -> Duration {
     match own.expiry {
-        Expiry::Never => Duration::from_secs(365 * 24 * 3600),
+        Expiry::Never | Expiry::Node => Duration::from_secs(365 * 24 * 3600),
         // Renewing tells us the real expiry.
         Expiry::Unknown => Duration::from_secs(60),
         Expiry::At(t) => t
@@ -555,6 +553,15 @@ fn renew_delay(own: &Lease, margin: Duration) -> Duration {
             .and_then(|due| due.duration_since(SystemTime::now()).ok())
             .unwrap_or(Duration::ZERO),
     }
+}
+
+/// One reconcile's span: every line it logs names the backend and why it ran.
+fn reconcile_span(backend: &dyn Backend, trigger: Trigger<'_>) -> tracing::Span {
+    tracing::info_span!(
+        "reconcile",
+        backend = backend.kind().name(),
+        trigger = trigger.name()
+    )
 }
 
 fn record_lease(health: &Health, own: &Lease, backend: &str) {
@@ -568,7 +575,7 @@ fn record_lease(health: &Health, own: &Lease, backend: &str) {
         })
         .set(1);
     let expiry = match own.expiry {
-        Expiry::Never | Expiry::Unknown => 0.0,
+        Expiry::Never | Expiry::Node | Expiry::Unknown => 0.0,
         Expiry::At(t) => t
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),

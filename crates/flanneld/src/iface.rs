@@ -64,6 +64,15 @@ pub trait HostNetwork: Send + Sync {
     fn source_address_for(&self, dst: IpAddr) -> Result<IpAddr, IfaceError>;
 }
 
+impl IfaceError {
+    pub fn host(what: impl Into<String>, source: std::io::Error) -> IfaceError {
+        IfaceError::Host {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
     pub ifaces: Vec<String>,
@@ -77,8 +86,13 @@ pub struct Selection {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IfaceError {
-    #[error("reading host interfaces: {0}")]
-    Host(String),
+    /// Reading the host's interfaces or routes failed: what was read, and why.
+    #[error("reading the host's network: {what}")]
+    Host {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no interface matches --iface {0:?}")]
     NoMatch(String),
     #[error("no interface matches any of --iface {ifaces:?} / --iface-regex {regexes:?}")]
@@ -247,7 +261,12 @@ mod tests {
             Ok(if ipv6 { self.default6 } else { self.default4 }.map(String::from))
         }
         fn source_address_for(&self, _dst: IpAddr) -> Result<IpAddr, IfaceError> {
-            self.source.ok_or(IfaceError::Host("unreachable".into()))
+            self.source.ok_or_else(|| {
+                IfaceError::host(
+                    "the route to the address",
+                    std::io::Error::from(std::io::ErrorKind::NetworkUnreachable),
+                )
+            })
         }
     }
 

@@ -413,3 +413,83 @@ async fn an_injected_backend_gets_its_lease_attrs_published_and_peer_events() {
     );
     run.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_event_kind_reaches_its_handler_and_a_taken_lease_ends_the_daemon() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let sm = manager(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    let health = Arc::new(Health::default());
+    let mut cfg = daemon_config(dir.path());
+    cfg.traffic.masquerade = true;
+    cfg.traffic_resync = Duration::from_secs(2);
+    let rec = Arc::new(Recorder::default());
+    let factory: &'static FakeFactory = Box::leak(Box::new(FakeFactory(rec.clone())));
+    let run = tokio::spawn(daemon::run(
+        cfg,
+        sm.clone(),
+        factory,
+        &FakeHost("172.16.0.7"),
+        health.clone(),
+        std::future::pending(),
+    ));
+    wait_until_async("ready", Duration::from_secs(10), || health.is_ready()).await;
+    // Start: the rules applied before subnet.env.
+    let applies = common::FILTER.applies.load(Ordering::SeqCst);
+    assert!(applies >= 1);
+    // Resync: the period (30 s here) passes.
+    wait_until_async("a resync", Duration::from_secs(60), || {
+        rec.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.starts_with("resync fresh=true"))
+    })
+    .await;
+    // TrafficCheck: an operator flushes the chains; the check puts them back.
+    common::FILTER.in_place.store(false, Ordering::SeqCst);
+    wait_until_async("the rules re-applied", Duration::from_secs(10), || {
+        common::FILTER.applies.load(Ordering::SeqCst) > applies
+    })
+    .await;
+    // Feed: a refused lease never reaches the backend; an admitted one does.
+    sm.put_lease(peer("0.0.0.0/1", "172.16.0.9"));
+    sm.put_lease(peer("10.5.77.0/24", "172.16.0.8"));
+    wait_until_async("the admitted peer", Duration::from_secs(10), || {
+        rec.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c == "added 10.5.77.0-24")
+    })
+    .await;
+    assert!(!rec
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c.contains("0.0.0.0")));
+    assert!(health
+        .metrics
+        .encode()
+        .contains("flannel_leases_refused{reason=\"outside_network\"} 1"));
+    // Feed: another node writes our key: the lease is lost, the daemon stops not ready.
+    let own = sm
+        .leases()
+        .into_iter()
+        .find(|l| l.attrs.public_ip.to_string() == "172.16.0.7")
+        .unwrap();
+    let mut thief = own.clone();
+    thief.attrs = LeaseAttrs::new("172.16.0.66".parse().unwrap());
+    sm.put_lease(thief);
+    let err = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        flanneld::report(&err),
+        format!("lease {} is now held by 172.16.0.66", own.key.ipv4)
+    );
+    assert!(!health.is_ready());
+}

@@ -50,6 +50,7 @@ fn lease_key(subnet: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn host_gw_three_nodes_pods_rules_repair_and_lease_removal() {
     let mut c = Cluster::start(
         "hgw",
@@ -147,6 +148,7 @@ fn host_gw_three_nodes_pods_rules_repair_and_lease_removal() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn vxlan_two_nodes_and_an_upstream_lease() {
     let mut c = Cluster::start(
         "vxl",
@@ -246,6 +248,7 @@ fn vxlan_two_nodes_and_an_upstream_lease() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
 fn nftables_mode_installs_its_own_table_and_restores_it() {
     let c = Cluster::start(
         "nft",

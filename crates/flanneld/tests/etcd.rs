@@ -51,6 +51,7 @@ async fn next(stream: &mut LeaseStream) -> WatchUpdate {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn config_missing_then_present_then_invalid() {
     let etcd = EtcdServer::start();
     let m = manager(&etcd).await;
@@ -76,6 +77,7 @@ async fn config_missing_then_present_then_invalid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn fifty_agents_get_fifty_distinct_subnets_with_24h_ttl() {
     let etcd = EtcdServer::start();
     put_config(
@@ -129,6 +131,7 @@ async fn fifty_agents_get_fifty_distinct_subnets_with_24h_ttl() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn interop_with_upstream_keys_and_values() {
     let etcd = EtcdServer::start();
     put_config(
@@ -196,6 +199,7 @@ async fn interop_with_upstream_keys_and_values() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn restarted_agent_keeps_its_subnet_by_public_ip_and_by_subnet_env() {
     let etcd = EtcdServer::start();
     put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
@@ -221,6 +225,7 @@ async fn restarted_agent_keeps_its_subnet_by_public_ip_and_by_subnet_env() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn reservations_are_honoured_and_never_leased() {
     let etcd = EtcdServer::start();
     put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
@@ -254,6 +259,7 @@ async fn reservations_are_honoured_and_never_leased() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn expiry_is_a_removed_event_and_garbage_is_ignored() {
     let etcd = EtcdServer::start();
     put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
@@ -301,6 +307,7 @@ async fn expiry_is_a_removed_event_and_garbage_is_ignored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn etcd_restart_keeps_leases_and_the_watch_resumes() {
     let mut etcd = EtcdServer::start();
     put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
@@ -359,6 +366,7 @@ async fn etcd_restart_keeps_leases_and_the_watch_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn compaction_turns_into_a_fresh_snapshot() {
     let etcd = EtcdServer::start();
     put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
@@ -386,6 +394,7 @@ async fn compaction_turns_into_a_fresh_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn out_of_subnets() {
     let etcd = EtcdServer::start();
     put_config(&etcd, r#"{"Network":"10.0.0.0/28"}"#);
@@ -401,6 +410,7 @@ async fn out_of_subnets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn daemon_shuts_down_cleanly_when_its_lease_is_deleted() {
     let etcd = EtcdServer::start();
     put_config(
@@ -426,6 +436,7 @@ async fn daemon_shuts_down_cleanly_when_its_lease_is_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn leader_election_one_of_five_then_handover_on_death() {
     let etcd = EtcdServer::start();
     let ttl = 3;
@@ -490,6 +501,7 @@ async fn leader_election_one_of_five_then_handover_on_death() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn flannelctl_leases_list() {
     let etcd = EtcdServer::start();
     etcd.etcdctl(&["put", "/x/config", r#"{"Network":"10.5.0.0/16"}"#]);
@@ -577,6 +589,7 @@ async fn flannelctl_leases_list() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn username_and_password_auth_and_no_password_in_errors() {
     let etcd = EtcdServer::start();
     put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
@@ -618,6 +631,7 @@ async fn username_and_password_auth_and_no_password_in_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn tls_with_client_certificates() {
     let etcd = EtcdServer::start_tls();
     put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
@@ -651,6 +665,7 @@ async fn tls_with_client_certificates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn a_dead_endpoint_in_the_list_is_failed_over() {
     // Upstream's default endpoint list starts with 127.0.0.1:4001, which is usually dead.
     let etcd = EtcdServer::start();
@@ -673,6 +688,7 @@ async fn a_dead_endpoint_in_the_list_is_failed_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn an_invalid_config_in_etcd_is_fatal_before_any_lease() {
     let etcd = EtcdServer::start();
     put_config(&etcd, r#"{"Network":"10.5.0.0/16","SubnetLen":31}"#);
@@ -710,6 +726,7 @@ async fn an_invalid_config_in_etcd_is_fatal_before_any_lease() {
 /// The leader is cut off from etcd (its keep-alives fail) while a second candidate reaches
 /// etcd directly: at no instant do both claim leadership, and the second takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn a_partitioned_leader_steps_down_before_anyone_else_leads() {
     let etcd = EtcdServer::start();
     let ttl = 2;
@@ -770,6 +787,7 @@ async fn a_partitioned_leader_steps_down_before_anyone_else_leads() {
 
 /// Upstream's client ignores credentials when etcd has authentication disabled; so do we.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn credentials_against_an_etcd_without_auth_are_ignored() {
     let etcd = EtcdServer::start();
     let mut opts = EtcdOptions::new(&etcd.endpoint(), PREFIX);
@@ -833,6 +851,7 @@ fn subnet_of(dir: &std::path::Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn a_wiped_store_is_a_lost_lease_and_never_a_subnet_assigned_twice() {
     let mut etcd = EtcdServer::start();
     put_config(
@@ -895,6 +914,7 @@ async fn a_wiped_store_is_a_lost_lease_and_never_a_subnet_assigned_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn another_node_writing_our_key_is_noticed_at_once() {
     let etcd = EtcdServer::start();
     put_config(
@@ -934,6 +954,7 @@ async fn another_node_writing_our_key_is_noticed_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn records_live_beside_the_leases_where_upstream_never_looks() {
     let etcd = EtcdServer::start();
     put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
@@ -962,6 +983,7 @@ async fn records_live_beside_the_leases_where_upstream_never_looks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
 async fn a_configured_lease_ttl_is_what_etcd_grants_and_renews() {
     let etcd = EtcdServer::start();
     put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);

@@ -86,6 +86,7 @@ fn appended(ns: &Netns, table: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored"]
 fn iptables_prints_back_upstreams_rules_and_reapplying_changes_nothing() {
     let ns = Netns::new("ipt");
     let network = "10.244.0.0/16".parse().unwrap();
@@ -105,6 +106,7 @@ fn iptables_prints_back_upstreams_rules_and_reapplying_changes_nothing() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored"]
 fn the_nftables_script_is_accepted_and_replaces_itself() {
     let ns = Netns::new("nft");
     let script = nft_script(
@@ -125,4 +127,82 @@ fn the_nftables_script_is_accepted_and_replaces_itself() {
         listed.contains("ip saddr != 10.244.7.0/24 ip daddr 10.244.0.0/16 return"),
         "{listed}"
     );
+}
+
+/// flanneld's own packet filters in a namespace: a rule somebody adds to our chain (or table)
+/// is seen as not in place, and applying again removes it; for iptables and nftables alike.
+#[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored"]
+fn an_extra_rule_in_our_chain_is_seen_and_removed_with_either_filter() {
+    use flanneld::kernel::packet_filter::{Iptables, Nftables, PacketFilter, RuleSet};
+    let ns = flanneld_testing::netns::Netns::new(&format!("pf-{}", std::process::id()));
+    let set = RuleSet {
+        network: "10.244.0.0/16".parse().unwrap(),
+        subnet: "10.244.7.0/24".parse().unwrap(),
+        masquerade: true,
+        forward: true,
+        random_fully: false,
+    };
+    let filters: [(&dyn PacketFilter, &[&str]); 2] = [
+        (
+            &Iptables,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "FLANNEL-POSTRTG",
+                "-s",
+                "10.9.0.0/16",
+                "-j",
+                "RETURN",
+            ],
+        ),
+        (
+            &Nftables,
+            &[
+                "nft",
+                "add",
+                "rule",
+                "ip",
+                "flannel-ipv4",
+                "postrtg",
+                "ip",
+                "saddr",
+                "10.9.0.0/16",
+                "return",
+            ],
+        ),
+    ];
+    for (filter, intruder) in filters {
+        ns.inside(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                filter.apply(&set).await.unwrap();
+                assert!(filter.in_place(&set).await.unwrap(), "{intruder:?}");
+                let out = std::process::Command::new(intruder[0])
+                    .args(&intruder[1..])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(
+                    !filter.in_place(&set).await.unwrap(),
+                    "the extra rule is seen"
+                );
+                filter.apply(&set).await.unwrap();
+                assert!(filter.in_place(&set).await.unwrap(), "and removed");
+            })
+        });
+    }
+    let listed = ns.ok(&["iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"]);
+    assert!(!listed.contains("10.9.0.0/16"), "{listed}");
+    let listed = ns.ok(&["nft", "list", "table", "ip", "flannel-ipv4"]);
+    assert!(!listed.contains("10.9.0.0/16"), "{listed}");
 }

@@ -161,6 +161,7 @@ impl Drop for Lab {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run with --include-ignored"]
 async fn pod_route_only_works_in_the_right_table() {
     let lab = Lab::new();
     let emu = lab.emulator().await;
@@ -243,6 +244,7 @@ async fn pod_route_only_works_in_the_right_table() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run with --include-ignored"]
 async fn pod_to_pod_traffic_is_routed_by_the_table_of_the_subnet_it_comes_from() {
     let lab = Lab::new();
     let emu = lab.emulator().await;

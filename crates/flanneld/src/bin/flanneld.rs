@@ -86,13 +86,24 @@ async fn subnet_manager(opts: &Options) -> anyhow::Result<Arc<dyn SubnetManager>
     })?))
 }
 
+/// Resolves at the first SIGINT or SIGTERM: the daemon then drains (the reconcile in flight
+/// finishes, no timer fires again) and exits. A second signal exits at once.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("received SIGINT"),
-        _ = term.recv() => info!("received SIGTERM"),
+        _ = int.recv() => info!("received SIGINT; draining (a second signal exits at once)"),
+        _ = term.recv() => info!("received SIGTERM; draining (a second signal exits at once)"),
     }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
 }
 
 async fn run(opts: Options) -> anyhow::Result<()> {

@@ -103,6 +103,7 @@ impl LeaseReport {
         for l in &self.leases {
             let expires = match l.expiry {
                 Expiry::Never => "never".to_string(),
+                Expiry::Node => "with node".to_string(),
                 Expiry::Unknown => "?".to_string(),
                 Expiry::At(t) => {
                     let s = t.duration_since(now).map_or(0, |d| d.as_secs());

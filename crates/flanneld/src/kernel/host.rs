@@ -10,7 +10,7 @@ pub struct SystemNetwork;
 impl HostNetwork for SystemNetwork {
     fn interfaces(&self) -> Result<Vec<Interface>, IfaceError> {
         let addrs =
-            nix::ifaddrs::getifaddrs().map_err(|e| IfaceError::Host(format!("getifaddrs: {e}")))?;
+            nix::ifaddrs::getifaddrs().map_err(|e| IfaceError::host("getifaddrs", e.into()))?;
         let mut out: Vec<Interface> = Vec::new();
         for a in addrs {
             let pos = match out.iter().position(|i| i.name == a.interface_name) {
@@ -53,7 +53,7 @@ impl HostNetwork for SystemNetwork {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(IfaceError::Host(format!("{path}: {e}"))),
+            Err(e) => return Err(IfaceError::host(path, e)),
         };
         Ok(text.lines().find_map(parse))
     }
@@ -64,14 +64,14 @@ impl HostNetwork for SystemNetwork {
         } else {
             "[::]:0".parse().unwrap()
         };
-        let sock = std::net::UdpSocket::bind(bind)
-            .map_err(|e| IfaceError::Host(format!("udp socket: {e}")))?;
+        let sock =
+            std::net::UdpSocket::bind(bind).map_err(|e| IfaceError::host("a UDP socket", e))?;
         // connect() on UDP sends nothing; it only asks the kernel for a route and source.
         sock.connect((dst, 9))
-            .map_err(|e| IfaceError::Host(format!("no route to {dst}: {e}")))?;
+            .map_err(|e| IfaceError::host(format!("the route to {dst}"), e))?;
         Ok(sock
             .local_addr()
-            .map_err(|e| IfaceError::Host(e.to_string()))?
+            .map_err(|e| IfaceError::host(format!("the source address toward {dst}"), e))?
             .ip())
     }
 }

@@ -252,6 +252,45 @@ pub trait Neighbours: Send + Sync {
 pub trait Kernel: Routes + Links + Neighbours {}
 impl<T: Routes + Links + Neighbours> Kernel for T {}
 
+/// The machine the daemon runs on: its interfaces, and what the traffic rules are applied
+/// through. [`SystemNetwork`] is the real one; tests bring fakes.
+#[async_trait]
+pub trait Platform: crate::iface::HostNetwork {
+    /// The packet filter for the rules (nftables with `EnableNFTables`, else iptables) and
+    /// whether it can do `--random-fully`.
+    async fn packet_filter(
+        &self,
+        nftables: bool,
+    ) -> (std::sync::Arc<dyn packet_filter::PacketFilter>, bool);
+    /// The kernel's routes (for the blackhole route), fenced to `networks`.
+    fn routes(&self, networks: Vec<IpNet>) -> Result<std::sync::Arc<dyn Routes>, KernelError>;
+}
+
+#[async_trait]
+impl Platform for SystemNetwork {
+    async fn packet_filter(
+        &self,
+        nftables: bool,
+    ) -> (std::sync::Arc<dyn packet_filter::PacketFilter>, bool) {
+        use packet_filter::{Iptables, Nftables};
+        if nftables {
+            (std::sync::Arc::new(Nftables), true)
+        } else {
+            (
+                std::sync::Arc::new(Iptables),
+                Iptables::supports_random_fully().await,
+            )
+        }
+    }
+
+    fn routes(&self, networks: Vec<IpNet>) -> Result<std::sync::Arc<dyn Routes>, KernelError> {
+        Ok(std::sync::Arc::new(Fenced::new(
+            Netlink::connect()?,
+            networks,
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

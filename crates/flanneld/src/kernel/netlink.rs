@@ -20,6 +20,7 @@ use netlink_packet_route::route::{
     RouteType,
 };
 use netlink_packet_route::AddressFamily;
+use nix::errno::Errno;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::io;
 use std::net::IpAddr;
@@ -27,10 +28,6 @@ use std::net::IpAddr;
 /// The kernel's vxlan port when none is given (Linux's historical default, which upstream
 /// flannel relies on).
 pub const VXLAN_DEFAULT_PORT: u16 = 8472;
-const ENOENT: i32 = 2;
-const ESRCH: i32 = 3;
-const ENODEV: i32 = 19;
-const EADDRNOTAVAIL: i32 = 99;
 
 /// An rtnetlink connection (its socket is bound to the namespace current at `connect`).
 #[derive(Clone)]
@@ -55,9 +52,9 @@ fn io_error(e: rtnetlink::Error) -> io::Error {
     }
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+fn errno(e: &rtnetlink::Error) -> Option<Errno> {
     match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| Errno::from_raw(-c.get())),
         _ => None,
     }
 }
@@ -70,7 +67,14 @@ fn fail(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
 /// Absent objects are fine when deleting.
 fn absent_ok(r: Result<(), rtnetlink::Error>, op: String) -> Result<(), KernelError> {
     match r {
-        Err(e) if matches!(errno(&e), Some(ENOENT | ESRCH | ENODEV | EADDRNOTAVAIL)) => Ok(()),
+        Err(e)
+            if matches!(
+                errno(&e),
+                Some(Errno::ENOENT | Errno::ESRCH | Errno::ENODEV | Errno::EADDRNOTAVAIL)
+            ) =>
+        {
+            Ok(())
+        }
         other => other.map_err(fail(op)),
     }
 }
@@ -370,7 +374,7 @@ impl Links for Netlink {
         let mut stream = self.handle.link().get().match_name(name).execute();
         match stream.try_next().await {
             Ok(m) => Ok(m.as_ref().map(link_of)),
-            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) if errno(&e) == Some(Errno::ENODEV) => Ok(None),
             Err(e) => Err(fail(format!("look up link {name}"))(e)),
         }
     }

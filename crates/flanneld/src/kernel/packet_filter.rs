@@ -223,23 +223,65 @@ impl PacketFilter for Nftables {
             return Ok(false);
         }
         let script = traffic::nft_script(set.network, set.subnet, set.random_fully, set.forward);
-        // Every rule line of the script is listed back verbatim by nft.
-        let want = script
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.ends_with("return") || l.ends_with("accept") || l.contains("masquerade"));
-        let have: Vec<&str> = out.stdout.lines().map(str::trim).collect();
-        let mut all = true;
-        for w in want {
-            all &= have.contains(&w);
-        }
-        Ok(all)
+        Ok(nft_in_place(&script, &out.stdout))
     }
+}
+
+/// The rules of an nft script or listing, per chain: the lines inside a chain block that
+/// are neither its `type … hook` line nor a brace.
+fn nft_rules(text: &str) -> Vec<(String, String)> {
+    let mut chain = String::new();
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("chain ") {
+            chain = name.trim_end_matches('{').trim().to_string();
+        } else if line.is_empty()
+            || line == "}"
+            || line.starts_with("table ")
+            || line.starts_with("flush ")
+            || line.starts_with("type ")
+        {
+            continue;
+        } else if !chain.is_empty() {
+            out.push((chain.clone(), line.to_string()));
+        }
+    }
+    out
+}
+
+/// Whether `listed` holds exactly the rules of `script`, chain by chain: nothing missing and
+/// nothing extra (a rule of the old network, or one somebody added to our table).
+fn nft_in_place(script: &str, listed: &str) -> bool {
+    let mut want = nft_rules(script);
+    let mut have = nft_rules(listed);
+    want.sort();
+    have.sort();
+    want == have
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nft_rules_in_place_means_nothing_missing_and_nothing_extra() {
+        let script = traffic::nft_script(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.7.0/24".parse().unwrap(),
+            true,
+            true,
+        );
+        // What `nft list table ip flannel-ipv4` prints for it.
+        let listed = "table ip flannel-ipv4 {\n\tchain postrtg {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tmeta mark 0x00004000 return\n\t\tip saddr 10.244.7.0/24 ip daddr 10.244.0.0/16 return\n\t\tip saddr 10.244.0.0/16 ip daddr 10.244.7.0/24 return\n\t\tip saddr != 10.244.7.0/24 ip daddr 10.244.0.0/16 return\n\t\tip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random\n\t\tip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random\n\t}\n\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr 10.244.0.0/16 accept\n\t\tip daddr 10.244.0.0/16 accept\n\t}\n}\n";
+        assert!(nft_in_place(&script, listed));
+        let extra = listed.replace(
+            "\t\tip daddr 10.244.0.0/16 accept\n",
+            "\t\tip daddr 10.244.0.0/16 accept\n\t\tip saddr 10.9.0.0/16 accept\n",
+        );
+        assert!(!nft_in_place(&script, &extra), "an extra rule");
+        let missing = listed.replace("\t\tmeta mark 0x00004000 return\n", "");
+        assert!(!nft_in_place(&script, &missing), "a missing rule");
+    }
 
     #[test]
     fn random_fully_needs_1_6_2() {

@@ -1,6 +1,6 @@
 //! Leader election, a capability of the subnet manager: etcd (a lease plus create-if-absent),
-//! in-process for the in-memory store (tests, benchmarks, one-node setups), a Kubernetes
-//! Lease later. Whoever holds leadership runs the cluster-wide jobs (route garbage collection,
+//! a coordination.k8s.io Lease (Kubernetes), in-process for the in-memory store (tests,
+//! benchmarks, one-node setups). Whoever holds leadership runs the cluster-wide jobs (route garbage collection,
 //! controller mode), so two holders must never overlap: [`Leadership::is_leader`] is true only
 //! until a local deadline (the last confirmed renewal plus the TTL, minus a margin), which
 //! passes before any other candidate can possibly win, whatever the network does.

@@ -173,7 +173,12 @@ impl KubeManager {
         reason: &str,
         message: &str,
     ) -> Result<(), SubnetError> {
-        let patch = serde_json::json!({"status": {"conditions": [fk::network_unavailable(up, reason, message)]}});
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .round(k8s_openapi::jiff::Unit::Second)
+            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now())
+            .to_string();
+        let condition = fk::network_unavailable(up, reason, message, &now);
+        let patch = serde_json::json!({"status": {"conditions": [condition]}});
         self.nodes()
             .patch_status(
                 &self.node,
@@ -256,7 +261,7 @@ impl SubnetManager for KubeManager {
                 ipv6: v6,
             },
             attrs: req.attrs.clone(),
-            expiry: Expiry::Never,
+            expiry: Expiry::Node,
         })
     }
 
@@ -551,3 +556,7 @@ impl Drop for LeaseHeld {
         self.task.abort();
     }
 }
+
+#[cfg(test)]
+#[path = "kube_mock_tests.rs"]
+mod mock_tests;

@@ -1,6 +1,6 @@
-//! Subnet managers: where leases live. The daemon talks to one through [`SubnetManager`];
-//! implementations are `memory` (in-process: tests and `--local-subnet-mgr`) and, in later
-//! modules, etcd and Kubernetes.
+//! Subnet managers: where leases live. The daemon, the controller and flannelctl talk to one
+//! through [`SubnetManager`]: `etcd` (the default, as upstream), `kube` (`--kube-subnet-mgr`:
+//! podCIDRs and node annotations) and `memory` (in-process: tests and `--local-subnet-mgr`).
 
 pub mod election;
 pub mod etcd;

@@ -85,6 +85,99 @@ impl flanneld::iface::HostNetwork for FakeHost {
     }
 }
 
+/// The traffic rules as a fake packet filter holds them: what was applied, and whether they
+/// are still in place (a test clears this to play an operator flushing the chains).
+#[derive(Default)]
+pub struct FakeFilter {
+    pub applies: std::sync::atomic::AtomicUsize,
+    pub in_place: std::sync::atomic::AtomicBool,
+}
+
+pub static FILTER: std::sync::LazyLock<std::sync::Arc<FakeFilter>> =
+    std::sync::LazyLock::new(Default::default);
+
+#[async_trait::async_trait]
+impl flanneld::kernel::packet_filter::PacketFilter for FakeFilter {
+    async fn apply(
+        &self,
+        _set: &flanneld::kernel::packet_filter::RuleSet,
+    ) -> Result<(), flanneld::kernel::packet_filter::FilterError> {
+        use std::sync::atomic::Ordering;
+        self.applies.fetch_add(1, Ordering::SeqCst);
+        self.in_place.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn in_place(
+        &self,
+        _set: &flanneld::kernel::packet_filter::RuleSet,
+    ) -> Result<bool, flanneld::kernel::packet_filter::FilterError> {
+        Ok(self.in_place.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+/// Routes in memory (the blackhole route's only user here).
+#[derive(Default)]
+pub struct MemoryRoutes(std::sync::Mutex<Vec<flanneld::kernel::ListedRoute>>);
+
+#[async_trait::async_trait]
+impl flanneld::kernel::Routes for MemoryRoutes {
+    async fn routes(
+        &self,
+        family: flanneld::kernel::Family,
+    ) -> Result<Vec<flanneld::kernel::ListedRoute>, flanneld::kernel::KernelError> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| flanneld::kernel::family_of(&r.route.dst) == family)
+            .cloned()
+            .collect())
+    }
+    async fn replace_route(
+        &self,
+        route: &flanneld::kernel::Route,
+    ) -> Result<(), flanneld::kernel::KernelError> {
+        let mut v = self.0.lock().unwrap();
+        v.retain(|r| r.route.dst != route.dst);
+        v.push(flanneld::kernel::ListedRoute {
+            route: route.clone(),
+            ours: true,
+        });
+        Ok(())
+    }
+    async fn delete_route(
+        &self,
+        route: &flanneld::kernel::Route,
+    ) -> Result<(), flanneld::kernel::KernelError> {
+        self.0.lock().unwrap().retain(|r| r.route.dst != route.dst);
+        Ok(())
+    }
+    async fn is_on_link(&self, _ip: IpAddr) -> Result<bool, flanneld::kernel::KernelError> {
+        Ok(false)
+    }
+}
+
+/// FakeHost's traffic rules go to [`FILTER`]; its routes to memory.
+#[async_trait::async_trait]
+impl flanneld::kernel::Platform for FakeHost {
+    async fn packet_filter(
+        &self,
+        _nftables: bool,
+    ) -> (
+        std::sync::Arc<dyn flanneld::kernel::packet_filter::PacketFilter>,
+        bool,
+    ) {
+        (FILTER.clone(), true)
+    }
+    fn routes(
+        &self,
+        _networks: Vec<ipnet::IpNet>,
+    ) -> Result<std::sync::Arc<dyn flanneld::kernel::Routes>, flanneld::kernel::KernelError> {
+        Ok(std::sync::Arc::new(MemoryRoutes::default()))
+    }
+}
+
 /// A daemon configuration writing subnet.env into `dir`, with long periods (tests drive events).
 pub fn daemon_config(dir: &std::path::Path) -> flanneld::daemon::DaemonConfig {
     flanneld::daemon::DaemonConfig {

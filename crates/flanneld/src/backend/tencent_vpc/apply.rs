@@ -14,7 +14,7 @@ use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use tencent_cloud::vpc::{NewRoute, ReplacementRoute};
 use tencent_cloud::ErrorClass;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 /// Items per call (EnableRoutes documents 100; the others are kept to the same).
 pub const MAX_PER_CALL: usize = 100;
@@ -77,7 +77,10 @@ pub async fn apply(
     let mut out = Applied::default();
     for tp in &plan.tables {
         let before = out.errors.len();
-        apply_table(client, tp, usage.get(&tp.table).copied(), &mut out).await;
+        let span = tracing::info_span!("table", table = %tp.table);
+        apply_table(client, tp, usage.get(&tp.table).copied(), &mut out)
+            .instrument(span)
+            .await;
         if out.errors.len() == before {
             out.done.push(tp.table.clone());
         }
