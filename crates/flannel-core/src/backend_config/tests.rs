@@ -1,0 +1,161 @@
+#[test]
+fn fallback_and_reserved_routes() {
+    let parse =
+        |j: &str| BackendConfig::parse("tencent-vpc", Some(&serde_json::from_str(j).unwrap()));
+    match parse(r#"{"Fallback":"VXLAN","ReservedRoutes":3}"#).unwrap() {
+        BackendConfig::TencentVpc(c) => {
+            assert!(c.fallback_vxlan);
+            assert_eq!(c.reserved_routes, 3);
+        }
+        other => panic!("{other:?}"),
+    }
+    match parse("{}").unwrap() {
+        BackendConfig::TencentVpc(c) => assert!(!c.fallback_vxlan, "off by default"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        parse(r#"{"Fallback":"udp"}"#).unwrap_err().to_string(),
+        "Backend.Fallback: \"udp\" is not vxlan or none"
+    );
+    assert_eq!(
+        parse(r#"{"ReservedRoutes":-1}"#).unwrap_err().to_string(),
+        "Backend.ReservedRoutes: -1 is negative"
+    );
+}
+
+use super::*;
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+#[test]
+fn type_names_and_alias() {
+    assert_eq!(
+        BackendKind::from_type("tencent-vpc"),
+        Ok(BackendKind::TencentVpc)
+    );
+    assert_eq!(
+        BackendKind::from_type("tx-vpc"),
+        Ok(BackendKind::TencentVpc)
+    );
+    assert_eq!(
+        BackendKind::from_type("TX-VPC"),
+        Ok(BackendKind::TencentVpc)
+    );
+    assert_eq!(BackendKind::from_type("host-gw"), Ok(BackendKind::HostGw));
+    assert_eq!(BackendKind::from_type("vxlan"), Ok(BackendKind::Vxlan));
+    assert_eq!(
+        BackendKind::from_type("udp").unwrap_err().to_string(),
+        "unknown backend type: udp"
+    );
+    assert_eq!(
+        BackendKind::from_type("").unwrap_err().to_string(),
+        "unknown backend type: "
+    );
+}
+
+#[test]
+fn vxlan_defaults_and_fields() {
+    let BackendConfig::Vxlan(c) =
+        BackendConfig::parse("vxlan", Some(&json!({"Type":"vxlan"}))).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(c.vni, 1);
+    let BackendConfig::Vxlan(c) = BackendConfig::parse(
+        "vxlan",
+        Some(&json!({"vni": 42, "Port": 4789, "DirectRouting": true})),
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!((c.vni, c.port, c.direct_routing), (42, 4789, true));
+    let e = BackendConfig::parse("vxlan", Some(&json!({"Port": 70000}))).unwrap_err();
+    assert_eq!(e.to_string(), "Backend.Port: 70000 is not a UDP port");
+}
+
+#[test]
+fn tencent_options_defaults_and_errors_naming_the_key() {
+    let BackendConfig::TencentVpc(c) =
+        BackendConfig::parse("tencent-vpc", Some(&json!({"Type": "tencent-vpc"}))).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(c.mode, TencentVpcMode::PerNode);
+    assert!(c.route_table_ids.is_empty() && !c.adopt_untagged_routes);
+    assert_eq!((c.cluster_name, c.resync_interval_secs), (None, None));
+    let BackendConfig::TencentVpc(c) = BackendConfig::parse(
+        "tx-vpc",
+        Some(
+            &json!({"RouteTableIds": ["rtb-a", "rtb-b", "rtb-a"], "ClusterName": "prod-1",
+            "AdoptUntaggedRoutes": true, "ResyncInterval": 30, "Mode": "controller",
+            "MetadataURL": "http://127.0.0.1:9/latest/meta-data/"}),
+        ),
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(c.route_table_ids, vec!["rtb-a", "rtb-b"]);
+    assert_eq!(c.cluster_name.as_deref(), Some("prod-1"));
+    assert!(c.adopt_untagged_routes);
+    assert_eq!(c.resync_interval_secs, Some(30));
+    assert_eq!(c.mode, TencentVpcMode::Controller);
+    for (raw, message) in [
+        (
+            json!({"ResyncInterval": 5}),
+            "Backend.ResyncInterval: 5 is below the minimum of 10 seconds",
+        ),
+        (
+            json!({"ResyncInterval": 9223372036854775807_i64}),
+            "Backend.ResyncInterval: 9223372036854775807 is above the maximum of 3600 seconds",
+        ),
+        (
+            json!({"ResyncInterval": -1}),
+            "Backend.ResyncInterval: -1 is below the minimum of 10 seconds",
+        ),
+        (
+            json!({"ResyncInterval": "60"}),
+            "Backend.ResyncInterval: expected an integer, found \"60\"",
+        ),
+        (
+            json!({"ClusterName": "Prod_1"}),
+            "Backend.ClusterName: \"Prod_1\" must be 1 to 40 of a-z, 0-9 and -",
+        ),
+        (
+            json!({"Mode": "both"}),
+            "Backend.Mode: \"both\" is not per-node or controller",
+        ),
+        (
+            json!({"RouteTableIds": "rtb-a"}),
+            "Backend.RouteTableIds: expected an array of strings, found a string",
+        ),
+        (
+            json!({"RouteTableIds": [7]}),
+            "Backend.RouteTableIds: 7 is not a route table id (rtb-...)",
+        ),
+        (
+            json!({"AdoptUntaggedRoutes": "yes"}),
+            "Backend.AdoptUntaggedRoutes: expected a boolean, found \"yes\"",
+        ),
+    ] {
+        let e = BackendConfig::parse("tencent-vpc", Some(&raw)).unwrap_err();
+        assert_eq!(e.to_string(), message, "{raw}");
+    }
+    assert_eq!(
+        cluster_name_for(&"10.244.0.0/16".parse().unwrap()),
+        "10-244-0-0-16"
+    );
+}
+
+#[test]
+fn tencent_secret_is_kept_but_never_printed() {
+    let raw = json!({"Type":"tx-vpc","AccessKeyID":"AKIDx","AccessKeySecret":"topsecret"});
+    let cfg = BackendConfig::parse("tx-vpc", Some(&raw)).unwrap();
+    let dbg = format!("{cfg:?}");
+    assert!(!dbg.contains("topsecret"), "{dbg}");
+    let BackendConfig::TencentVpc(c) = cfg else {
+        panic!()
+    };
+    assert_eq!(c.access_key_secret.unwrap().expose_secret(), "topsecret");
+    let e = BackendConfig::parse("tx-vpc", Some(&json!({"AccessKeySecret": 12345}))).unwrap_err();
+    assert!(!e.to_string().contains("12345"));
+}
