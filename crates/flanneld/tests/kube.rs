@@ -495,3 +495,102 @@ async fn without_node_name_the_node_is_the_pods_nodename() {
         "env variables POD_NAME and POD_NAMESPACE must be set"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs kube-apiserver (scripts/build-kube-apiserver.sh) and etcd: run with --include-ignored"]
+async fn flannelctl_lists_the_node_leases_with_their_admission() {
+    let (server, client) = server_with_namespace().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    for (name, cidr) in [
+        ("n1", "10.244.1.0/24"),
+        ("bad", "10.99.0.0/24"),
+        ("bare", "10.244.9.0/24"),
+    ] {
+        nodes
+            .create(&PostParams::default(), &node(name, cidr))
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net_conf = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    // n1 runs flanneld: a lease through the manager, so upstream's annotations.
+    let m = manager(&server, dir.path(), "n1", net_conf).await;
+    m.acquire_lease(&AcquireRequest {
+        attrs: attrs(1),
+        previous: None,
+        previous_ipv6: None,
+    })
+    .await
+    .unwrap();
+    // "bad" carries the same annotations by hand, on a podCIDR outside the Network: nodes
+    // must not route it, and the listing says why. "bare" runs no flannel: not a lease.
+    let mut a = attrs(2);
+    a.backend_type = "vxlan".into();
+    let annotations = flannel_core::kube::node_annotations(
+        &flannel_core::kube::AnnotationPrefix::parse(flannel_core::kube::DEFAULT_PREFIX).unwrap(),
+        &a,
+    );
+    nodes
+        .patch(
+            "bad",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": annotations}})),
+        )
+        .await
+        .unwrap();
+
+    let conf = dir.path().join("net-conf.json");
+    let kubeconfig = server.kubeconfig();
+    let run = move |output: &'static str| {
+        let (conf, kubeconfig) = (conf.clone(), kubeconfig.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_flannelctl"))
+                .args(["leases", "list", "--kube-subnet-mgr", "-o", output])
+                .arg(format!("--kubeconfig-file={}", kubeconfig.display()))
+                .arg(format!("--net-config-path={}", conf.display()))
+                .env_remove("NODE_NAME")
+                .env_remove("POD_NAME")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run("table").await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let n1 = lines
+        .iter()
+        .find(|l| l.starts_with("10.244.1.0/24 "))
+        .unwrap();
+    assert!(
+        n1.contains("172.16.0.1") && n1.contains("vxlan") && n1.ends_with(" used"),
+        "{n1}"
+    );
+    let bad = lines
+        .iter()
+        .find(|l| l.starts_with("10.99.0.0/24 "))
+        .unwrap();
+    assert!(
+        bad.contains("refused: ") && bad.contains("10.244.0.0/16"),
+        "{bad}"
+    );
+
+    let out = run("json").await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = v.to_string();
+    assert!(
+        text.contains("10.244.1.0/24") && text.contains("10.99.0.0/24"),
+        "{text}"
+    );
+    assert!(!text.contains("10.244.9.0/24"), "{text}");
+}
