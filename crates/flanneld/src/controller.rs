@@ -414,24 +414,12 @@ mod tests {
     #[tokio::test]
     async fn every_admitted_lease_is_routed_a_refused_one_isolated_and_its_reason_published() {
         use crate::backend::tencent_vpc::cloud::fake::FakeVpc;
-        use crate::backend::tencent_vpc::plan::Ownership;
         use crate::subnet::memory::MemoryManager;
         use flannel_core::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
 
         let vpc = Arc::new(FakeVpc::new(50));
         vpc.s().refused_next_hops.insert("172.16.1.99".into());
-        let settings = tvpc::Settings {
-            vpc_id: "vpc-1".into(),
-            owner: Ownership {
-                cluster: "c1".into(),
-                network: "10.244.0.0/16".parse().unwrap(),
-            },
-            adopt_untagged: false,
-            route_table_ids: vec![],
-            resync: Duration::from_secs(60),
-            fallback: false,
-            reserved: 0,
-        };
+        let settings = tvpc::Settings::for_tests(false);
         let c = Controller::with(
             vpc.clone(),
             settings,

@@ -67,6 +67,29 @@ async fn writes(emu: &Emulator) -> u64 {
     .sum()
 }
 
+/// A route the user adds in the console.
+async fn add_route(emu: &Emulator, table: &str, route: Value) {
+    admin(
+        emu,
+        reqwest::Method::POST,
+        &format!("/route-tables/{table}/routes"),
+        Some(route),
+    )
+    .await;
+}
+
+/// `routes plan`: succeeds, prints every line of `lines` (among others) and writes nothing.
+async fn plan_prints(emu: &Emulator, etcd_arg: &str, lines: &[&str]) -> String {
+    let out = ctl(vec!["routes".into(), "plan".into(), etcd_arg.into()]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for line in lines {
+        assert!(stdout.lines().any(|l| l == *line), "{line:?} in:\n{stdout}");
+    }
+    assert_eq!(writes(emu).await, 0, "plan writes nothing");
+    stdout
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -102,28 +125,21 @@ async fn plan_prints_without_writing_and_gc_removes_only_our_orphans() {
                "RouteDescription": "flannel:10-244-0-0-16:172.16.1.8"}),
         json!({"DestinationCidrBlock": "10.244.60.0/24", "GatewayType": "NAT", "GatewayId": "nat-1"}),
     ] {
-        admin(
-            &emu,
-            reqwest::Method::POST,
-            "/route-tables/rtb-main/routes",
-            Some(route),
-        )
-        .await;
+        add_route(&emu, "rtb-main", route).await;
     }
     let etcd_arg = format!("--etcd-endpoints={}", etcd.endpoint());
 
-    let out = ctl(vec!["routes".into(), "plan".into(), etcd_arg.clone()]).await;
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
-    for line in [
-        "tables: rtb-b, rtb-main (routes per table: 50)",
-        "rtb-main: create 10.244.1.0/24 via 172.16.1.7 (flannel:10-244-0-0-16:172.16.1.7)",
-        "rtb-main: create 10.244.2.0/24 via 172.16.2.7 (flannel:10-244-0-0-16:172.16.2.7)",
-        "rtb-b: create 10.244.1.0/24 via 172.16.1.7 (flannel:10-244-0-0-16:172.16.1.7)",
-    ] {
-        assert!(stdout.lines().any(|l| l == line), "{line:?} in:\n{stdout}");
-    }
-    assert_eq!(writes(&emu).await, 0, "plan writes nothing");
+    plan_prints(
+        &emu,
+        &etcd_arg,
+        &[
+            "tables: rtb-b, rtb-main (routes per table: 50)",
+            "rtb-main: create 10.244.1.0/24 via 172.16.1.7 (flannel:10-244-0-0-16:172.16.1.7)",
+            "rtb-main: create 10.244.2.0/24 via 172.16.2.7 (flannel:10-244-0-0-16:172.16.2.7)",
+            "rtb-b: create 10.244.1.0/24 via 172.16.1.7 (flannel:10-244-0-0-16:172.16.1.7)",
+        ],
+    )
+    .await;
 
     let out = ctl(vec![
         "routes".into(),
@@ -213,30 +229,23 @@ async fn refused_leases_are_shown_and_strays_outside_the_network_go_on_the_opera
     let tag = |ip: &str| format!("flannel:10-244-0-0-16:{ip}");
     // (172.16.2.7 holds no lease: its stray waits for the operator.)
     for (dest, via) in [("0.0.0.0/1", "172.16.1.7"), ("172.31.0.0/24", "172.16.2.7")] {
-        admin(
-            &emu,
-            reqwest::Method::POST,
-            "/route-tables/rtb-main/routes",
-            Some(
-                json!({"DestinationCidrBlock": dest, "GatewayType": "NORMAL_CVM",
-                        "GatewayId": via, "RouteDescription": tag(via)}),
-            ),
-        )
-        .await;
+        let route = json!({"DestinationCidrBlock": dest, "GatewayType": "NORMAL_CVM",
+                           "GatewayId": via, "RouteDescription": tag(via)});
+        add_route(&emu, "rtb-main", route).await;
     }
     let etcd_arg = format!("--etcd-endpoints={}", etcd.endpoint());
 
-    let out = ctl(vec!["routes".into(), "plan".into(), etcd_arg.clone()]).await;
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
-    for line in [
-        "refused lease 0.0.0.0-1: IPv4 subnet 0.0.0.0/1 covers the Network 10.244.0.0/16: a lease must be a subnet inside it",
-        "refused lease 10.244.3.0-24: PrivateIP 8.8.8.8 is not inside the VPC (172.16.0.0/16)",
-        "refused lease 192.168.100.0-24: IPv4 subnet 192.168.100.0/24 is not inside the Network 10.244.0.0/16",
-        "rtb-main: create 10.244.1.0/24 via 172.16.1.7 (flannel:10-244-0-0-16:172.16.1.7)",
-    ] {
-        assert!(stdout.lines().any(|l| l == line), "{line:?} in:\n{stdout}");
-    }
+    let stdout = plan_prints(
+        &emu,
+        &etcd_arg,
+        &[
+            "refused lease 0.0.0.0-1: IPv4 subnet 0.0.0.0/1 covers the Network 10.244.0.0/16: a lease must be a subnet inside it",
+            "refused lease 10.244.3.0-24: PrivateIP 8.8.8.8 is not inside the VPC (172.16.0.0/16)",
+            "refused lease 192.168.100.0-24: IPv4 subnet 192.168.100.0/24 is not inside the Network 10.244.0.0/16",
+            "rtb-main: create 10.244.1.0/24 via 172.16.1.7 (flannel:10-244-0-0-16:172.16.1.7)",
+        ],
+    )
+    .await;
     assert!(!stdout.contains("create 0.0.0.0/1") && !stdout.contains("create 192.168"));
 
     // The stray via a lease holder goes with a plain gc; the other only on the operator's

@@ -279,26 +279,26 @@ mod tests {
     use super::*;
     use crate::backend::tencent_vpc::cloud::fake::FakeVpc;
     use crate::backend::tencent_vpc::fallback::Fallback;
-    use crate::backend::tencent_vpc::plan::Ownership;
     use crate::backend::vxlan::VxlanBackend;
     use crate::kernel::fake::FakeKernel;
     use flannel_core::backend_config::VxlanConfig;
     use flannel_core::lease::{Expiry, SubnetKey};
     use serde_json::json;
 
-    fn settings(fallback: bool) -> Settings {
-        Settings {
-            vpc_id: "vpc-1".into(),
-            owner: Ownership {
-                cluster: "c1".into(),
-                network: "10.244.0.0/16".parse().unwrap(),
-            },
-            adopt_untagged: false,
-            route_table_ids: vec![],
-            resync: Duration::from_secs(60),
-            fallback,
-            reserved: 0,
-        }
+    fn agent(
+        ext: ExternalInterface,
+        facts: NodeFacts,
+        fallback: bool,
+        vpc: &Arc<FakeVpc>,
+    ) -> Agent {
+        Agent::new(
+            ext,
+            facts,
+            Settings::for_tests(fallback),
+            vpc.clone(),
+            crate::metrics::Metrics::default().vpc,
+            None,
+        )
     }
 
     fn node(i: u8, subnet: &str) -> (ExternalInterface, NodeFacts) {
@@ -338,14 +338,7 @@ mod tests {
         let own = lease(7, "subnet-a", false);
         let peers = [lease(8, "subnet-b", false)];
         let view = PeerView::unchecked(&peers);
-        let a = Agent::new(
-            ext.clone(),
-            facts.clone(),
-            settings(false),
-            vpc.clone(),
-            crate::metrics::Metrics::default().vpc,
-            None,
-        );
+        let a = agent(ext.clone(), facts.clone(), false, &vpc);
         a.preflight().await.unwrap();
         let s = a.reconcile(&own, &view, Trigger::Start).await.unwrap();
         assert!(s.ready && !s.pending, "{s:?}");
@@ -364,14 +357,7 @@ mod tests {
                 [("10.244.7.0/24".to_string(), "172.16.1.7".to_string())]
             );
         }
-        let again = Agent::new(
-            ext,
-            facts,
-            settings(false),
-            vpc.clone(),
-            crate::metrics::Metrics::default().vpc,
-            None,
-        );
+        let again = agent(ext, facts, false, &vpc);
         let s = again.reconcile(&own, &view, Trigger::Start).await.unwrap();
         assert!(s.ready);
         assert_eq!(vpc.calls("CreateRoutes"), 2, "a restart writes nothing");
@@ -382,14 +368,7 @@ mod tests {
         let vpc = Arc::new(FakeVpc::new(0));
         let (ext, facts) = node(7, "subnet-a");
         let own = lease(7, "subnet-a", false);
-        let a = Agent::new(
-            ext,
-            facts,
-            settings(false),
-            vpc.clone(),
-            crate::metrics::Metrics::default().vpc,
-            None,
-        );
+        let a = agent(ext, facts, false, &vpc);
         let none = PeerView::unchecked(&[]);
         let s = a.reconcile(&own, &none, Trigger::Start).await.unwrap();
         assert!(!s.ready);
@@ -429,15 +408,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let a = Agent::new(
-            ext,
-            facts,
-            settings(true),
-            vpc.clone(),
-            crate::metrics::Metrics::default().vpc,
-            None,
-        )
-        .with_fallback(Fallback::new(vxlan));
+        let a = agent(ext, facts, true, &vpc).with_fallback(Fallback::new(vxlan));
         let own = lease(9, "subnet-a", true);
         let peers = [lease(1, "subnet-a", true), lease(2, "subnet-a", true)];
         let s = a

@@ -134,6 +134,26 @@ impl Settings {
     }
 }
 
+#[cfg(test)]
+impl Settings {
+    /// What the unit tests of the agent and the controller run with: VPC `vpc-1`, cluster
+    /// `c1`, Network 10.244.0.0/16, every table, 60 s resync, nothing reserved.
+    pub(crate) fn for_tests(fallback: bool) -> Settings {
+        Settings {
+            vpc_id: "vpc-1".into(),
+            owner: Ownership {
+                cluster: "c1".into(),
+                network: "10.244.0.0/16".parse().unwrap(),
+            },
+            adopt_untagged: false,
+            route_table_ids: vec![],
+            resync: Duration::from_secs(60),
+            fallback,
+            reserved: 0,
+        }
+    }
+}
+
 /// The cluster name that tags our routes: Backend.ClusterName, else derived from the Network.
 pub fn cluster_of(cfg: &TencentVpcConfig, network: Ipv4Net) -> String {
     cfg.cluster_name
