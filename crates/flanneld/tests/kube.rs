@@ -237,6 +237,58 @@ async fn kube_subnet_manager_against_a_real_api_server() {
 /// The manifests in deploy/ as an operator applies them, validated by the API server itself
 /// (a server-side dry run; the namespace is created for real first, since a dry-run
 /// Namespace is not persisted).
+/// Every manifest in deploy/, sorted.
+fn manifests(deploy: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(deploy)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The (apiVersion, kind) pairs served both by Kubernetes 1.20 (what the tests run) and by
+/// current releases: deploy/ uses nothing else, so it applies on either.
+const SERVED_BY_1_20_AND_CURRENT: [(&str, &str); 10] = [
+    ("v1", "Namespace"),
+    ("v1", "ServiceAccount"),
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("apps/v1", "DaemonSet"),
+    ("apps/v1", "Deployment"),
+];
+
+#[test]
+fn deploy_uses_only_kinds_served_by_1_20_and_current_releases() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut seen = 0;
+    for path in manifests(&deploy) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in text.split("\n---") {
+            let top = |key: &str| {
+                doc.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .map(|v| v.trim().trim_matches('"').to_string())
+            };
+            let (Some(api), Some(kind)) = (top("apiVersion:"), top("kind:")) else {
+                continue;
+            };
+            assert!(
+                SERVED_BY_1_20_AND_CURRENT.contains(&(api.as_str(), kind.as_str())),
+                "{}: {api} {kind} is not served by both Kubernetes 1.20 and current releases",
+                path.display()
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 8, "{seen} objects in deploy/");
+}
+
 #[test]
 #[ignore = "needs kube-apiserver (scripts/build-kube-apiserver.sh) and etcd: run with --include-ignored"]
 fn deploy_manifests_pass_a_server_side_dry_run() {
@@ -261,14 +313,11 @@ fn deploy_manifests_pass_a_server_side_dry_run() {
     let ns = deploy.join("namespace.yaml");
     let (ok, out) = kubectl(&["apply", "-f", ns.to_str().unwrap()]);
     assert!(ok, "{out}");
-    for f in [
-        "rbac.yaml",
-        "configmap.yaml",
-        "secret.yaml",
-        "daemonset.yaml",
-        "controller.yaml",
-    ] {
-        let path = deploy.join(f);
+    for path in manifests(&deploy) {
+        let f = path.file_name().unwrap().to_string_lossy().into_owned();
+        if f == "namespace.yaml" {
+            continue;
+        }
         let (ok, out) = kubectl(&["apply", "--dry-run=server", "-f", path.to_str().unwrap()]);
         assert!(ok, "{f}: {out}");
         assert!(out.contains("(server dry run)"), "{f}: {out}");
