@@ -9,6 +9,9 @@ scripts/setup.sh
 # has one; else Debian's), and a real kube-apiserver built from Debian's source (4-6 min once).
 command -v kubectl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
 scripts/build-kube-apiserver.sh
+# The image (dist binaries + a Debian rootfs from Debian's packages) the image test imports into
+# a private containerd.
+scripts/build-image.sh
 # Everything: the unprivileged tier and the tests marked #[ignore = "needs root | etcd |
 # kube-apiserver"] (`cargo test --workspace` alone runs only the unprivileged tier).
 cargo test --workspace --locked -- --include-ignored --test-threads="${TEST_THREADS:-4}"
