@@ -8,7 +8,7 @@ scripts/setup.sh
 # Only the tests need these: kubectl for the manifests' server-side dry run (this machine kind
 # has one; else Debian's), and a real kube-apiserver built from Debian's source (4-6 min once).
 command -v kubectl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
-scripts/build-kube-apiserver.sh
+scripts/build-kube.sh kube-apiserver
 # The image (dist binaries + a Debian rootfs from Debian's packages) the image test imports into
 # a private containerd.
 scripts/build-image.sh

@@ -75,7 +75,7 @@ fn attrs(i: u8) -> LeaseAttrs {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs kube-apiserver (scripts/build-kube-apiserver.sh) and etcd: run with --include-ignored"]
+#[ignore = "needs kube-apiserver (scripts/build-kube.sh) and etcd: run with --include-ignored"]
 async fn kube_subnet_manager_against_a_real_api_server() {
     let (server, client) = server_with_namespace().await;
     let nodes: Api<Node> = Api::all(client.clone());
@@ -290,7 +290,7 @@ fn deploy_uses_only_kinds_served_by_1_20_and_current_releases() {
 }
 
 #[test]
-#[ignore = "needs kube-apiserver (scripts/build-kube-apiserver.sh) and etcd: run with --include-ignored"]
+#[ignore = "needs kube-apiserver (scripts/build-kube.sh) and etcd: run with --include-ignored"]
 fn deploy_manifests_pass_a_server_side_dry_run() {
     let server = KubeApiServer::start();
     let kubeconfig = server.kubeconfig();
@@ -388,7 +388,7 @@ impl flanneld::backend::BackendFactory for GateFactory {
 /// The daemon keeps NetworkUnavailable True, naming the problem, until the backend's data plane
 /// is in place, and only then sets it False.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs kube-apiserver (scripts/build-kube-apiserver.sh) and etcd: run with --include-ignored"]
+#[ignore = "needs kube-apiserver (scripts/build-kube.sh) and etcd: run with --include-ignored"]
 async fn network_unavailable_follows_the_data_plane() {
     let server = tokio::task::spawn_blocking(KubeApiServer::start)
         .await
@@ -459,7 +459,7 @@ async fn network_unavailable_follows_the_data_plane() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs kube-apiserver (scripts/build-kube-apiserver.sh) and etcd: run with --include-ignored"]
+#[ignore = "needs kube-apiserver (scripts/build-kube.sh) and etcd: run with --include-ignored"]
 async fn without_node_name_the_node_is_the_pods_nodename() {
     let (server, client) = server_with_namespace().await;
     // No controller-manager here: the service account the admission plugin wants is ours.
@@ -546,7 +546,7 @@ async fn without_node_name_the_node_is_the_pods_nodename() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs kube-apiserver (scripts/build-kube-apiserver.sh) and etcd: run with --include-ignored"]
+#[ignore = "needs kube-apiserver (scripts/build-kube.sh) and etcd: run with --include-ignored"]
 async fn flannelctl_lists_the_node_leases_with_their_admission() {
     let (server, client) = server_with_namespace().await;
     let nodes: Api<Node> = Api::all(client.clone());
