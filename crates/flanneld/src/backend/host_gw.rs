@@ -107,6 +107,9 @@ impl Backend for HostGwBackend {
         .await?;
         Ok(Status::done())
     }
+    fn repairs_on_kernel_changes(&self) -> bool {
+        true
+    }
     fn mtu(&self) -> u32 {
         self.ext.mtu
     }

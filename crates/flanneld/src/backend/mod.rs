@@ -112,6 +112,11 @@ pub trait Backend: Send + Sync {
     fn resync_period(&self) -> Option<std::time::Duration> {
         None
     }
+    /// Whether its data plane is the kernel's alone, so a kernel change that may have
+    /// removed part of it is worth a reconcile at once (it costs no cloud call).
+    fn repairs_on_kernel_changes(&self) -> bool {
+        false
+    }
 }
 
 /// The common part of every lease: public addresses of the external interface.

@@ -261,6 +261,9 @@ impl Backend for VxlanBackend {
         self.sync(own, &peers).await?;
         Ok(Status::done())
     }
+    fn repairs_on_kernel_changes(&self) -> bool {
+        true
+    }
     fn mtu(&self) -> u32 {
         self.spec.mtu
     }

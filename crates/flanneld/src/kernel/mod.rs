@@ -7,6 +7,7 @@
 
 pub mod fence;
 mod host;
+pub mod monitor;
 mod netlink;
 pub mod packet_filter;
 
@@ -264,6 +265,14 @@ pub trait Platform: crate::iface::HostNetwork {
     ) -> (std::sync::Arc<dyn packet_filter::PacketFilter>, bool);
     /// The kernel's routes (for the blackhole route), fenced to `networks`.
     fn routes(&self, networks: Vec<IpNet>) -> Result<std::sync::Arc<dyn Routes>, KernelError>;
+    /// Notifications of kernel changes that may have removed part of the data plane (none on
+    /// platforms without them: the periodic resync repairs alone).
+    fn kernel_changes(
+        &self,
+        _networks: Vec<IpNet>,
+    ) -> Result<Option<monitor::KernelChanges>, KernelError> {
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -288,6 +297,13 @@ impl Platform for SystemNetwork {
             Netlink::connect()?,
             networks,
         )))
+    }
+
+    fn kernel_changes(
+        &self,
+        networks: Vec<IpNet>,
+    ) -> Result<Option<monitor::KernelChanges>, KernelError> {
+        monitor::watch(networks).map(Some)
     }
 }
 

@@ -144,7 +144,7 @@ fn delete_message(route: &Route) -> Result<RouteMessage, KernelError> {
     Ok(b.build())
 }
 
-fn listed(msg: &RouteMessage) -> Option<ListedRoute> {
+pub(super) fn listed(msg: &RouteMessage) -> Option<ListedRoute> {
     let h = &msg.header;
     let table = msg
         .attributes

@@ -3,7 +3,8 @@
 //! subnet.env (then ready once the backend's data plane is in place); one difference: the
 //! lease feed's first snapshot comes before the first reconcile, so the backend starts
 //! knowing its peers. Then an event loop: each [`Event`] (lease changes from the feed, the
-//! jittered resync tick, the traffic rules check, lease renewal, shutdown) goes to one
+//! jittered resync tick, kernel changes that may have removed part of a kernel data plane,
+//! the traffic rules check, lease renewal, shutdown) goes to one
 //! handler that says [`Control::Continue`] or [`Control::Exit`]; [`run`] is the one place
 //! the daemon stops and turns not ready.
 
@@ -12,7 +13,7 @@ use crate::health::Health;
 use crate::iface::{self, ExternalInterface, IfaceError, Selection};
 use crate::kernel::Platform;
 use crate::lease_feed::{FeedEvent, LeaseFeed, OwnLoss};
-use crate::metrics::{EventLabels, LeaseLabels, ResultLabels};
+use crate::metrics::EventLabels;
 use crate::subnet::{AcquireRequest, SubnetError, SubnetManager};
 use crate::subnet_file;
 use crate::traffic::{Traffic, TrafficError, TrafficOptions};
@@ -28,6 +29,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
+
+mod telemetry;
+mod timing;
+
+use telemetry::{reconcile_span, record_lease, record_sync};
+use timing::{
+    jittered, next_change, renew_delay, KernelChanges, KERNEL_REPAIR_DEBOUNCE, KERNEL_REPAIR_GAP,
+    RENEW_RETRY,
+};
 
 /// What the daemon needs from the command line.
 #[derive(Debug, Clone)]
@@ -88,10 +98,6 @@ const CONFIG_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::fro
 const ACQUIRE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 /// How long activation waits for the lease watch's first snapshot.
 const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
-
-fn jittered(period: Duration) -> Duration {
-    backoff::spread(period, 0.1)
-}
 
 fn subnet_env(config: &ValidatedNetConfig, lease: &Lease, mtu: u32, ip_masq: bool) -> SubnetEnv {
     SubnetEnv {
@@ -164,6 +170,10 @@ enum Event {
     Shutdown,
     Feed(FeedEvent),
     Resync,
+    /// The kernel said part of the data plane may be gone.
+    KernelChanged,
+    /// The kernel's notifications ended (the periodic resync still repairs).
+    KernelWatchEnded,
     TrafficCheck,
     Renew,
 }
@@ -194,6 +204,11 @@ struct Node {
     resync_period: Duration,
     resync_pauses: backoff::Delays<rand::rngs::StdRng>,
     resync_at: Instant,
+    /// When the last resync started (kernel changes bring the next one no closer than
+    /// [`KERNEL_REPAIR_GAP`] after it).
+    last_resync: Instant,
+    /// Kernel change notifications, for backends whose data plane is the kernel's.
+    kernel_changes: Option<KernelChanges>,
     traffic_at: Instant,
     /// What the subnet manager was last told about readiness.
     reported: Option<(bool, Option<String>)>,
@@ -305,8 +320,19 @@ impl Node {
             false => None,
         };
         let env = subnet_env(&config, &own, backend.mtu(), cfg.traffic.masquerade);
+        let kernel_changes = match backend.repairs_on_kernel_changes() {
+            true => platform
+                .kernel_changes(crate::backend::host_gw::networks(&config))
+                .unwrap_or_else(|e| {
+                    warn!(error = %crate::report(&e), "no kernel notifications; repairs wait for the resync");
+                    None
+                }),
+            false => None,
+        };
         let now = Instant::now();
         let mut node = Node {
+            last_resync: now,
+            kernel_changes,
             traffic_at: crate::after(cfg.traffic_resync),
             resync_at: now,
             resync_pauses: Backoff::new(Duration::from_secs(1), resync_period).delays(),
@@ -339,6 +365,10 @@ impl Node {
             _ = shutdown => Event::Shutdown,
             e = self.feed.next() => Event::Feed(e),
             _ = tokio::time::sleep_until(self.resync_at) => Event::Resync,
+            change = next_change(&mut self.kernel_changes), if self.kernel_changes.is_some() => match change {
+                Some(()) => Event::KernelChanged,
+                None => Event::KernelWatchEnded,
+            },
             _ = tokio::time::sleep_until(self.traffic_at), if self.traffic.is_some() => Event::TrafficCheck,
             _ = tokio::time::sleep(renew_in) => Event::Renew,
         }
@@ -362,6 +392,19 @@ impl Node {
             }
             Event::Resync => {
                 self.resync().await;
+                Control::Continue
+            }
+            Event::KernelChanged => {
+                // Debounced: a burst of notifications (a link flap) brings one resync, and
+                // never sooner than KERNEL_REPAIR_GAP after the last one.
+                let at = (Instant::now() + KERNEL_REPAIR_DEBOUNCE)
+                    .max(self.last_resync + KERNEL_REPAIR_GAP);
+                self.resync_at = self.resync_at.min(at);
+                Control::Continue
+            }
+            Event::KernelWatchEnded => {
+                warn!("kernel notifications ended; repairs wait for the resync");
+                self.kernel_changes = None;
                 Control::Continue
             }
             Event::TrafficCheck => {
@@ -401,6 +444,7 @@ impl Node {
     }
 
     async fn resync(&mut self) {
+        self.last_resync = Instant::now();
         let trigger = Trigger::Resync {
             fresh: self.feed.is_fresh(),
         };
@@ -537,57 +581,4 @@ async fn traffic_for(
         .routes(crate::backend::host_gw::networks(config))
         .map_err(TrafficError::from)?;
     Ok(Traffic::new(&options, config, own, filter, routes))
-}
-
-/// The pause after a failed lease renewal (upstream's), for a lease with a long margin.
-const RENEW_RETRY: Duration = Duration::from_secs(60);
-
-/// Time until the lease should be renewed (expiry minus margin); a reservation never is.
-fn renew_delay(own: &Lease, margin: Duration) -> Duration {
-    match own.expiry {
-        Expiry::Never | Expiry::Node => Duration::from_secs(365 * 24 * 3600),
-        // Renewing tells us the real expiry.
-        Expiry::Unknown => Duration::from_secs(60),
-        Expiry::At(t) => t
-            .checked_sub(margin)
-            .and_then(|due| due.duration_since(SystemTime::now()).ok())
-            .unwrap_or(Duration::ZERO),
-    }
-}
-
-/// One reconcile's span: every line it logs names the backend and why it ran.
-fn reconcile_span(backend: &dyn Backend, trigger: Trigger<'_>) -> tracing::Span {
-    tracing::info_span!(
-        "reconcile",
-        backend = backend.kind().name(),
-        trigger = trigger.name()
-    )
-}
-
-fn record_lease(health: &Health, own: &Lease, backend: &str) {
-    health.metrics.lease.clear();
-    health
-        .metrics
-        .lease
-        .get_or_create(&LeaseLabels {
-            subnet: own.key.to_string(),
-            backend: backend.to_string(),
-        })
-        .set(1);
-    let expiry = match own.expiry {
-        Expiry::Never | Expiry::Node | Expiry::Unknown => 0.0,
-        Expiry::At(t) => t
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
-    };
-    health.metrics.lease_expiry.set(expiry);
-}
-
-fn record_sync<T, E>(health: &Health, r: &Result<T, E>) {
-    let result = if r.is_ok() { "ok" } else { "error" };
-    health
-        .metrics
-        .backend_syncs
-        .get_or_create(&ResultLabels { result })
-        .inc();
 }
