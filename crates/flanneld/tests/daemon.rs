@@ -305,6 +305,10 @@ async fn acquisition_is_retried_while_the_store_is_unreachable() {
 #[derive(Default)]
 struct Recorder {
     calls: std::sync::Mutex<Vec<String>>,
+    /// When each resync ran.
+    resyncs: std::sync::Mutex<Vec<tokio::time::Instant>>,
+    /// Whether the backend asks for kernel-change repairs.
+    repairs: bool,
 }
 
 struct FakeBackend(Arc<Recorder>);
@@ -340,6 +344,11 @@ impl flanneld::backend::Backend for FakeBackend {
                 }
             }
             flanneld::backend::Trigger::Resync { fresh } => {
+                self.0
+                    .resyncs
+                    .lock()
+                    .unwrap()
+                    .push(tokio::time::Instant::now());
                 calls.push(format!("resync fresh={fresh} peers={}", peers.len()))
             }
         }
@@ -347,6 +356,9 @@ impl flanneld::backend::Backend for FakeBackend {
     }
     fn mtu(&self) -> u32 {
         1400
+    }
+    fn repairs_on_kernel_changes(&self) -> bool {
+        self.0.repairs
     }
 }
 
@@ -492,4 +504,76 @@ async fn each_event_kind_reaches_its_handler_and_a_taken_lease_ends_the_daemon()
         format!("lease {} is now held by 172.16.0.66", own.key.ipv4)
     );
     assert!(!health.is_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn kernel_changes_bring_one_debounced_resync_and_never_two_within_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = manager(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    let health = Arc::new(Health::default());
+    let rec = Arc::new(Recorder {
+        repairs: true,
+        ..Default::default()
+    });
+    let (tell, changes) = futures::channel::mpsc::unbounded::<()>();
+    *common::KERNEL_CHANGES.lock().unwrap() = Some(Box::pin(changes));
+    let factory: &'static FakeFactory = Box::leak(Box::new(FakeFactory(rec.clone())));
+    let run = tokio::spawn(daemon::run(
+        daemon_config(dir.path()),
+        sm.clone(),
+        factory,
+        &FakeHost("172.16.0.7"),
+        health.clone(),
+        std::future::pending(),
+    ));
+    wait_until_async("ready", Duration::from_secs(10), || health.is_ready()).await;
+    let resyncs = || rec.resyncs.lock().unwrap().clone();
+    assert!(resyncs().is_empty(), "the period is 30 s");
+
+    // A burst (a link flap notifies several times), well after the first reconcile (which
+    // counts as the last repair): one resync, within the debounce.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let burst = tokio::time::Instant::now();
+    for _ in 0..5 {
+        tell.unbounded_send(()).unwrap();
+    }
+    wait_until_async("the repair", Duration::from_secs(5), || {
+        resyncs().len() == 1
+    })
+    .await;
+    assert!(
+        resyncs()[0] - burst < Duration::from_millis(100),
+        "{:?}",
+        resyncs()[0] - burst
+    );
+    // Virtual time: nothing more comes of that burst.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(resyncs().len(), 1);
+
+    // Our own repair notifies too: a change right after a resync waits out the 250 ms gap.
+    tell.unbounded_send(()).unwrap();
+    wait_until_async("the second repair", Duration::from_secs(5), || {
+        resyncs().len() == 2
+    })
+    .await;
+    tell.unbounded_send(()).unwrap();
+    wait_until_async("the third repair", Duration::from_secs(5), || {
+        resyncs().len() == 3
+    })
+    .await;
+    let r = resyncs();
+    assert!(
+        r[2] - r[1] >= Duration::from_millis(250),
+        "{:?}",
+        r[2] - r[1]
+    );
+
+    // The notifications end: the daemon carries on, repairing at the period.
+    drop(tell);
+    wait_until_async("the periodic resync", Duration::from_secs(60), || {
+        resyncs().len() == 4
+    })
+    .await;
+    assert!(health.is_ready());
+    run.abort();
 }

@@ -176,7 +176,18 @@ impl flanneld::kernel::Platform for FakeHost {
     ) -> Result<std::sync::Arc<dyn flanneld::kernel::Routes>, flanneld::kernel::KernelError> {
         Ok(std::sync::Arc::new(MemoryRoutes::default()))
     }
+    fn kernel_changes(
+        &self,
+        _networks: Vec<ipnet::IpNet>,
+    ) -> Result<Option<flanneld::kernel::monitor::KernelChanges>, flanneld::kernel::KernelError>
+    {
+        Ok(KERNEL_CHANGES.lock().unwrap().take())
+    }
 }
+
+/// The kernel notifications FakeHost hands to the one daemon whose backend asks for them.
+pub static KERNEL_CHANGES: std::sync::Mutex<Option<flanneld::kernel::monitor::KernelChanges>> =
+    std::sync::Mutex::new(None);
 
 /// A daemon configuration writing subnet.env into `dir`, with long periods (tests drive events).
 pub fn daemon_config(dir: &std::path::Path) -> flanneld::daemon::DaemonConfig {
