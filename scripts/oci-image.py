@@ -6,6 +6,7 @@ SOURCE_DATE_EPOCH, owners are 0, entries sorted, gzip without a name or time, so
 inputs give the same digest."""
 
 import argparse
+import datetime
 import gzip
 import hashlib
 import io
@@ -94,8 +95,7 @@ def main():
     p.add_argument("--out", required=True)
     a = p.parse_args()
     epoch = int(os.environ["SOURCE_DATE_EPOCH"])
-    created = __import__("datetime").datetime.fromtimestamp(epoch, __import__("datetime").timezone.utc)
-    created = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     _, binaries, entrypoint = contents(a.contents)
 
     base = open(a.rootfs, "rb").read()

@@ -11,6 +11,7 @@
 use crate::backend::{Backend, BackendContext, BackendError, BackendFactory, Status, Trigger};
 use crate::health::Health;
 use crate::iface::{self, ExternalInterface, IfaceError, Selection};
+use crate::kernel::monitor::KernelChanges;
 use crate::kernel::Platform;
 use crate::lease_feed::{FeedEvent, LeaseFeed, OwnLoss};
 use crate::metrics::EventLabels;
@@ -35,8 +36,7 @@ mod timing;
 
 use telemetry::{reconcile_span, record_lease, record_sync};
 use timing::{
-    jittered, next_change, renew_delay, KernelChanges, KERNEL_REPAIR_DEBOUNCE, KERNEL_REPAIR_GAP,
-    RENEW_RETRY,
+    jittered, next_change, renew_delay, KERNEL_REPAIR_DEBOUNCE, KERNEL_REPAIR_GAP, RENEW_RETRY,
 };
 
 /// What the daemon needs from the command line.

@@ -1,7 +1,7 @@
 //! The daemon's clocks: the jittered resync, lease renewal, and when a kernel change brings
 //! the repair.
 
-pub(super) use crate::kernel::monitor::KernelChanges;
+use crate::kernel::monitor::KernelChanges;
 use flannel_core::lease::{Expiry, Lease};
 use std::time::{Duration, SystemTime};
 
