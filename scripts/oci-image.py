@@ -85,29 +85,73 @@ def sha(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def files_layer(files, links, epoch):
+    """One layer from (source, path-in-image) files and (target, path) symlinks, with the
+    directories they need."""
+    entries = {}
+    for src, dest in files:
+        data = open(src, "rb").read()
+        entries[dest.lstrip("/")] = ("file", data, 0o755 if os.access(src, os.X_OK) else 0o644)
+    for target, dest in links:
+        entries[dest.lstrip("/")] = ("link", target, 0o777)
+    dirs = {os.path.dirname(name) for name in entries} - {""}
+    for d in list(dirs):
+        while d:
+            dirs.add(d)
+            d = os.path.dirname(d)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for d in sorted(dirs):
+            t.addfile(entry(d, epoch, 0o755, kind=tarfile.DIRTYPE))
+        for name in sorted(entries):
+            kind, value, mode = entries[name]
+            if kind == "file":
+                t.addfile(entry(name, epoch, mode, len(value)), io.BytesIO(value))
+            else:
+                info = entry(name, epoch, mode, kind=tarfile.SYMTYPE)
+                info.linkname = value
+                t.addfile(info)
+    return buf.getvalue()
+
+
+def pair(text):
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b:
+        raise argparse.ArgumentTypeError(f"{text!r}: want SOURCE:PATH")
+    return a, b
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--rootfs", required=True)
-    p.add_argument("--contents", required=True)
-    p.add_argument("--dist", required=True)
+    p.add_argument("--rootfs", help="the flannel-rs image: mmdebstrap's rootfs tar")
+    p.add_argument("--contents", help="the flannel-rs image: deploy/image-contents")
+    p.add_argument("--dist", help="the flannel-rs image: where the binaries are")
+    p.add_argument("--file", type=pair, action="append", default=[],
+                   help="a one-layer image instead: SOURCE:PATH-IN-IMAGE (repeatable)")
+    p.add_argument("--link", type=pair, action="append", default=[], help="TARGET:PATH symlink")
+    p.add_argument("--entrypoint", help="a one-layer image's entrypoint")
     p.add_argument("--name", required=True, help="e.g. docker.io/library/flannel-rs")
     p.add_argument("--tag", required=True)
     p.add_argument("--out", required=True)
     a = p.parse_args()
     epoch = int(os.environ["SOURCE_DATE_EPOCH"])
     created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    _, binaries, entrypoint = contents(a.contents)
-
-    base = open(a.rootfs, "rb").read()
-    versions = installed_versions(a.rootfs)
-    ours = flannel_layer(binaries, a.dist, a.contents, versions, epoch)
-    layers = [(base, gz(base)), (ours, gz(ours))]
-    blobs = {}
-    config = {
-        "created": created,
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
+    if a.file:
+        if not a.entrypoint:
+            raise SystemExit("--file needs --entrypoint")
+        layer = files_layer(a.file, a.link, epoch)
+        layers = [(layer, gz(layer))]
+        image_config = {"Entrypoint": [a.entrypoint], "Env": ["PATH=/bin:/usr/bin"]}
+        history = [{"created": created, "created_by": " ".join(dest for _, dest in a.file)}]
+    else:
+        if not (a.rootfs and a.contents and a.dist):
+            raise SystemExit("want --rootfs, --contents and --dist (or --file)")
+        _, binaries, entrypoint = contents(a.contents)
+        base = open(a.rootfs, "rb").read()
+        versions = installed_versions(a.rootfs)
+        ours = flannel_layer(binaries, a.dist, a.contents, versions, epoch)
+        layers = [(base, gz(base)), (ours, gz(ours))]
+        image_config = {
             "Entrypoint": [entrypoint],
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "Labels": {
@@ -115,12 +159,28 @@ def main():
                 "org.opencontainers.image.version": a.tag,
                 "io.flannel-rs.packages-sha256": hashlib.sha256(versions.encode()).hexdigest(),
             },
-        },
-        "rootfs": {"type": "layers", "diff_ids": [sha(raw) for raw, _ in layers]},
-        "history": [
+        }
+        history = [
             {"created": created, "created_by": "mmdebstrap --variant=essential (deploy/image-contents)"},
             {"created": created, "created_by": "flannel-rs binaries (deploy/image-contents)"},
-        ],
+        ]
+    manifest_digest = write_archive(layers, image_config, history, created, a, epoch)
+    size = sum(len(p) for _, p in layers)
+    print(f"image {a.name}:{a.tag} {manifest_digest}")
+    print(f"layers (gzip) {size} bytes: {', '.join(str(len(p)) for _, p in layers)}; unpacked {sum(len(r) for r, _ in layers)} bytes")
+
+
+def write_archive(layers, image_config, history, created, a, epoch):
+    """The OCI layout (index, manifest, config, layers) as one tar at a.out; the manifest's
+    digest."""
+    blobs = {}
+    config = {
+        "created": created,
+        "architecture": "amd64",
+        "os": "linux",
+        "config": image_config,
+        "rootfs": {"type": "layers", "diff_ids": [sha(raw) for raw, _ in layers]},
+        "history": history,
     }
     config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     blobs[sha(config_bytes)] = config_bytes
@@ -168,9 +228,7 @@ def main():
         for name in sorted(files):
             t.addfile(entry(name, epoch, 0o644, len(files[name])), io.BytesIO(files[name]))
     os.replace(tmp, a.out)
-    size = sum(len(p) for _, p in layers)
-    print(f"image {a.name}:{a.tag} {sha(manifest_bytes)}")
-    print(f"layers (gzip) {size} bytes: rootfs {len(layers[0][1])}, flannel-rs {len(layers[1][1])}; unpacked {sum(len(r) for r, _ in layers)} bytes")
+    return sha(manifest_bytes)
 
 
 if __name__ == "__main__":

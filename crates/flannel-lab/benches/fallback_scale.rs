@@ -44,6 +44,7 @@ fn main() {
         mode: Mode::PerNode,
         route_quota: quota,
         fallback: true,
+        kube: false,
     };
     let lab = fresh_lab(spec, nodes, bin_dir, Reach::FromFirst);
     let converged = lab.state.converged_secs.unwrap_or_default();

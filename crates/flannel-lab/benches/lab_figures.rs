@@ -71,6 +71,7 @@ fn main() {
         mode: Mode::PerNode,
         route_quota: flannel_lab::topology::DEFAULT_QUOTA,
         fallback: false,
+        kube: false,
     };
     let mut lab = fresh_lab(spec, 3, bin_dir, Reach::Full);
     println!(

@@ -39,9 +39,25 @@ enum Command {
         /// The lease store (etcd is the one the lab runs).
         #[arg(long, default_value = "etcd", value_parser = ["etcd"])]
         store: String,
+        /// Kubernetes: a control plane, containerd and a kubelet on every node, and flannel
+        /// from deploy/ (the image, the DaemonSet) applied with kubectl.
+        #[arg(long)]
+        kube: bool,
         /// Where flanneld, flannel and tencent-vpc-emulator are (default: beside flannel-lab).
         #[arg(long)]
         bin_dir: Option<std::path::PathBuf>,
+        /// `--kube`: where kube-apiserver, kube-controller-manager, kube-scheduler and kubelet
+        /// are.
+        #[arg(long, default_value = "/opt/flannel-rs/bin")]
+        kube_bin_dir: std::path::PathBuf,
+        /// `--kube`: where the image archives are (default: target/image beside the binaries).
+        #[arg(long)]
+        image_dir: Option<std::path::PathBuf>,
+    },
+    /// kubectl as the lab's admin, inside the lab (`--kube` labs): `flannel-lab kubectl get pods -A`.
+    Kubectl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Nodes, leases, route tables and the reachability matrix.
     Status {
@@ -122,7 +138,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             route_quota,
             fallback,
             store: _,
+            kube,
             bin_dir,
+            kube_bin_dir,
+            image_dir,
         } => {
             let spec = LabSpec {
                 prefix: prefix.clone(),
@@ -130,9 +149,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mode,
                 route_quota,
                 fallback,
+                kube,
             };
+            let mut bins = Bins::from_dir(bin_dir);
+            bins.kube_bin_dir = kube_bin_dir;
+            if let Some(dir) = image_dir {
+                bins.image_dir = dir;
+            }
             let started = std::time::Instant::now();
-            let lab = Lab::up(spec, nodes, Bins::from_dir(bin_dir), &mut |step| {
+            let lab = Lab::up(spec, nodes, bins, &mut |step| {
                 println!("[{:5.1}s] {step}", started.elapsed().as_secs_f64());
             })
             .with_context(|| format!("lab up failed; logs in {}; `flannel-lab --prefix {prefix} down` removes what was made", lab::state_dir(&prefix).display()))?;
@@ -210,6 +235,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Throttle { percent } => {
             Lab::load(&prefix)?.throttle(percent)?;
             println!("throttling {percent} % of API calls");
+        }
+        Command::Kubectl { args } => {
+            let lab = Lab::load(&prefix)?;
+            anyhow::ensure!(lab.spec().kube, "lab {prefix:?} is not a --kube lab");
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            print!("{}", lab.kubectl(&args)?);
         }
         Command::Down => {
             let removed = lab::down(&prefix)?;

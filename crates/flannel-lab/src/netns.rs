@@ -156,32 +156,53 @@ impl Netns {
         env: &[(&str, String)],
         log: &std::path::Path,
     ) -> Result<u32, CmdError> {
-        let spawn = |source| CmdError::Spawn {
-            cmd: shown(Some(&self.name), args),
-            source,
-        };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(spawn)?;
-        let child = self
-            .command(args[0])
-            .args(&args[1..])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().map_err(spawn)?)
-            .stderr(file)
-            .process_group(0)
-            .spawn()
-            .map_err(spawn)?;
-        Ok(child.id())
+        let mut cmd = self.command(args[0]);
+        cmd.args(&args[1..]);
+        detach(cmd, &shown(Some(&self.name), args), env, log)
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<(), CmdError> {
         self.ok(&["sysctl", "-qw", &format!("{key}={value}")])
             .map(drop)
     }
+}
+
+/// Start a long-running process in the root namespace (e.g. one that enters namespaces
+/// itself), detached like [`Netns::spawn_detached`]; its pid.
+pub fn spawn_detached_host(
+    args: &[&str],
+    env: &[(&str, String)],
+    log: &std::path::Path,
+) -> Result<u32, CmdError> {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]);
+    detach(cmd, &shown(None, args), env, log)
+}
+
+fn detach(
+    mut cmd: Command,
+    shown: &str,
+    env: &[(&str, String)],
+    log: &std::path::Path,
+) -> Result<u32, CmdError> {
+    let spawn = |source| CmdError::Spawn {
+        cmd: shown.to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(spawn)?;
+    let child = cmd
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().map_err(spawn)?)
+        .stderr(file)
+        .process_group(0)
+        .spawn()
+        .map_err(spawn)?;
+    Ok(child.id())
 }
 
 /// Poll `f` until it returns Ok or `timeout` passes; the last failure on timeout.

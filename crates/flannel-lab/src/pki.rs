@@ -44,10 +44,28 @@ impl Authority {
         server: bool,
         client: bool,
     ) -> Result<(String, String), rcgen::Error> {
+        self.leaf_for(name, &[ip], &[], server, client)
+    }
+
+    /// A leaf for several addresses and DNS names (e.g. a kube-apiserver: its address, the
+    /// `kubernetes` Service's ClusterIP and names).
+    pub fn leaf_for(
+        &self,
+        name: &str,
+        ips: &[IpAddr],
+        dns: &[&str],
+        server: bool,
+        client: bool,
+    ) -> Result<(String, String), rcgen::Error> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, name);
-        params.subject_alt_names = vec![SanType::IpAddress(ip)];
+        params.subject_alt_names = ips.iter().map(|ip| SanType::IpAddress(*ip)).collect();
+        for d in dns {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName((*d).try_into()?));
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = [
             server.then_some(ExtendedKeyUsagePurpose::ServerAuth),

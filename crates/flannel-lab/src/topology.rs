@@ -139,6 +139,9 @@ pub struct LabSpec {
     /// tencent-vpc with `"Fallback": "vxlan"`.
     #[serde(default)]
     pub fallback: bool,
+    /// Kubernetes: a control plane, kubelets, and flannel from deploy/ (`up --kube`).
+    #[serde(default)]
+    pub kube: bool,
 }
 
 fn default_quota() -> usize {
@@ -268,6 +271,7 @@ mod tests {
             mode,
             route_quota: DEFAULT_QUOTA,
             fallback: false,
+            kube: false,
         }
     }
 

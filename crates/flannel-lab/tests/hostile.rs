@@ -276,6 +276,7 @@ fn below_the_quota(prefix: &str, mode: Mode) {
             mode,
             route_quota: 3,
             fallback: false,
+            kube: false,
         },
         3,
         Reach::Nothing,

@@ -170,6 +170,7 @@ fn a_second_up_is_refused_and_down_after_a_failed_up_cleans_up() {
         mode: Mode::PerNode,
         route_quota: flannel_lab::topology::DEFAULT_QUOTA,
         fallback: false,
+        kube: false,
     };
     let err = Lab::up(
         spec,
@@ -209,6 +210,7 @@ fn fallback_reaches_over_vxlan_what_the_route_tables_cannot_hold() {
             mode: Mode::PerNode,
             route_quota: 6,
             fallback: true,
+            kube: false,
         },
         8,
     );
@@ -388,6 +390,7 @@ fn controller_mode_fallback_splits_and_promotes_when_the_quota_is_raised() {
             mode: Mode::Controller,
             route_quota: 4,
             fallback: true,
+            kube: false,
         },
         5,
     );

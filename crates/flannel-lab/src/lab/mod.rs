@@ -8,6 +8,7 @@
 
 mod console;
 mod faults;
+pub mod kube;
 mod nodes;
 mod processes;
 
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// Where Debian's containernetworking-plugins live.
 pub const CNI_PLUGINS: &str = "/usr/lib/cni";
-const STATE_ROOT: &str = "/run/flannel-lab";
+pub(crate) const STATE_ROOT: &str = "/run/flannel-lab";
 pub(crate) const HEALTH_PORT: u16 = 8081;
 /// The lab's subnet leases live 30 s (a production lease 24 h): a killed node's lease expires
 /// and the elected agent collects its routes within a minute, while you watch.
@@ -86,6 +87,17 @@ pub struct Bins {
     pub flanneld: PathBuf,
     pub flannel: PathBuf,
     pub emulator: PathBuf,
+    /// `--kube`: kube-apiserver, kube-controller-manager, kube-scheduler and kubelet
+    /// (scripts/build-kube.sh).
+    #[serde(default = "default_kube_bin_dir")]
+    pub kube_bin_dir: PathBuf,
+    /// `--kube`: the image archives (scripts/build-image.sh, scripts/build-lab-images.sh).
+    #[serde(default)]
+    pub image_dir: PathBuf,
+}
+
+fn default_kube_bin_dir() -> PathBuf {
+    PathBuf::from("/opt/flannel-rs/bin")
 }
 
 impl Bins {
@@ -98,12 +110,76 @@ impl Bins {
                     .and_then(|e| e.parent().map(Path::to_path_buf))
             })
             .unwrap_or_default();
+        // target/<profile>/ -> target/image/
+        let image_dir = dir
+            .parent()
+            .map(|target| target.join("image"))
+            .unwrap_or_else(|| dir.join("image"));
         Bins {
             flanneld: dir.join("flanneld"),
             flannel: dir.join("flannel"),
             emulator: dir.join("tencent-vpc-emulator"),
+            kube_bin_dir: default_kube_bin_dir(),
+            image_dir,
         }
     }
+
+    /// The images every `--kube` node imports: flannel-rs (the version deploy/ names), the
+    /// pause image and busybox.
+    pub fn image_archives(&self) -> [PathBuf; 3] {
+        [
+            self.image_dir
+                .join(format!("flannel-rs-{}.oci.tar", env!("CARGO_PKG_VERSION"))),
+            self.image_dir.join("pause.oci.tar"),
+            self.image_dir.join("busybox.oci.tar"),
+        ]
+    }
+}
+
+/// Everything `up --kube` needs besides what `up` does.
+pub fn missing_kube_prerequisites(bins: &Bins) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (program, package) in [
+        ("kubectl", "kubernetes-client"),
+        ("containerd", "containerd"),
+        ("ctr", "containerd"),
+        ("runc", "runc"),
+        ("unshare", "util-linux"),
+        ("nsenter", "util-linux"),
+    ] {
+        if !on_path(program) {
+            missing.push(format!("{program}: apt-get install {package}"));
+        }
+    }
+    for bin in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+    ] {
+        let path = bins.kube_bin_dir.join(bin);
+        if !path.is_file() {
+            missing.push(format!(
+                "{}: scripts/build-kube.sh kube-apiserver kube-controller-manager kube-scheduler kubelet pause",
+                path.display()
+            ));
+        }
+    }
+    let [flannel, pause, busybox] = bins.image_archives();
+    if !flannel.is_file() {
+        missing.push(format!("{}: scripts/build-image.sh", flannel.display()));
+    }
+    for image in [pause, busybox] {
+        if !image.is_file() {
+            missing.push(format!("{}: scripts/build-lab-images.sh", image.display()));
+        }
+    }
+    missing
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
 /// Everything `up` needs that is not there, each with how to get it.
@@ -112,10 +188,6 @@ pub fn missing_prerequisites(bins: &Bins) -> Vec<String> {
     if !nix::unistd::geteuid().is_root() {
         missing.push("root (network namespaces): run as root".into());
     }
-    let on_path = |p: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
-    };
     for (program, package) in [
         ("ip", "iproute2"),
         ("etcd", "etcd-server"),
@@ -155,6 +227,9 @@ pub struct State {
     /// Seconds from the last `up`/`add-node` start to a full reachability matrix.
     pub converged_secs: Option<f64>,
     pub etcd_pid: Option<u32>,
+    /// `--kube` labs: the control plane and what `down` must undo on the host.
+    #[serde(default)]
+    pub kube: Option<kube::KubeState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,6 +237,9 @@ pub struct NodeState {
     pub index: u8,
     pub flanneld_pid: Option<u32>,
     pub pod_ip: Option<String>,
+    /// `--kube`: the node script's pid, the kubelet's once it started.
+    #[serde(default)]
+    pub kubelet_pid: Option<u32>,
 }
 
 pub fn state_dir(prefix: &str) -> PathBuf {
@@ -238,7 +316,10 @@ impl Lab {
         if nodes == 0 || nodes > crate::topology::MAX_NODES {
             return Err(LabError::NodeCount(nodes));
         }
-        let missing = missing_prerequisites(&bins);
+        let mut missing = missing_prerequisites(&bins);
+        if spec.kube {
+            missing.extend(missing_kube_prerequisites(&bins));
+        }
         if !missing.is_empty() {
             return Err(LabError::Missing(missing));
         }
@@ -254,6 +335,7 @@ impl Lab {
                 nodes: Vec::new(),
                 converged_secs: None,
                 etcd_pid: None,
+                kube: None,
             },
             dir,
         };
@@ -287,6 +369,13 @@ impl Lab {
         lab.start_etcd()?;
         progress("Tencent VPC emulator: API http://172.16.1.1:9000, metadata http://169.254.0.23");
         lab.start_emulator()?;
+        if lab.spec().kube {
+            let started = Instant::now();
+            lab.up_kube(nodes, progress, started)?;
+            progress("waiting for every pod to reach every other pod");
+            lab.converge(started)?;
+            return Ok(lab);
+        }
         if (lab.spec().backend, lab.spec().mode) == (Backend::TencentVpc, Mode::Controller) {
             progress("route controller (flanneld --controller)");
             lab.start_controller()?;
@@ -386,14 +475,31 @@ pub fn down(prefix: &str) -> Result<Removed, LabError> {
         .map(|n| Netns::named(&n))
         .collect();
     let mut removed = Removed::default();
+    let loaded = Lab::load(prefix).ok();
+    let made_dirs = match loaded.as_ref() {
+        Some(lab) if lab.spec().kube => {
+            kube::teardown(lab);
+            lab.state
+                .kube
+                .as_ref()
+                .map(|k| k.made_dirs.clone())
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
     let mut pids: Vec<i32> = mine.iter().flat_map(Netns::pids).collect();
     // The processes the lab started, should one have left its namespace's view.
-    if let Ok(lab) = Lab::load(prefix) {
+    if let Some(lab) = &loaded {
+        let kube = lab.state.kube.clone().unwrap_or_default();
         let recorded = lab
             .state
             .etcd_pid
             .into_iter()
-            .chain(lab.state.nodes.iter().filter_map(|n| n.flanneld_pid));
+            .chain(lab.state.nodes.iter().filter_map(|n| n.flanneld_pid))
+            .chain(lab.state.nodes.iter().filter_map(|n| n.kubelet_pid))
+            .chain(kube.apiserver_pid)
+            .chain(kube.controller_manager_pid)
+            .chain(kube.scheduler_pid);
         for p in recorded
             .filter(|p| alive(*p))
             .filter_map(|p| i32::try_from(p).ok())
@@ -430,5 +536,6 @@ pub fn down(prefix: &str) -> Result<Removed, LabError> {
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
+    kube::remove_made_dirs(&made_dirs);
     Ok(removed)
 }

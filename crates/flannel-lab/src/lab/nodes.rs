@@ -9,6 +9,14 @@ use std::time::{Duration, Instant};
 impl Lab {
     /// The node's namespace, its cable to the router, and its flanneld; when flanneld started.
     pub(crate) fn create_node(&mut self, n: &NodeSpec) -> Result<Instant, LabError> {
+        self.create_node_namespace(n)?;
+        let started = Instant::now();
+        self.start_flanneld(n)?;
+        Ok(started)
+    }
+
+    /// The node's namespace, its cable to the router, its directory and state entry.
+    pub(crate) fn create_node_namespace(&mut self, n: &NodeSpec) -> Result<(), LabError> {
         let router = self.router();
         let ns = Netns::create(&n.ns)?;
         router.ok(&[
@@ -50,10 +58,17 @@ impl Lab {
             index: n.index,
             flanneld_pid: None,
             pod_ip: None,
+            kubelet_pid: None,
         });
-        let started = Instant::now();
-        self.start_flanneld(n)?;
-        Ok(started)
+        self.save()
+    }
+
+    /// Whether `from`'s pod reaches `ip` (one ping, `wait` seconds).
+    fn pod_pings(&self, from: &NodeSpec, ip: &str, wait: &str) -> bool {
+        if self.spec().kube {
+            return self.kube_pod_pings(from, ip);
+        }
+        Netns::named(&from.pod_ns).succeeds(&["ping", "-c1", &format!("-W{wait}"), ip])
     }
 
     /// The kube-flannel.yml CNI config for node `n`'s files.
@@ -140,9 +155,7 @@ impl Lab {
                                 if i == j || !live[i] || !live[j] {
                                     return None;
                                 }
-                                Some(to.as_ref().is_some_and(|ip| {
-                                    Netns::named(&from.pod_ns).succeeds(&["ping", "-c1", "-W1", ip])
-                                }))
+                                Some(to.as_ref().is_some_and(|ip| self.pod_pings(from, ip, "1")))
                             })
                             .collect::<Vec<Option<bool>>>()
                     })
@@ -189,6 +202,7 @@ impl Lab {
             .filter(|n| n.index != index && self.agent_running(n.index))
             .map(|n| (self.spec().node(n.index), n.pod_ip.clone()))
             .collect();
+        let lab: &Lab = self;
         wait(
             &format!("{}'s pod and every other pod to reach each other", me.name),
             Duration::from_secs(120),
@@ -196,17 +210,10 @@ impl Lab {
                 let failed = std::thread::scope(|scope| {
                     let checks: Vec<_> = others
                         .iter()
-                        .flat_map(|(other, ip)| {
-                            [
-                                (me.pod_ns.clone(), ip.clone()),
-                                (other.pod_ns.clone(), my_ip.clone()),
-                            ]
-                        })
+                        .flat_map(|(other, ip)| [(&me, ip.clone()), (other, my_ip.clone())])
                         .map(|(from, to)| {
                             scope.spawn(move || match to {
-                                Some(ip) => {
-                                    Netns::named(&from).succeeds(&["ping", "-c1", "-W0.2", &ip])
-                                }
+                                Some(ip) => lab.pod_pings(from, &ip, "0.2"),
                                 None => false,
                             })
                         })
@@ -254,13 +261,19 @@ impl Lab {
             .ok_or_else(|| LabError::UnknownNode(name.into()))
     }
 
-    /// Whether a node's flanneld is running.
+    /// Whether a node's flanneld is running (`--kube`: its kubelet, which runs it).
     pub fn agent_running(&self, index: u8) -> bool {
         self.state
             .nodes
             .iter()
             .find(|s| s.index == index)
-            .and_then(|s| s.flanneld_pid)
+            .and_then(|s| {
+                if self.spec().kube {
+                    s.kubelet_pid
+                } else {
+                    s.flanneld_pid
+                }
+            })
             .is_some_and(alive)
     }
 
@@ -272,7 +285,12 @@ impl Lab {
 
     /// The node's lease subnet, from its subnet.env.
     pub fn lease_of(&self, n: &NodeSpec) -> Option<String> {
-        let text = std::fs::read_to_string(self.node_dir(n).join("subnet.env")).ok()?;
+        let env = match self.spec().kube {
+            // The DaemonSet's hostPath /run/flannel: the node's own copy.
+            true => self.node_dir(n).join("host/run/flannel/subnet.env"),
+            false => self.node_dir(n).join("subnet.env"),
+        };
+        let text = std::fs::read_to_string(env).ok()?;
         text.lines()
             .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
             .and_then(|s| s.parse::<ipnet::Ipv4Net>().ok())

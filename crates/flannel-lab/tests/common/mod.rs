@@ -34,6 +34,7 @@ pub fn up(prefix: &str, backend: Backend, mode: Mode, nodes: u8) -> TestLab {
             mode,
             route_quota: flannel_lab::topology::DEFAULT_QUOTA,
             fallback: false,
+            kube: false,
         },
         nodes,
     )

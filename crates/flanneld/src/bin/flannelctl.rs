@@ -99,8 +99,9 @@ enum RoutesCommand {
     },
     /// List every route table of a VPC with its subnet associations and routes.
     List {
+        /// The VPC (default: this instance's, from the metadata service).
         #[arg(long = "vpc-id")]
-        vpc_id: String,
+        vpc_id: Option<String>,
         /// Region (default: TENCENTCLOUD_REGION, else the metadata service).
         #[arg(long)]
         region: Option<String>,
@@ -213,7 +214,7 @@ fn main() -> ExitCode {
 }
 
 async fn routes_list(
-    vpc_id: String,
+    vpc_id: Option<String>,
     region: Option<String>,
     endpoint: Option<String>,
     metadata_url: String,
@@ -227,11 +228,24 @@ async fn routes_list(
         metadata_url: Some(metadata_url),
         ..Default::default()
     };
-    let (client, region_name) = match flanneld::cloud::connect(setup, &env).await {
-        Ok(c) => (c.client, c.region),
+    let (client, metadata, region_name) = match flanneld::cloud::connect(setup, &env).await {
+        Ok(c) => (c.client, c.metadata, c.region),
         Err(e) => {
             eprintln!("flannelctl: {}", flanneld::report(&e));
             return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let vpc_id = match vpc_id {
+        Some(v) => v,
+        None => {
+            let cfg = flannel_core::backend_config::TencentVpcConfig::default();
+            match flanneld::backend::tencent_vpc::resolve_vpc(&cfg, &metadata).await {
+                Some(v) => v,
+                None => {
+                    eprintln!("flannelctl: --vpc-id not given and the metadata service did not say this instance's VPC");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            }
         }
     };
     let filters = [tencent_cloud::vpc::Filter::new(
