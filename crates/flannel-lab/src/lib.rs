@@ -81,5 +81,46 @@ pub fn status(lab: &Lab) -> Result<Status, LabError> {
         tables,
         matrix: lab.ping_matrix(),
         converged_secs: lab.state.converged_secs,
+        kube: if spec.kube {
+            Some(kube_view(lab)?)
+        } else {
+            None
+        },
+    })
+}
+
+fn kube_view(lab: &Lab) -> Result<render::KubeView, LabError> {
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    Ok(render::KubeView {
+        nodes: lab
+            .kube_nodes()?
+            .into_iter()
+            .map(|n| {
+                [
+                    n.name,
+                    yes_no(n.ready),
+                    match (n.network_unavailable, n.network_reason) {
+                        (Some(status), Some(reason)) => format!("{status} ({reason})"),
+                        (Some(status), None) => status,
+                        _ => "-".into(),
+                    },
+                    n.pod_cidr.unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect(),
+        pods: lab
+            .flannel_pods()?
+            .into_iter()
+            .map(|p| {
+                [
+                    p.name,
+                    p.node,
+                    p.phase,
+                    yes_no(p.ready),
+                    p.image,
+                    p.restarts.to_string(),
+                ]
+            })
+            .collect(),
     })
 }

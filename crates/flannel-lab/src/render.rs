@@ -31,6 +31,16 @@ pub struct Status {
     /// Row pings column: None where not tried (itself, or a stopped node).
     pub matrix: Vec<Vec<Option<bool>>>,
     pub converged_secs: Option<f64>,
+    /// `--kube` labs: Kubernetes' view.
+    pub kube: Option<KubeView>,
+}
+
+/// What kubectl shows of a `--kube` lab: (name, Ready, NetworkUnavailable, podCIDR) per
+/// Node and (name, node, phase, ready, image, restarts) per flannel pod.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KubeView {
+    pub nodes: Vec<[String; 4]>,
+    pub pods: Vec<[String; 6]>,
 }
 
 impl Status {
@@ -103,6 +113,22 @@ pub fn render(s: &Status) -> String {
         ],
         &rows,
     );
+    if let Some(k) = &s.kube {
+        let _ = writeln!(out, "\nKubernetes nodes");
+        let rows: Vec<Vec<String>> = k.nodes.iter().map(|r| r.to_vec()).collect();
+        table(
+            &mut out,
+            &["node", "Ready", "NetworkUnavailable", "podCIDR"],
+            &rows,
+        );
+        let _ = writeln!(out, "\nFlannel pods (namespace kube-flannel)");
+        let rows: Vec<Vec<String>> = k.pods.iter().map(|r| r.to_vec()).collect();
+        table(
+            &mut out,
+            &["pod", "node", "phase", "ready", "image", "restarts"],
+            &rows,
+        );
+    }
     for t in &s.tables {
         let _ = writeln!(
             out,
@@ -163,7 +189,12 @@ pub fn render(s: &Status) -> String {
         let _ = write!(out, " ({stopped} stopped nodes not tried)");
     }
     if let Some(c) = s.converged_secs {
-        let _ = write!(out, "; converged {c:.1} s after flanneld started");
+        let since = if s.kube.is_some() {
+            "the control plane started"
+        } else {
+            "flanneld started"
+        };
+        let _ = write!(out, "; converged {c:.1} s after {since}");
     }
     out.push('\n');
     out
@@ -349,6 +380,7 @@ mod tests {
             }],
             matrix: vec![vec![None, Some(false)], vec![Some(false), None]],
             converged_secs: None,
+            kube: None,
         };
         let text = render(&s);
         assert!(text.contains("  node-1  subnet-a  172.16.1.11"), "{text}");
@@ -384,5 +416,38 @@ mod tests {
         );
         assert_eq!(stopped.failed_pairs(), 0);
         assert_eq!(s.failed_pairs(), 2);
+        // A --kube lab: Kubernetes' view between the nodes and the tables.
+        let mut kube = s.clone();
+        kube.converged_secs = Some(40.0);
+        kube.kube = Some(KubeView {
+            nodes: vec![["node-1", "yes", "False (FlannelIsUp)", "10.244.0.0/24"].map(String::from)],
+            pods: vec![[
+                "kube-flannel-ds-x",
+                "node-1",
+                "Running",
+                "yes",
+                "flannel-rs:0.1.0",
+                "0",
+            ]
+            .map(String::from)],
+        });
+        let text = render(&kube);
+        let (nodes, tables) = (
+            text.find("Kubernetes nodes").unwrap(),
+            text.find("Route table").unwrap(),
+        );
+        assert!(nodes < tables, "{text}");
+        assert!(
+            text.contains("  node-1  yes    False (FlannelIsUp)  10.244.0.0/24"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  kube-flannel-ds-x  node-1  Running  yes    flannel-rs:0.1.0  0"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("converged 40.0 s after the control plane started\n"),
+            "{text}"
+        );
     }
 }

@@ -46,6 +46,16 @@ pub enum ControllerError {
     NoVpc,
 }
 
+/// The controller's name in the leader election: the pod's name in Kubernetes (unique; on
+/// the host network HOSTNAME is the node's, the same for replicas sharing a node's name
+/// space), else HOSTNAME, else one made of the process id.
+pub fn identity(env: &dyn Fn(&str) -> Option<String>) -> String {
+    ["POD_NAME", "HOSTNAME"]
+        .into_iter()
+        .find_map(|k| env(k).filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| format!("controller-{}", std::process::id()))
+}
+
 /// What the controller needs besides the store.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
@@ -372,6 +382,28 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_election_identity_is_the_pods_name_before_the_host_name() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        // Two replicas on the host network share HOSTNAME; their pod names differ.
+        assert_eq!(
+            identity(&env(&[("POD_NAME", "ctl-abc"), ("HOSTNAME", "vm")])),
+            "ctl-abc"
+        );
+        assert_eq!(
+            identity(&env(&[("POD_NAME", ""), ("HOSTNAME", "vm")])),
+            "vm"
+        );
+        assert!(identity(&env(&[])).starts_with("controller-"));
+    }
 
     fn status(routes: &[u8], fallback: &[u8]) -> RouteStatus {
         let net = |i: &u8| format!("10.244.{i}.0/24").parse::<Ipv4Net>().unwrap();

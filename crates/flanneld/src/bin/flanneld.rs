@@ -127,10 +127,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     if opts.controller {
-        let identity = std::env::var("HOSTNAME")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| format!("controller-{}", std::process::id()));
+        let identity = flanneld::controller::identity(&|k| std::env::var(k).ok());
         return flanneld::controller::run(
             flanneld::controller::ControllerOptions { identity },
             sm,
