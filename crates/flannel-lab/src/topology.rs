@@ -165,6 +165,19 @@ pub struct NodeSpec {
     pub router_port: String,
 }
 
+impl NodeSpec {
+    /// "node-1: 172.16.1.11 in subnet-a (ins-node-1)", for progress lines.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: {} in {} ({})",
+            self.name,
+            self.ip,
+            self.subnet.id(),
+            self.instance_id
+        )
+    }
+}
+
 impl LabSpec {
     pub fn router(&self) -> String {
         format!("{}-vpc", self.prefix)

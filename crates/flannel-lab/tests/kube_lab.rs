@@ -5,28 +5,13 @@
 
 mod common;
 
-use common::TestLab;
 use flannel_lab::lab::{self, kube, Lab};
-use flannel_lab::topology::{Backend, LabSpec, Mode, ROUTER_A};
+use flannel_lab::topology::{Backend, Mode, ROUTER_A};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 static ONE_KUBE_LAB: Mutex<()> = Mutex::new(());
-
-fn up(prefix: &str, backend: Backend, mode: Mode, nodes: u8) -> TestLab {
-    common::up_spec(
-        LabSpec {
-            prefix: prefix.into(),
-            backend,
-            mode,
-            route_quota: flannel_lab::topology::DEFAULT_QUOTA,
-            fallback: false,
-            kube: true,
-        },
-        nodes,
-    )
-}
 
 /// Every table's routes to `cidr`.
 fn routes_to(lab: &Lab, cidr: &str) -> usize {
@@ -259,7 +244,7 @@ fn rollout_loses_nothing(lab: &Lab, tag: &str) -> f64 {
 fn tencent_vpc_per_node_on_kubelets_installs_routes_rolls_and_collects() {
     let _one = ONE_KUBE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
-    let t = up("kvpc", Backend::TencentVpc, Mode::PerNode, 3);
+    let t = common::up_kube("kvpc", Backend::TencentVpc, Mode::PerNode, 3);
     let lab = &t.lab;
     eprintln!(
         "cluster up and every pod reachable in {:.1} s",
@@ -369,7 +354,7 @@ fn tencent_vpc_per_node_on_kubelets_installs_routes_rolls_and_collects() {
 #[ignore = "needs root, containerd, the kube binaries (scripts/build-kube.sh) and the images (scripts/build-image.sh, scripts/build-lab-images.sh)"]
 fn vxlan_on_kubelets_rolls_without_losing_a_ping() {
     let _one = ONE_KUBE_LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let t = up("kvx", Backend::Vxlan, Mode::PerNode, 2);
+    let t = common::up_kube("kvx", Backend::Vxlan, Mode::PerNode, 2);
     rollout_loses_nothing(&t.lab, "0.1.0-vxlan");
     let prefix = t.lab.spec().prefix.clone();
     drop(t);
@@ -380,7 +365,7 @@ fn vxlan_on_kubelets_rolls_without_losing_a_ping() {
 #[ignore = "needs root, containerd, the kube binaries (scripts/build-kube.sh) and the images (scripts/build-image.sh, scripts/build-lab-images.sh)"]
 fn controller_mode_on_kubelets_keeps_credentials_off_the_nodes_and_hands_over() {
     let _one = ONE_KUBE_LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let t = up("kctl", Backend::TencentVpc, Mode::Controller, 2);
+    let t = common::up_kube("kctl", Backend::TencentVpc, Mode::Controller, 2);
     let lab = &t.lab;
     let pods = lab.flannel_pods().unwrap();
     for p in &pods {

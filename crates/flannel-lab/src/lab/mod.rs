@@ -384,11 +384,8 @@ impl Lab {
         for i in 1..=nodes {
             let n = lab.spec().node(i);
             progress(&format!(
-                "{}: {} in {} ({}), flanneld {}",
-                n.name,
-                n.ip,
-                n.subnet.id(),
-                n.instance_id,
+                "{}, flanneld {}",
+                n.summary(),
                 lab.spec().backend.name()
             ));
             let started = lab.create_node(&n)?;

@@ -27,17 +27,23 @@ pub fn bins() -> Bins {
 }
 
 pub fn up(prefix: &str, backend: Backend, mode: Mode, nodes: u8) -> TestLab {
-    up_spec(
-        LabSpec {
-            prefix: prefix.into(),
-            backend,
-            mode,
-            route_quota: flannel_lab::topology::DEFAULT_QUOTA,
-            fallback: false,
-            kube: false,
-        },
-        nodes,
-    )
+    up_spec(spec(prefix, backend, mode, false), nodes)
+}
+
+/// An `up --kube` lab.
+pub fn up_kube(prefix: &str, backend: Backend, mode: Mode, nodes: u8) -> TestLab {
+    up_spec(spec(prefix, backend, mode, true), nodes)
+}
+
+fn spec(prefix: &str, backend: Backend, mode: Mode, kube: bool) -> LabSpec {
+    LabSpec {
+        prefix: prefix.into(),
+        backend,
+        mode,
+        route_quota: flannel_lab::topology::DEFAULT_QUOTA,
+        fallback: false,
+        kube,
+    }
 }
 
 pub fn up_spec(spec: LabSpec, nodes: u8) -> TestLab {

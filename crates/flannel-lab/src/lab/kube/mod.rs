@@ -111,11 +111,8 @@ impl Lab {
         for i in 1..=nodes {
             let n = self.spec().node(i);
             progress(&format!(
-                "{}: {} in {} ({}), containerd + kubelet, images imported",
-                n.name,
-                n.ip,
-                n.subnet.id(),
-                n.instance_id
+                "{}, containerd + kubelet, images imported",
+                n.summary()
             ));
             self.create_node_namespace(&n)?;
             self.start_kube_node(&n)?;
