@@ -250,6 +250,22 @@ fn tencent_vpc_per_node_on_kubelets_installs_routes_rolls_and_collects() {
         "cluster up and every pod reachable in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // A second --kube lab is refused before it makes anything.
+    let second = Lab::up(
+        flannel_lab::topology::LabSpec {
+            prefix: "kvpc2".into(),
+            ..lab.spec().clone()
+        },
+        1,
+        common::bins(),
+        &mut |_| {},
+    );
+    let message = second.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        message.contains(r#"a --kube lab ("kvpc") is up already"#),
+        "{message}"
+    );
+    assert!(!lab::state_dir("kvpc2").exists());
     let k = lab.state.kube.clone().unwrap();
     assert!(
         k.available_before_routed.is_empty(),

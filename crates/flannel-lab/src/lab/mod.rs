@@ -327,6 +327,9 @@ impl Lab {
         if dir.exists() || Netns::named(&spec.router()).exists() {
             return Err(LabError::AlreadyUp(spec.prefix.clone()));
         }
+        if spec.kube {
+            kube::refuse_second(&spec.prefix)?;
+        }
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let mut lab = Lab {
             state: State {

@@ -50,20 +50,25 @@ fn other_kube_labs(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Refuse a `--kube` lab while another is up.
+pub(crate) fn refuse_second(prefix: &str) -> Result<(), LabError> {
+    match other_kube_labs(prefix).first() {
+        Some(other) => Err(LabError::Invalid(format!(
+            "a --kube lab ({other:?}) is up already: two would share this machine's mount points ({}); `flannel-lab --prefix {other} down` first",
+            files::NODE_PRIVATE_DIRS.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl Lab {
     pub(crate) fn kube_state_mut(&mut self) -> &mut KubeState {
         self.state.kube.get_or_insert_with(KubeState::default)
     }
 
-    /// Refuse a second `--kube` lab; create the mount points the nodes need (recorded).
+    /// Create the mount points the nodes need (recorded).
     pub(crate) fn prepare_kube_host(&mut self) -> Result<(), LabError> {
-        let others = other_kube_labs(&self.spec().prefix);
-        if let Some(other) = others.first() {
-            return Err(LabError::Invalid(format!(
-                "a --kube lab ({other:?}) is up already: two would share this machine's mount points ({}); `flannel-lab --prefix {other} down` first",
-                files::NODE_PRIVATE_DIRS.join(", ")
-            )));
-        }
+        refuse_second(&self.spec().prefix)?;
         let mut made = Vec::new();
         for dir in files::NODE_PRIVATE_DIRS {
             // Record every ancestor made too (/opt/cni and /opt/cni/bin), outermost first.
