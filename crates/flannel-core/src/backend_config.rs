@@ -7,6 +7,13 @@ use secrecy::SecretString;
 use serde_json::{Map, Value};
 use std::fmt;
 
+/// Backends upstream flannel ships that flannel-rs does not implement: refused by name (a
+/// truly unknown type keeps upstream's "unknown backend type").
+pub const UPSTREAM_UNSUPPORTED: [&str; 5] = ["udp", "wireguard", "extension", "ipip", "ipsec"];
+
+/// What flannel-rs implements, for messages.
+pub const SUPPORTED: &str = "tencent-vpc (alias tx-vpc), host-gw, vxlan, alloc";
+
 /// The backends flannel-rs implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -26,6 +33,9 @@ impl BackendKind {
             "host-gw" => Ok(BackendKind::HostGw),
             "vxlan" => Ok(BackendKind::Vxlan),
             "alloc" => Ok(BackendKind::Alloc),
+            other if UPSTREAM_UNSUPPORTED.contains(&other) => {
+                Err(BackendConfigError::Unsupported(other.to_string()))
+            }
             _ => Err(BackendConfigError::UnknownType(t.to_string())),
         }
     }
@@ -51,6 +61,8 @@ impl fmt::Display for BackendKind {
 pub enum BackendConfigError {
     #[error("unknown backend type: {0}")]
     UnknownType(String),
+    #[error("backend type {0}: an upstream flannel backend that flannel-rs does not support; supported: {SUPPORTED}")]
+    Unsupported(String),
     #[error("Backend.{0}")]
     Field(FieldError),
     #[error("Backend.{field}: {problem}")]

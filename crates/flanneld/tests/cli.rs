@@ -120,7 +120,7 @@ fn config_check_errors_exit_2_with_upstream_message() {
         ),
         ("{\"Network\":", "net config: malformed JSON at line 1 column 11: EOF while parsing a value"),
         // The backend is checked exactly as flanneld checks it.
-        (r#"{"Network":"10.0.0.0/16"}"#, "unknown backend type: udp"),
+        (r#"{"Network":"10.0.0.0/16"}"#, "backend type udp: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, alloc"),
         (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"bogus"}}"#, "unknown backend type: bogus"),
         (
             r#"{"Network":"10.0.0.0/16","Backend":{"Type":"tencent-vpc","AccessKeySecret":["s3cr3t"]}}"#,
@@ -212,7 +212,7 @@ fn flanneld_bad_inputs_leave_no_subnet_file() {
         ),
         (
             r#"{"Network":"10.5.0.0/16"}"#,
-            "unknown backend type: udp".to_string(),
+            "backend type udp: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, alloc".to_string(),
         ),
         (
             r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":"one"}}"#,

@@ -43,9 +43,18 @@ fn type_names_and_alias() {
     );
     assert_eq!(BackendKind::from_type("host-gw"), Ok(BackendKind::HostGw));
     assert_eq!(BackendKind::from_type("vxlan"), Ok(BackendKind::Vxlan));
+    for upstream in ["udp", "wireguard", "extension", "ipip", "IPsec"] {
+        assert_eq!(
+            BackendKind::from_type(upstream).unwrap_err().to_string(),
+            format!(
+                "backend type {}: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, alloc",
+                upstream.to_ascii_lowercase()
+            )
+        );
+    }
     assert_eq!(
-        BackendKind::from_type("udp").unwrap_err().to_string(),
-        "unknown backend type: udp"
+        BackendKind::from_type("gre").unwrap_err().to_string(),
+        "unknown backend type: gre"
     );
     assert_eq!(
         BackendKind::from_type("").unwrap_err().to_string(),
