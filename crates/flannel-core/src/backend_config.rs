@@ -9,10 +9,10 @@ use std::fmt;
 
 /// Backends upstream flannel ships that flannel-rs does not implement: refused by name (a
 /// truly unknown type keeps upstream's "unknown backend type").
-pub const UPSTREAM_UNSUPPORTED: [&str; 5] = ["udp", "wireguard", "extension", "ipip", "ipsec"];
+pub const UPSTREAM_UNSUPPORTED: [&str; 4] = ["udp", "wireguard", "ipip", "ipsec"];
 
 /// What flannel-rs implements, for messages.
-pub const SUPPORTED: &str = "tencent-vpc (alias tx-vpc), host-gw, vxlan, alloc";
+pub const SUPPORTED: &str = "tencent-vpc (alias tx-vpc), host-gw, vxlan, extension, alloc";
 
 /// The backends flannel-rs implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub enum BackendKind {
     Vxlan,
     /// Upstream's `alloc`: a lease and subnet.env, no data plane (routes come from elsewhere).
     Alloc,
+    /// Upstream's `extension`: the data plane is the user's commands.
+    Extension,
 }
 
 impl BackendKind {
@@ -33,6 +35,7 @@ impl BackendKind {
             "host-gw" => Ok(BackendKind::HostGw),
             "vxlan" => Ok(BackendKind::Vxlan),
             "alloc" => Ok(BackendKind::Alloc),
+            "extension" => Ok(BackendKind::Extension),
             other if UPSTREAM_UNSUPPORTED.contains(&other) => {
                 Err(BackendConfigError::Unsupported(other.to_string()))
             }
@@ -47,6 +50,7 @@ impl BackendKind {
             BackendKind::HostGw => "host-gw",
             BackendKind::Vxlan => "vxlan",
             BackendKind::Alloc => "alloc",
+            BackendKind::Extension => "extension",
         }
     }
 }
@@ -164,12 +168,28 @@ fn valid_cluster_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// extension options (upstream `extension.go`): commands split on whitespace, `$VAR` and
+/// `${VAR}` expanded in each word, run without a shell. Empty means not run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtensionConfig {
+    /// Run before the lease; its trimmed output becomes the lease's BackendData (a string).
+    pub pre_startup: String,
+    /// Run once the lease is held: NETWORK, SUBNET, IPV6SUBNET, PUBLIC_IP, PUBLIC_IPV6.
+    pub post_startup: String,
+    /// Run for each extension peer that appears or changes: SUBNET, PUBLIC_IP, and the
+    /// peer's BackendData string plus a newline on stdin.
+    pub subnet_add: String,
+    /// Run for each extension peer that goes, the same way.
+    pub subnet_remove: String,
+}
+
 #[derive(Debug, Clone)]
 pub enum BackendConfig {
     TencentVpc(TencentVpcConfig),
     HostGw,
     Vxlan(VxlanConfig),
     Alloc,
+    Extension(ExtensionConfig),
 }
 
 impl BackendConfig {
@@ -179,6 +199,7 @@ impl BackendConfig {
             BackendConfig::HostGw => BackendKind::HostGw,
             BackendConfig::Vxlan(_) => BackendKind::Vxlan,
             BackendConfig::Alloc => BackendKind::Alloc,
+            BackendConfig::Extension(_) => BackendKind::Extension,
         }
     }
 
@@ -196,6 +217,13 @@ impl BackendConfig {
             BackendConfig::HostGw | BackendConfig::Alloc => {
                 serde_json::json!({"Type": self.kind().name()})
             }
+            BackendConfig::Extension(c) => serde_json::json!({
+                "Type": "extension",
+                "PreStartupCommand": c.pre_startup,
+                "PostStartupCommand": c.post_startup,
+                "SubnetAddCommand": c.subnet_add,
+                "SubnetRemoveCommand": c.subnet_remove,
+            }),
             BackendConfig::Vxlan(c) => serde_json::json!({
                 "Type": "vxlan",
                 "VNI": c.vni,
@@ -240,8 +268,30 @@ impl BackendConfig {
             BackendKind::Alloc => BackendConfig::Alloc,
             BackendKind::Vxlan => BackendConfig::Vxlan(parse_vxlan(obj)?),
             BackendKind::TencentVpc => BackendConfig::TencentVpc(parse_tencent(obj)?),
+            BackendKind::Extension => BackendConfig::Extension(parse_extension(obj)?),
         })
     }
+}
+
+fn parse_extension(obj: &Map<String, Value>) -> Result<ExtensionConfig, BackendConfigError> {
+    let mut c = ExtensionConfig::default();
+    const F: &[&str] = &[
+        "PreStartupCommand",
+        "PostStartupCommand",
+        "SubnetAddCommand",
+        "SubnetRemoveCommand",
+    ];
+    for (field, v) in gojson::matched(obj, F) {
+        let text = gojson::as_str(field, v)?.to_string();
+        match field {
+            "PreStartupCommand" => c.pre_startup = text,
+            "PostStartupCommand" => c.post_startup = text,
+            "SubnetAddCommand" => c.subnet_add = text,
+            "SubnetRemoveCommand" => c.subnet_remove = text,
+            _ => unreachable!("field list and match arms agree"),
+        }
+    }
+    Ok(c)
 }
 
 fn parse_vxlan(obj: &Map<String, Value>) -> Result<VxlanConfig, BackendConfigError> {

@@ -43,11 +43,11 @@ fn type_names_and_alias() {
     );
     assert_eq!(BackendKind::from_type("host-gw"), Ok(BackendKind::HostGw));
     assert_eq!(BackendKind::from_type("vxlan"), Ok(BackendKind::Vxlan));
-    for upstream in ["udp", "wireguard", "extension", "ipip", "IPsec"] {
+    for upstream in ["udp", "wireguard", "ipip", "IPsec"] {
         assert_eq!(
             BackendKind::from_type(upstream).unwrap_err().to_string(),
             format!(
-                "backend type {}: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, alloc",
+                "backend type {}: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, extension, alloc",
                 upstream.to_ascii_lowercase()
             )
         );
@@ -59,6 +59,26 @@ fn type_names_and_alias() {
     assert_eq!(
         BackendKind::from_type("").unwrap_err().to_string(),
         "unknown backend type: "
+    );
+}
+
+#[test]
+fn extension_commands_case_insensitively() {
+    let BackendConfig::Extension(c) = BackendConfig::parse(
+        "Extension",
+        Some(&json!({"Type":"extension","prestartupcommand":"cat /etc/id","SubnetAddCommand":"add $SUBNET"})),
+    )
+    .unwrap() else {
+        panic!("not extension")
+    };
+    assert_eq!(c.pre_startup, "cat /etc/id");
+    assert_eq!(c.subnet_add, "add $SUBNET");
+    assert_eq!(c.post_startup, "");
+    assert_eq!(
+        BackendConfig::parse("extension", Some(&json!({"SubnetRemoveCommand": 7})))
+            .unwrap_err()
+            .to_string(),
+        "Backend.SubnetRemoveCommand: expected a string, found 7"
     );
 }
 

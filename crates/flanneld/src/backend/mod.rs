@@ -3,6 +3,7 @@
 //! changes and each resync, so a backend is tested by driving it against fakes, without root.
 
 pub mod alloc;
+pub mod extension;
 pub mod host_gw;
 pub mod kernel_sync;
 pub mod tencent_vpc;
@@ -208,6 +209,15 @@ impl BackendFactory for Builtin {
     async fn build(&self, ctx: &BackendContext<'_>) -> Result<Box<dyn Backend>, BackendError> {
         match ctx.config {
             BackendConfig::Alloc => Ok(Box::new(alloc::AllocBackend::new(ctx.ext.clone()))),
+            BackendConfig::Extension(c) => Ok(Box::new(extension::ExtensionBackend::new(
+                ctx.ext.clone(),
+                c.clone(),
+                ctx.network
+                    .ipv4
+                    .as_ref()
+                    .map(|p| p.network.to_string())
+                    .unwrap_or_default(),
+            ))),
             BackendConfig::TencentVpc(c) => tencent_vpc::build(ctx, c).await,
             BackendConfig::HostGw => Ok(Box::new(host_gw::HostGwBackend::new(
                 ctx.ext.clone(),
