@@ -9,10 +9,10 @@ use std::fmt;
 
 /// Backends upstream flannel ships that flannel-rs does not implement: refused by name (a
 /// truly unknown type keeps upstream's "unknown backend type").
-pub const UPSTREAM_UNSUPPORTED: [&str; 4] = ["udp", "wireguard", "ipip", "ipsec"];
+pub const UPSTREAM_UNSUPPORTED: [&str; 3] = ["wireguard", "ipip", "ipsec"];
 
 /// What flannel-rs implements, for messages.
-pub const SUPPORTED: &str = "tencent-vpc (alias tx-vpc), host-gw, vxlan, extension, alloc";
+pub const SUPPORTED: &str = "tencent-vpc (alias tx-vpc), host-gw, vxlan, udp, extension, alloc";
 
 /// The backends flannel-rs implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,8 @@ pub enum BackendKind {
     Alloc,
     /// Upstream's `extension`: the data plane is the user's commands.
     Extension,
+    /// Upstream's `udp`: IP packets in UDP through a TUN device (upstream: for debugging).
+    Udp,
 }
 
 impl BackendKind {
@@ -36,6 +38,7 @@ impl BackendKind {
             "vxlan" => Ok(BackendKind::Vxlan),
             "alloc" => Ok(BackendKind::Alloc),
             "extension" => Ok(BackendKind::Extension),
+            "udp" => Ok(BackendKind::Udp),
             other if UPSTREAM_UNSUPPORTED.contains(&other) => {
                 Err(BackendConfigError::Unsupported(other.to_string()))
             }
@@ -51,6 +54,7 @@ impl BackendKind {
             BackendKind::Vxlan => "vxlan",
             BackendKind::Alloc => "alloc",
             BackendKind::Extension => "extension",
+            BackendKind::Udp => "udp",
         }
     }
 }
@@ -183,6 +187,23 @@ pub struct ExtensionConfig {
     pub subnet_remove: String,
 }
 
+/// udp options (upstream `udp.go`): the UDP port, 8285 by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpConfig {
+    pub port: u16,
+}
+
+/// Upstream's udp port.
+pub const UDP_DEFAULT_PORT: u16 = 8285;
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            port: UDP_DEFAULT_PORT,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum BackendConfig {
     TencentVpc(TencentVpcConfig),
@@ -190,6 +211,7 @@ pub enum BackendConfig {
     Vxlan(VxlanConfig),
     Alloc,
     Extension(ExtensionConfig),
+    Udp(UdpConfig),
 }
 
 impl BackendConfig {
@@ -200,6 +222,7 @@ impl BackendConfig {
             BackendConfig::Vxlan(_) => BackendKind::Vxlan,
             BackendConfig::Alloc => BackendKind::Alloc,
             BackendConfig::Extension(_) => BackendKind::Extension,
+            BackendConfig::Udp(_) => BackendKind::Udp,
         }
     }
 
@@ -217,6 +240,7 @@ impl BackendConfig {
             BackendConfig::HostGw | BackendConfig::Alloc => {
                 serde_json::json!({"Type": self.kind().name()})
             }
+            BackendConfig::Udp(c) => serde_json::json!({"Type": "udp", "Port": c.port}),
             BackendConfig::Extension(c) => serde_json::json!({
                 "Type": "extension",
                 "PreStartupCommand": c.pre_startup,
@@ -269,8 +293,24 @@ impl BackendConfig {
             BackendKind::Vxlan => BackendConfig::Vxlan(parse_vxlan(obj)?),
             BackendKind::TencentVpc => BackendConfig::TencentVpc(parse_tencent(obj)?),
             BackendKind::Extension => BackendConfig::Extension(parse_extension(obj)?),
+            BackendKind::Udp => BackendConfig::Udp(parse_udp(obj)?),
         })
     }
+}
+
+fn parse_udp(obj: &Map<String, Value>) -> Result<UdpConfig, BackendConfigError> {
+    let mut c = UdpConfig::default();
+    for (field, v) in gojson::matched(obj, &["Port"]) {
+        let n = gojson::as_int(field, v)?;
+        c.port = u16::try_from(n)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or(BackendConfigError::Invalid {
+                field: "Port",
+                problem: format!("{n} is not a UDP port"),
+            })?;
+    }
+    Ok(c)
 }
 
 fn parse_extension(obj: &Map<String, Value>) -> Result<ExtensionConfig, BackendConfigError> {

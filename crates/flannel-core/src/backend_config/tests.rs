@@ -43,11 +43,11 @@ fn type_names_and_alias() {
     );
     assert_eq!(BackendKind::from_type("host-gw"), Ok(BackendKind::HostGw));
     assert_eq!(BackendKind::from_type("vxlan"), Ok(BackendKind::Vxlan));
-    for upstream in ["udp", "wireguard", "ipip", "IPsec"] {
+    for upstream in ["wireguard", "ipip", "IPsec"] {
         assert_eq!(
             BackendKind::from_type(upstream).unwrap_err().to_string(),
             format!(
-                "backend type {}: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, extension, alloc",
+                "backend type {}: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, udp, extension, alloc",
                 upstream.to_ascii_lowercase()
             )
         );
@@ -59,6 +59,25 @@ fn type_names_and_alias() {
     assert_eq!(
         BackendKind::from_type("").unwrap_err().to_string(),
         "unknown backend type: "
+    );
+}
+
+#[test]
+fn udp_port_default_and_checked() {
+    let BackendConfig::Udp(c) = BackendConfig::parse("udp", None).unwrap() else {
+        panic!("not udp")
+    };
+    assert_eq!(c.port, 8285);
+    let BackendConfig::Udp(c) = BackendConfig::parse("UDP", Some(&json!({"port": 9000}))).unwrap()
+    else {
+        panic!("not udp")
+    };
+    assert_eq!(c.port, 9000);
+    assert_eq!(
+        BackendConfig::parse("udp", Some(&json!({"Port": 70000})))
+            .unwrap_err()
+            .to_string(),
+        "Backend.Port: 70000 is not a UDP port"
     );
 }
 

@@ -7,6 +7,7 @@ pub mod extension;
 pub mod host_gw;
 pub mod kernel_sync;
 pub mod tencent_vpc;
+pub mod udp;
 pub mod vxlan;
 
 use crate::iface::ExternalInterface;
@@ -198,6 +199,11 @@ impl Builtin {
             BackendConfig::Vxlan(_) if network.enable_ipv6() => {
                 return Err(BackendError::Unsupported(vxlan::IPV6_UNSUPPORTED.into()));
             }
+            BackendConfig::Udp(_) if network.enable_ipv6() || network.network().is_none() => {
+                return Err(BackendError::Unsupported(
+                    "udp carries IPv4 only, as upstream's (set EnableIPv6 to false)".into(),
+                ));
+            }
             _ => {}
         }
         Ok(config)
@@ -209,6 +215,16 @@ impl BackendFactory for Builtin {
     async fn build(&self, ctx: &BackendContext<'_>) -> Result<Box<dyn Backend>, BackendError> {
         match ctx.config {
             BackendConfig::Alloc => Ok(Box::new(alloc::AllocBackend::new(ctx.ext.clone()))),
+            BackendConfig::Udp(c) => {
+                let network = ctx
+                    .network
+                    .network()
+                    .ok_or_else(|| BackendError::Unsupported("udp carries IPv4 only".into()))?;
+                Ok(Box::new(
+                    udp::UdpBackend::new(ctx.ext.clone(), c, network, fenced_kernel(ctx.network)?)
+                        .await?,
+                ))
+            }
             BackendConfig::Extension(c) => Ok(Box::new(extension::ExtensionBackend::new(
                 ctx.ext.clone(),
                 c.clone(),
