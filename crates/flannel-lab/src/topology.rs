@@ -35,6 +35,8 @@ pub enum Backend {
     TencentVpc,
     HostGw,
     Vxlan,
+    /// Upstream's udp (TUN + UDP 8285; upstream: for debugging).
+    Udp,
 }
 
 impl Backend {
@@ -43,6 +45,7 @@ impl Backend {
             Backend::TencentVpc => "tencent-vpc",
             Backend::HostGw => "host-gw",
             Backend::Vxlan => "vxlan",
+            Backend::Udp => "udp",
         }
     }
 }
@@ -345,7 +348,12 @@ mod tests {
 
     #[test]
     fn scenario_is_valid_for_the_emulator() {
-        for b in [Backend::TencentVpc, Backend::HostGw, Backend::Vxlan] {
+        for b in [
+            Backend::TencentVpc,
+            Backend::HostGw,
+            Backend::Vxlan,
+            Backend::Udp,
+        ] {
             let text = spec(b, Mode::PerNode).scenario();
             let s = tencent_vpc_emulator::scenario::Scenario::from_json(&text)
                 .unwrap_or_else(|e| panic!("{b:?}: {e}"));

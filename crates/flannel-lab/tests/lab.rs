@@ -139,8 +139,12 @@ fn controller_mode_routes_every_node() {
 
 #[test]
 #[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
-fn host_gw_and_vxlan_labs_converge_without_cloud_routes() {
-    for (prefix, backend) in [("lt3", Backend::HostGw), ("lt4", Backend::Vxlan)] {
+fn host_gw_vxlan_and_udp_labs_converge_without_cloud_routes() {
+    for (prefix, backend) in [
+        ("lt3", Backend::HostGw),
+        ("lt4", Backend::Vxlan),
+        ("lt9", Backend::Udp),
+    ] {
         let t = up(prefix, backend, Mode::PerNode, 3);
         assert!(full(&t.lab.ping_matrix()), "{backend:?}");
         let r = routes(&t.lab);
