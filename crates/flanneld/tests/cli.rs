@@ -120,7 +120,7 @@ fn config_check_errors_exit_2_with_upstream_message() {
         ),
         ("{\"Network\":", "net config: malformed JSON at line 1 column 11: EOF while parsing a value"),
         // The backend is checked exactly as flanneld checks it.
-        (r#"{"Network":"10.0.0.0/16"}"#, "backend type udp: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, alloc"),
+        (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"ipsec"}}"#, "backend type ipsec: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, udp, extension, alloc"),
         (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"bogus"}}"#, "unknown backend type: bogus"),
         (
             r#"{"Network":"10.0.0.0/16","Backend":{"Type":"tencent-vpc","AccessKeySecret":["s3cr3t"]}}"#,
@@ -152,8 +152,8 @@ fn config_check_errors_exit_2_with_upstream_message() {
             "Backend.ResyncInterval: 9223372036854775807 is above the maximum of 3600 seconds",
         ),
         (
-            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#,
-            "vxlan with EnableIPv6 is not supported yet by flannel-rs (use host-gw, or IPv4 only)",
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"udp"}}"#,
+            "udp carries IPv4 only, as upstream's (set EnableIPv6 to false)",
         ),
     ] {
         let f = write(d.path(), "net.json", text);
@@ -211,8 +211,8 @@ fn flanneld_bad_inputs_leave_no_subnet_file() {
             format!("network config {}: SubnetLen must be less than /31", f.display()),
         ),
         (
-            r#"{"Network":"10.5.0.0/16"}"#,
-            "backend type udp: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, alloc".to_string(),
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#,
+            "backend type wireguard: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, udp, extension, alloc".to_string(),
         ),
         (
             r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":"one"}}"#,

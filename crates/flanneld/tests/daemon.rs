@@ -134,7 +134,7 @@ async fn restart_keeps_the_subnet_via_subnet_env() {
 #[tokio::test]
 async fn unknown_backend_fails_before_any_lease_or_file() {
     let dir = tempfile::tempdir().unwrap();
-    let sm = manager(r#"{"Network":"10.5.0.0/16"}"#);
+    let sm = manager(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}"#);
     let cfg = daemon_config(dir.path());
     let err = daemon::run(
         cfg.clone(),
@@ -146,7 +146,7 @@ async fn unknown_backend_fails_before_any_lease_or_file() {
     )
     .await
     .unwrap_err();
-    assert_eq!(flanneld::report(&err), "backend type udp: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, alloc");
+    assert_eq!(flanneld::report(&err), "backend type ipip: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, udp, extension, alloc");
     assert!(sm.leases().is_empty());
     assert!(!cfg.subnet_file.exists());
 }
@@ -165,7 +165,7 @@ async fn a_backend_flannel_rs_does_not_have_leaves_no_lease() {
     )
     .await
     .unwrap_err();
-    assert_eq!(flanneld::report(&err), "backend type wireguard: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, alloc");
+    assert_eq!(flanneld::report(&err), "backend type wireguard: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, udp, extension, alloc");
     assert!(sm.leases().is_empty());
 }
 

@@ -196,9 +196,6 @@ impl Builtin {
                     })?;
                 }
             }
-            BackendConfig::Vxlan(_) if network.enable_ipv6() => {
-                return Err(BackendError::Unsupported(vxlan::IPV6_UNSUPPORTED.into()));
-            }
             BackendConfig::Udp(_) if network.enable_ipv6() || network.network().is_none() => {
                 return Err(BackendError::Unsupported(
                     "udp carries IPv4 only, as upstream's (set EnableIPv6 to false)".into(),

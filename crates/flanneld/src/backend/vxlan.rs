@@ -3,30 +3,36 @@
 //! subnet address → its VtepMAC), an FDB entry (VtepMAC → its PublicIP) and the route
 //! `subnet via subnet-address dev flannel.<VNI> onlink`. With DirectRouting a peer on the
 //! same L2 segment gets a plain `subnet via PublicIP` route instead. The device is
-//! recreated, with the same MAC, if it disappears or no longer matches the config.
+//! recreated, with the same MAC, if it disappears or no longer matches the config. With
+//! EnableIPv6 the same again over IPv6: device `flannel-v6.<VNI>` (local: the interface's
+//! IPv6 address), its MAC in BackendV6Data, entries for the peers' IPv6 subnets via their
+//! PublicIPv6; IPv6-only (`EnableIPv4: false`) has only that device.
 
 use super::kernel_sync::{self, Desired};
 use super::{base_attrs, host_gw, Backend, BackendError, Status, Trigger};
 use crate::iface::ExternalInterface;
-use crate::kernel::{FdbEntry, Kernel, Link, Mac, Neighbour, Route, VxlanSpec};
+use crate::kernel::{Family, FdbEntry, Kernel, Link, Mac, Neighbour, Route, VxlanSpec};
 use async_trait::async_trait;
 use flannel_core::admission::PeerView;
 use flannel_core::backend_config::{BackendKind, VxlanConfig};
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::ValidatedNetConfig;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// Why a vxlan config with IPv6 is refused.
-pub const IPV6_UNSUPPORTED: &str =
-    "vxlan with EnableIPv6 is not supported yet by flannel-rs (use host-gw, or IPv4 only)";
-
-/// The vxlan header overhead upstream subtracts from the interface MTU (IPv4).
+/// The vxlan header overhead upstream subtracts from the interface MTU (both families).
 pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// One family's VXLAN tunnel endpoint: `flannel.<VNI>` (IPv4) or `flannel-v6.<VNI>` (IPv6).
+struct Vtep {
+    family: Family,
+    spec: VxlanSpec,
+    device: Mutex<Option<Link>>,
+}
 
 pub struct VxlanBackend {
     /// The BackendType of the leases it reaches (tencent-vpc's for its Fallback).
@@ -35,30 +41,66 @@ pub struct VxlanBackend {
     networks: Vec<IpNet>,
     direct_routing: bool,
     kernel: Arc<dyn Kernel>,
-    spec: VxlanSpec,
-    device: Mutex<Option<Link>>,
+    v4: Option<Vtep>,
+    v6: Option<Vtep>,
 }
 
-/// A peer's VtepMAC from its BackendData (`{"VNI":1,"VtepMAC":"..."}`), as upstream writes it.
+/// A peer's VtepMAC for `family` from its BackendData (`{"VNI":1,"VtepMAC":"..."}`) or
+/// BackendV6Data, as upstream writes them.
+pub fn vtep_mac_of(lease: &Lease, family: Family) -> Option<Mac> {
+    let data = match family {
+        Family::V4 => lease.attrs.backend_data.as_ref(),
+        Family::V6 => lease.attrs.backend_v6_data.as_ref(),
+    };
+    data?.get("VtepMAC")?.as_str()?.parse().ok()
+}
+
+/// A peer's IPv4 VtepMAC.
 pub fn vtep_mac(lease: &Lease) -> Option<Mac> {
-    lease
-        .attrs
-        .backend_data
-        .as_ref()?
-        .get("VtepMAC")?
-        .as_str()?
-        .parse()
-        .ok()
+    vtep_mac_of(lease, Family::V4)
 }
 
-/// What vxlan wants in the kernel for `peers` (device index `dev`; `on_link` are the peers'
-/// public addresses reachable without a gateway, used only with DirectRouting).
+/// A peer's subnet, public address and VtepMAC in `family`, if it has that family.
+fn peer_in(p: &Lease, family: Family) -> Option<(IpNet, IpAddr, Option<Mac>)> {
+    match family {
+        Family::V4 => Some((
+            IpNet::V4(p.subnet()?),
+            IpAddr::V4(p.attrs.public_ip),
+            vtep_mac_of(p, family),
+        )),
+        Family::V6 => Some((
+            IpNet::V6(p.ipv6_subnet()?),
+            IpAddr::V6(p.attrs.public_ipv6?),
+            vtep_mac_of(p, family),
+        )),
+    }
+}
+
+/// What vxlan wants in the kernel for `peers` over IPv4 (device index `dev`; `on_link` are
+/// the peers' public addresses reachable without a gateway, used only with DirectRouting).
 pub fn desired<'a>(
     ext: &ExternalInterface,
     dev: u32,
     peers: impl IntoIterator<Item = &'a Lease>,
     direct_routing: bool,
     on_link: &BTreeSet<Ipv4Addr>,
+    peer_kind: BackendKind,
+) -> Desired {
+    let on_link: BTreeSet<IpAddr> = on_link.iter().map(|a| IpAddr::V4(*a)).collect();
+    desired_in(Family::V4, ext, dev, peers, direct_routing, &on_link, peer_kind)
+}
+
+/// The same for one family: per peer of `peer_kind` with that family a neighbour entry
+/// (its subnet address → its VtepMAC), an FDB entry (VtepMAC → public address) and
+/// `subnet via subnet-address dev <dev> onlink`; with DirectRouting, a peer on the same
+/// segment gets `subnet via public-address` on the external interface instead.
+pub fn desired_in<'a>(
+    family: Family,
+    ext: &ExternalInterface,
+    dev: u32,
+    peers: impl IntoIterator<Item = &'a Lease>,
+    direct_routing: bool,
+    on_link: &BTreeSet<IpAddr>,
     peer_kind: BackendKind,
 ) -> Desired {
     let mut d = Desired::default();
@@ -68,33 +110,37 @@ pub fn desired<'a>(
         .into_iter()
         .filter(|p| p.attrs.backend_type == peer_kind.name())
     {
-        let Some(subnet) = p.subnet() else { continue };
-        let public = p.attrs.public_ip;
+        let Some((subnet, public, mac)) = peer_in(p, family) else {
+            continue;
+        };
         if direct_routing && on_link.contains(&public) {
-            d.routes
-                .push(Route::via(IpNet::V4(subnet), IpAddr::V4(public), ext.index));
+            d.routes.push(Route::via(subnet, public, ext.index));
             continue;
         }
-        let Some(mac) = vtep_mac(p) else {
+        let Some(mac) = mac else {
             warn!(subnet = %subnet, public_ip = %public, "peer lease has no valid VtepMAC; skipped");
             continue;
         };
-        let gw = IpAddr::V4(subnet.network());
+        let gw = subnet.network();
         neighbours.push(Neighbour { ip: gw, mac });
-        fdb.push(FdbEntry {
-            mac,
-            dst: IpAddr::V4(public),
-        });
-        d.routes
-            .push(Route::via(IpNet::V4(subnet), gw, dev).onlink());
+        fdb.push(FdbEntry { mac, dst: public });
+        d.routes.push(Route::via(subnet, gw, dev).onlink());
     }
     d.fdb.insert(dev, fdb);
     d
 }
 
+/// Both families' wants in one.
+fn merge(mut a: Desired, b: Desired) -> Desired {
+    a.routes.extend(b.routes);
+    a.neighbours.extend(b.neighbours);
+    a.fdb.extend(b.fdb);
+    a
+}
+
 impl VxlanBackend {
-    /// Set up the device (reusing an existing device's MAC, so the VtepMAC survives
-    /// restarts), before the lease is taken: its MAC goes into the lease.
+    /// Set up the devices (reusing an existing device's MAC, so the VtepMAC survives
+    /// restarts), before the lease is taken: their MACs go into the lease.
     pub async fn new(
         ext: ExternalInterface,
         network: &ValidatedNetConfig,
@@ -112,81 +158,116 @@ impl VxlanBackend {
         kernel: Arc<dyn Kernel>,
         peer_kind: BackendKind,
     ) -> Result<VxlanBackend, BackendError> {
-        if network.enable_ipv6() {
-            return Err(BackendError::Unsupported(IPV6_UNSUPPORTED.into()));
-        }
-        let local = ext
-            .iface_addr
-            .ok_or_else(|| BackendError::NoPublicIp(ext.name.clone()))?;
-        let name = format!("flannel.{}", config.vni);
-        let mac = match kernel.link_by_name(&name).await? {
-            Some(Link { mac: Some(m), .. }) => m,
-            _ => crate::kernel::random_mac(),
-        };
         let mtu = if config.mtu != 0 {
             config.mtu
         } else {
             ext.mtu.saturating_sub(VXLAN_OVERHEAD)
         };
-        let spec = VxlanSpec {
-            name,
-            vni: config.vni,
-            port: if config.port == 0 {
-                crate::kernel::VXLAN_DEFAULT_PORT
-            } else {
-                config.port
-            },
-            learning: config.learning,
-            gbp: config.gbp,
-            local: IpAddr::V4(local),
-            underlay: ext.index,
-            mtu,
-            mac,
+        let port = if config.port == 0 {
+            crate::kernel::VXLAN_DEFAULT_PORT
+        } else {
+            config.port
         };
+        let mut vteps = [None, None];
+        for (slot, family) in vteps.iter_mut().zip([Family::V4, Family::V6]) {
+            let (wanted, local, name) = match family {
+                Family::V4 => (
+                    network.network().is_some(),
+                    ext.iface_addr.map(IpAddr::V4),
+                    format!("flannel.{}", config.vni),
+                ),
+                Family::V6 => (
+                    network.enable_ipv6(),
+                    ext.iface_v6_addr.map(IpAddr::V6),
+                    format!("flannel-v6.{}", config.vni),
+                ),
+            };
+            if !wanted {
+                continue;
+            }
+            let local = local.ok_or_else(|| match family {
+                Family::V4 => BackendError::NoPublicIp(ext.name.clone()),
+                Family::V6 => BackendError::Unsupported(format!(
+                    "EnableIPv6: interface {} has no IPv6 address for flannel-v6.{}",
+                    ext.name, config.vni
+                )),
+            })?;
+            let mac = match kernel.link_by_name(&name).await? {
+                Some(Link { mac: Some(m), .. }) => m,
+                _ => crate::kernel::random_mac(),
+            };
+            *slot = Some(Vtep {
+                family,
+                spec: VxlanSpec {
+                    name,
+                    vni: config.vni,
+                    port,
+                    learning: config.learning,
+                    gbp: config.gbp,
+                    local,
+                    underlay: ext.index,
+                    mtu,
+                    mac,
+                },
+                device: Mutex::new(None),
+            });
+        }
+        let [v4, v6] = vteps;
         let b = VxlanBackend {
             peer_kind,
             networks: host_gw::networks(network),
             direct_routing: config.direct_routing,
             ext,
             kernel,
-            spec,
-            device: Mutex::new(None),
+            v4,
+            v6,
         };
-        b.ensure_device(None).await?;
+        for vtep in b.vteps() {
+            b.ensure_device(vtep, None).await?;
+        }
         Ok(b)
     }
 
-    /// The device as the spec says (created or recreated when missing or different), up,
-    /// with the MTU, and with the own subnet's first address as its only address.
-    async fn ensure_device(&self, own: Option<&Lease>) -> Result<Link, BackendError> {
+    fn vteps(&self) -> impl Iterator<Item = &Vtep> {
+        self.v4.iter().chain(self.v6.iter())
+    }
+
+    /// A device as its spec says (created or recreated when missing or different), up, with
+    /// the MTU, and with the own subnet's first address (/32 or /128) as its only address.
+    async fn ensure_device(&self, vtep: &Vtep, own: Option<&Lease>) -> Result<Link, BackendError> {
         let k = self.kernel.as_ref();
-        let link = match k.link_by_name(&self.spec.name).await? {
-            Some(l)
-                if l.vxlan.as_ref().is_some_and(|v| self.spec.matches(v))
-                    && l.mac == Some(self.spec.mac) =>
-            {
-                if !l.up || l.mtu != self.spec.mtu {
-                    k.set_up(&l, self.spec.mtu).await?;
+        let spec = &vtep.spec;
+        let link = match k.link_by_name(&spec.name).await? {
+            Some(l) if l.vxlan.as_ref().is_some_and(|v| spec.matches(v)) && l.mac == Some(spec.mac) => {
+                if !l.up || l.mtu != spec.mtu {
+                    k.set_up(&l, spec.mtu).await?;
                 }
                 l
             }
             Some(l) => {
                 warn!(device = %l.name, "existing device does not match the vxlan config; recreating it");
                 k.delete_link(&l).await?;
-                k.create_vxlan(&self.spec).await?
+                k.create_vxlan(spec).await?
             }
             None => {
-                let l = k.create_vxlan(&self.spec).await?;
-                if self.device.lock().expect("device lock").is_some() {
+                let l = k.create_vxlan(spec).await?;
+                if vtep.device.lock().expect("device lock").is_some() {
                     warn!(device = %l.name, "vxlan device was deleted; recreated it");
                 } else {
-                    info!(device = %l.name, mac = %self.spec.mac, "created vxlan device");
+                    info!(device = %l.name, mac = %spec.mac, "created vxlan device");
                 }
                 l
             }
         };
-        if let Some(subnet) = own.and_then(Lease::subnet) {
-            let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("/32"));
+        let want = own.and_then(|own| match vtep.family {
+            Family::V4 => own
+                .subnet()
+                .map(|s| IpNet::V4(Ipv4Net::new(s.network(), 32).expect("/32"))),
+            Family::V6 => own
+                .ipv6_subnet()
+                .map(|s| IpNet::V6(Ipv6Net::new(s.network(), 128).expect("/128"))),
+        });
+        if let Some(want) = want {
             let have = k.addresses(&link).await?;
             for a in have.iter().filter(|a| **a != want) {
                 k.delete_address(&link, *a).await?;
@@ -195,38 +276,49 @@ impl VxlanBackend {
                 k.add_address(&link, want).await?;
             }
         }
-        *self.device.lock().expect("device lock") = Some(link.clone());
+        *vtep.device.lock().expect("device lock") = Some(link.clone());
         Ok(link)
     }
 
-    /// The VNI and VtepMAC peers need, as upstream publishes them in BackendData.
+    /// The IPv4 VNI and VtepMAC peers need, as upstream publishes them in BackendData.
     pub fn vtep(&self) -> (u32, Mac) {
-        (self.spec.vni, self.spec.mac)
+        let spec = &self
+            .v4
+            .as_ref()
+            .or(self.v6.as_ref())
+            .expect("a vxlan backend has a device")
+            .spec;
+        (spec.vni, spec.mac)
     }
 
-    /// Bring the device and the entries for exactly `peers` in line.
+    /// Bring the devices and the entries for exactly `peers` in line.
     pub async fn sync(&self, own: &Lease, peers: &[&Lease]) -> Result<(), BackendError> {
-        let dev = self.ensure_device(Some(own)).await?;
-        let mut on_link = BTreeSet::new();
-        if self.direct_routing {
-            for p in peers {
-                if self
-                    .kernel
-                    .is_on_link(IpAddr::V4(p.attrs.public_ip))
-                    .await?
-                {
-                    on_link.insert(p.attrs.public_ip);
+        let mut want = Desired::default();
+        for vtep in self.vteps() {
+            let dev = self.ensure_device(vtep, Some(own)).await?;
+            let mut on_link = BTreeSet::new();
+            if self.direct_routing {
+                for p in peers {
+                    if let Some((_, public, _)) = peer_in(p, vtep.family) {
+                        if self.kernel.is_on_link(public).await? {
+                            on_link.insert(public);
+                        }
+                    }
                 }
             }
+            want = merge(
+                want,
+                desired_in(
+                    vtep.family,
+                    &self.ext,
+                    dev.index,
+                    peers.iter().copied(),
+                    self.direct_routing,
+                    &on_link,
+                    self.peer_kind,
+                ),
+            );
         }
-        let want = desired(
-            &self.ext,
-            dev.index,
-            peers.iter().copied(),
-            self.direct_routing,
-            &on_link,
-            self.peer_kind,
-        );
         kernel_sync::reconcile(
             self.kernel.as_ref(),
             &self.networks,
@@ -238,6 +330,11 @@ impl VxlanBackend {
     }
 }
 
+/// `{"VNI":…,"VtepMAC":"…"}`, upstream's BackendData (and BackendV6Data).
+fn vtep_data(spec: &VxlanSpec) -> serde_json::Value {
+    serde_json::json!({"VNI": spec.vni, "VtepMAC": spec.mac.to_string()})
+}
+
 #[async_trait]
 impl Backend for VxlanBackend {
     fn kind(&self) -> BackendKind {
@@ -245,10 +342,8 @@ impl Backend for VxlanBackend {
     }
     async fn lease_attrs(&self) -> Result<LeaseAttrs, BackendError> {
         let mut attrs = base_attrs(BackendKind::Vxlan, &self.ext)?;
-        attrs.backend_data = Some(serde_json::json!({
-            "VNI": self.spec.vni,
-            "VtepMAC": self.spec.mac.to_string(),
-        }));
+        attrs.backend_data = self.v4.as_ref().map(|v| vtep_data(&v.spec));
+        attrs.backend_v6_data = self.v6.as_ref().map(|v| vtep_data(&v.spec));
         Ok(attrs)
     }
     async fn reconcile(
@@ -265,7 +360,7 @@ impl Backend for VxlanBackend {
         true
     }
     fn mtu(&self) -> u32 {
-        self.spec.mtu
+        self.vteps().next().map_or(self.ext.mtu, |v| v.spec.mtu)
     }
     fn resync_period(&self) -> Option<Duration> {
         Some(host_gw::ROUTE_CHECK)
@@ -273,183 +368,4 @@ impl Backend for VxlanBackend {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::testing::Peers;
-    use crate::kernel::fake::FakeKernel;
-    use crate::kernel::Links;
-    use flannel_core::lease::{Expiry, SubnetKey};
-
-    fn vx_lease(subnet: &str, ip: &str, mac: &str) -> Lease {
-        let mut attrs = LeaseAttrs::new(ip.parse().unwrap());
-        attrs.backend_type = "vxlan".into();
-        // Upstream's BackendData, as upstream flanneld writes it.
-        attrs.backend_data =
-            Some(serde_json::from_str(&format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)).unwrap());
-        Lease {
-            key: SubnetKey::v4(subnet.parse().unwrap()),
-            attrs,
-            expiry: Expiry::Never,
-        }
-    }
-
-    fn config(json: &str) -> (ValidatedNetConfig, VxlanConfig) {
-        let net = flannel_core::config::parse_and_check(json).unwrap();
-        let c = match flannel_core::backend_config::BackendConfig::parse(
-            &net.backend_type,
-            net.backend.as_ref(),
-        )
-        .unwrap()
-        {
-            flannel_core::backend_config::BackendConfig::Vxlan(c) => c,
-            other => panic!("{other:?}"),
-        };
-        (net, c)
-    }
-
-    async fn backend(kernel: &Arc<FakeKernel>, json: &str) -> VxlanBackend {
-        let ext = ExternalInterface::ipv4("eth0", 2, 1500, Ipv4Addr::new(172, 16, 0, 1));
-        let (net, c) = config(json);
-        VxlanBackend::new(ext, &net, &c, kernel.clone())
-            .await
-            .unwrap()
-    }
-
-    const NET: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#;
-
-    #[tokio::test]
-    async fn device_lease_data_and_peer_entries() {
-        let kernel = Arc::new(FakeKernel::with_link("eth0", 2, 1500));
-        let b = backend(&kernel, NET).await;
-        let dev = kernel.s().links["flannel.1"].clone();
-        assert_eq!(dev.mtu, 1450);
-        assert_eq!(b.mtu(), 1450);
-        let attrs = b.lease_attrs().await.unwrap();
-        assert_eq!(
-            serde_json::to_string(attrs.backend_data.as_ref().unwrap()).unwrap(),
-            format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, dev.mac.unwrap())
-        );
-
-        let own = vx_lease("10.5.1.0/24", "172.16.0.1", "02:00:00:00:00:01");
-        let peer = vx_lease("10.5.2.0/24", "172.16.0.2", "02:42:0a:05:02:00");
-        let mut peers = Peers::new(&config(NET).0, &own);
-        peers.set(&[own.clone(), peer.clone()]);
-        peers.reconcile(&b, &own, Trigger::Start).await;
-        let idx = dev.index;
-        {
-            let s = kernel.s();
-            assert_eq!(
-                s.addrs[&idx]
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>(),
-                ["10.5.1.0/32"]
-            );
-            let mac: Mac = "02:42:0a:05:02:00".parse().unwrap();
-            assert_eq!(
-                s.neigh[&idx].iter().copied().collect::<Vec<_>>(),
-                [Neighbour {
-                    ip: "10.5.2.0".parse().unwrap(),
-                    mac
-                }]
-            );
-            assert_eq!(
-                s.fdb[&idx].iter().copied().collect::<Vec<_>>(),
-                [FdbEntry {
-                    mac,
-                    dst: "172.16.0.2".parse().unwrap()
-                }]
-            );
-            let routes: Vec<String> = s.routes.values().map(|r| r.route.to_string()).collect();
-            assert_eq!(
-                routes,
-                [format!("10.5.2.0/24 via 10.5.2.0 dev #{idx} onlink")]
-            );
-        }
-
-        // The peer's VTEP changes (a restarted upstream node), then the lease goes: its
-        // neighbour, FDB entry and route go. At no point is a route left without its L2
-        // entries (a packet routed then would wait for an ARP that never resolves).
-        let moved = vx_lease("10.5.2.0/24", "172.16.0.2", "02:42:0a:05:02:99");
-        peers.add(&moved);
-        let added = [moved.clone()];
-        let trigger = Trigger::Leases {
-            added: &added,
-            removed: &[],
-        };
-        peers.reconcile(&b, &own, trigger).await;
-        peers.remove(&moved);
-        let trigger = Trigger::Leases {
-            added: &[],
-            removed: &added,
-        };
-        peers.reconcile(&b, &own, trigger).await;
-        let s = kernel.s();
-        assert!(s.neigh[&idx].is_empty() && s.fdb[&idx].is_empty() && s.routes.is_empty());
-        assert_eq!(s.path_gaps, Vec::<String>::new());
-    }
-
-    #[tokio::test]
-    async fn a_deleted_device_comes_back_with_the_same_mac_and_entries() {
-        let kernel = Arc::new(FakeKernel::with_link("eth0", 2, 1500));
-        let b = backend(&kernel, NET).await;
-        let own = vx_lease("10.5.1.0/24", "172.16.0.1", "02:00:00:00:00:01");
-        let peer = vx_lease("10.5.2.0/24", "172.16.0.2", "02:42:0a:05:02:00");
-        let mut peers = Peers::new(&config(NET).0, &own);
-        peers.set(&[own.clone(), peer]);
-        peers.reconcile(&b, &own, Trigger::Start).await;
-        let old = kernel.s().links["flannel.1"].clone();
-        kernel.delete_link(&old).await.unwrap();
-        peers
-            .reconcile(&b, &own, Trigger::Resync { fresh: true })
-            .await;
-        let new = kernel.s().links["flannel.1"].clone();
-        assert_eq!(new.mac, old.mac);
-        assert_ne!(new.index, old.index);
-        assert_eq!(kernel.routes().len(), 1);
-        assert_eq!(kernel.routes()[0].dev, new.index);
-        // A restarted daemon keeps the device's MAC (the VtepMAC in peers' FDBs).
-        let again = backend(&kernel, NET).await;
-        assert_eq!(again.spec.mac, old.mac.unwrap());
-    }
-
-    #[tokio::test]
-    async fn direct_routing_uses_the_public_ip_for_peers_on_link() {
-        let kernel = Arc::new(FakeKernel::with_link("eth0", 2, 1500));
-        kernel.s().on_link.insert("172.16.0.2".parse().unwrap());
-        let json = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
-        let b = backend(&kernel, json).await;
-        let own = vx_lease("10.5.1.0/24", "172.16.0.1", "02:00:00:00:00:01");
-        let near = vx_lease("10.5.2.0/24", "172.16.0.2", "02:42:0a:05:02:00");
-        let far = vx_lease("10.5.3.0/24", "192.168.9.3", "02:42:0a:05:03:00");
-        let mut peers = Peers::new(&config(json).0, &own);
-        peers.set(&[near, far]);
-        peers.reconcile(&b, &own, Trigger::Start).await;
-        let routes: Vec<String> = kernel.routes().iter().map(ToString::to_string).collect();
-        let idx = kernel.s().links["flannel.1"].index;
-        assert_eq!(
-            routes,
-            [
-                "10.5.2.0/24 via 172.16.0.2 dev #2".to_string(),
-                format!("10.5.3.0/24 via 10.5.3.0 dev #{idx} onlink")
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn ipv6_is_refused_naming_the_option() {
-        let kernel = Arc::new(FakeKernel::with_link("eth0", 2, 1500));
-        let ext = ExternalInterface::ipv4("eth0", 2, 1500, Ipv4Addr::new(172, 16, 0, 1));
-        let (net, c) = config(
-            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#,
-        );
-        let err = VxlanBackend::new(ext, &net, &c, kernel)
-            .await
-            .err()
-            .unwrap();
-        assert_eq!(
-            err.to_string(),
-            "vxlan with EnableIPv6 is not supported yet by flannel-rs (use host-gw, or IPv4 only)"
-        );
-    }
-}
+mod tests;
