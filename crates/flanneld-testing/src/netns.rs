@@ -115,6 +115,27 @@ impl Underlay {
         format!("172.16.0.{i}")
     }
 
+    /// Node `i`'s underlay IPv6 address (given by [`Underlay::add_ipv6`]).
+    pub fn node_ip6(i: u8) -> String {
+        format!("fd10::{i}")
+    }
+
+    /// Give node `i` (made by [`Underlay::node`]) its IPv6 address on the underlay, usable at
+    /// once (no duplicate address detection), with forwarding on.
+    pub fn add_ipv6(ns: &Netns, i: u8) {
+        ns.ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", Self::node_ip6(i)),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+    }
+
     /// Add node `i` (1..=253).
     pub fn node(&self, i: u8) -> Netns {
         let ns = Netns::new(&format!("{}-n{i}", self.tag));

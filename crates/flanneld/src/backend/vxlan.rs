@@ -24,8 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// The vxlan header overhead upstream subtracts from the interface MTU (both families).
+/// The vxlan header overhead upstream subtracts from the interface MTU.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// Over IPv6 the outer header is 20 bytes longer: the kernel refuses a `flannel-v6` MTU above
+/// the interface's − 70.
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 /// One family's VXLAN tunnel endpoint: `flannel.<VNI>` (IPv4) or `flannel-v6.<VNI>` (IPv6).
 struct Vtep {
@@ -87,7 +90,15 @@ pub fn desired<'a>(
     peer_kind: BackendKind,
 ) -> Desired {
     let on_link: BTreeSet<IpAddr> = on_link.iter().map(|a| IpAddr::V4(*a)).collect();
-    desired_in(Family::V4, ext, dev, peers, direct_routing, &on_link, peer_kind)
+    desired_in(
+        Family::V4,
+        ext,
+        dev,
+        peers,
+        direct_routing,
+        &on_link,
+        peer_kind,
+    )
 }
 
 /// The same for one family: per peer of `peer_kind` with that family a neighbour entry
@@ -158,10 +169,12 @@ impl VxlanBackend {
         kernel: Arc<dyn Kernel>,
         peer_kind: BackendKind,
     ) -> Result<VxlanBackend, BackendError> {
-        let mtu = if config.mtu != 0 {
-            config.mtu
-        } else {
-            ext.mtu.saturating_sub(VXLAN_OVERHEAD)
+        let mtu_for = |overhead: u32| {
+            if config.mtu != 0 {
+                config.mtu
+            } else {
+                ext.mtu.saturating_sub(overhead)
+            }
         };
         let port = if config.port == 0 {
             crate::kernel::VXLAN_DEFAULT_PORT
@@ -170,16 +183,18 @@ impl VxlanBackend {
         };
         let mut vteps = [None, None];
         for (slot, family) in vteps.iter_mut().zip([Family::V4, Family::V6]) {
-            let (wanted, local, name) = match family {
+            let (wanted, local, name, mtu) = match family {
                 Family::V4 => (
                     network.network().is_some(),
                     ext.iface_addr.map(IpAddr::V4),
                     format!("flannel.{}", config.vni),
+                    mtu_for(VXLAN_OVERHEAD),
                 ),
                 Family::V6 => (
                     network.enable_ipv6(),
                     ext.iface_v6_addr.map(IpAddr::V6),
                     format!("flannel-v6.{}", config.vni),
+                    mtu_for(VXLAN6_OVERHEAD),
                 ),
             };
             if !wanted {
@@ -238,7 +253,9 @@ impl VxlanBackend {
         let k = self.kernel.as_ref();
         let spec = &vtep.spec;
         let link = match k.link_by_name(&spec.name).await? {
-            Some(l) if l.vxlan.as_ref().is_some_and(|v| spec.matches(v)) && l.mac == Some(spec.mac) => {
+            Some(l)
+                if l.vxlan.as_ref().is_some_and(|v| spec.matches(v)) && l.mac == Some(spec.mac) =>
+            {
                 if !l.up || l.mtu != spec.mtu {
                     k.set_up(&l, spec.mtu).await?;
                 }
@@ -359,8 +376,12 @@ impl Backend for VxlanBackend {
     fn repairs_on_kernel_changes(&self) -> bool {
         true
     }
+    /// The pods' MTU: the smallest device's, so a pod packet fits either family's tunnel.
     fn mtu(&self) -> u32 {
-        self.vteps().next().map_or(self.ext.mtu, |v| v.spec.mtu)
+        self.vteps()
+            .map(|v| v.spec.mtu)
+            .min()
+            .unwrap_or(self.ext.mtu)
     }
     fn resync_period(&self) -> Option<Duration> {
         Some(host_gw::ROUTE_CHECK)

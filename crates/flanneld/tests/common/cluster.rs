@@ -83,6 +83,17 @@ impl Cluster {
     /// `n` nodes running flanneld with `args` against `net_config`, each up (subnet.env
     /// written) before this returns.
     pub fn start(tag: &str, net_config: &str, n: u8, args: &[&str]) -> Cluster {
+        Self::start_with(tag, net_config, n, args, |_, _| {})
+    }
+
+    /// `start`, with `prepare` run on each node's namespace before its flanneld starts.
+    pub fn start_with(
+        tag: &str,
+        net_config: &str,
+        n: u8,
+        args: &[&str],
+        prepare: impl Fn(&Netns, u8),
+    ) -> Cluster {
         let underlay = Underlay::new(tag);
         let etcd = EtcdServer::start_in(&underlay.switch.name, SWITCH_IP);
         etcd.etcdctl(&["put", "/coreos.com/network/config", net_config]);
@@ -96,6 +107,7 @@ impl Cluster {
         };
         for i in 1..=n {
             let ns = c.underlay.node(i);
+            prepare(&ns, i);
             let node_dir = c.dir.path().join(format!("n{i}"));
             std::fs::create_dir_all(&node_dir).unwrap();
             c.nodes.push(Node {

@@ -183,12 +183,18 @@ const DUAL: &str = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"
 async fn dual_stack_has_a_v6_device_its_lease_data_and_entries() {
     let kernel = Arc::new(FakeKernel::with_link("eth0", 2, 1500));
     let (net, c) = config(DUAL);
-    let b = VxlanBackend::new(dual_ext(), &net, &c, kernel.clone()).await.unwrap();
+    let b = VxlanBackend::new(dual_ext(), &net, &c, kernel.clone())
+        .await
+        .unwrap();
     let (dev4, dev6) = {
         let s = kernel.s();
-        (s.links["flannel.1"].clone(), s.links["flannel-v6.1"].clone())
+        (
+            s.links["flannel.1"].clone(),
+            s.links["flannel-v6.1"].clone(),
+        )
     };
-    assert_eq!(dev6.mtu, 1450);
+    assert_eq!((dev4.mtu, dev6.mtu), (1450, 1430));
+    assert_eq!(b.mtu(), 1430, "a pod packet fits both tunnels");
     assert_ne!(dev4.mac, dev6.mac);
     let attrs = b.lease_attrs().await.unwrap();
     assert_eq!(attrs.public_ipv6, Some("fd10::1".parse().unwrap()));
@@ -197,25 +203,48 @@ async fn dual_stack_has_a_v6_device_its_lease_data_and_entries() {
         format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, dev6.mac.unwrap())
     );
 
-    let own = dual_lease("10.5.1.0/24", "fd00:0:0:1::/64", "172.16.0.1", "fd10::1", "02:00:00:00:00:01", "02:00:00:00:06:01");
-    let peer = dual_lease("10.5.2.0/24", "fd00:0:0:2::/64", "172.16.0.2", "fd10::2", "02:42:0a:05:02:00", "02:42:0a:05:06:00");
+    let own = dual_lease(
+        "10.5.1.0/24",
+        "fd00:0:0:1::/64",
+        "172.16.0.1",
+        "fd10::1",
+        "02:00:00:00:00:01",
+        "02:00:00:00:06:01",
+    );
+    let peer = dual_lease(
+        "10.5.2.0/24",
+        "fd00:0:0:2::/64",
+        "172.16.0.2",
+        "fd10::2",
+        "02:42:0a:05:02:00",
+        "02:42:0a:05:06:00",
+    );
     let mut peers = Peers::new(&net, &own);
     peers.set(&[own.clone(), peer.clone()]);
     peers.reconcile(&b, &own, Trigger::Start).await;
     let s = kernel.s();
     let idx6 = dev6.index;
     assert_eq!(
-        s.addrs[&idx6].iter().map(ToString::to_string).collect::<Vec<_>>(),
+        s.addrs[&idx6]
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         ["fd00:0:0:1::/128"]
     );
     let mac6: Mac = "02:42:0a:05:06:00".parse().unwrap();
     assert_eq!(
         s.neigh[&idx6].iter().copied().collect::<Vec<_>>(),
-        [Neighbour { ip: "fd00:0:0:2::".parse().unwrap(), mac: mac6 }]
+        [Neighbour {
+            ip: "fd00:0:0:2::".parse().unwrap(),
+            mac: mac6
+        }]
     );
     assert_eq!(
         s.fdb[&idx6].iter().copied().collect::<Vec<_>>(),
-        [FdbEntry { mac: mac6, dst: "fd10::2".parse().unwrap() }]
+        [FdbEntry {
+            mac: mac6,
+            dst: "fd10::2".parse().unwrap()
+        }]
     );
     let mut routes: Vec<String> = s.routes.values().map(|r| r.route.to_string()).collect();
     routes.sort();
@@ -234,13 +263,15 @@ async fn ipv6_only_has_only_the_v6_device() {
     let (net, c) = config(
         r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#,
     );
-    let b = VxlanBackend::new(dual_ext(), &net, &c, kernel.clone()).await.unwrap();
+    let b = VxlanBackend::new(dual_ext(), &net, &c, kernel.clone())
+        .await
+        .unwrap();
     let s = kernel.s();
     assert!(!s.links.contains_key("flannel.1") && s.links.contains_key("flannel-v6.1"));
     drop(s);
     let attrs = b.lease_attrs().await.unwrap();
     assert!(attrs.backend_data.is_none() && attrs.backend_v6_data.is_some());
-    assert_eq!(b.mtu(), 1450);
+    assert_eq!(b.mtu(), 1430);
 }
 
 #[tokio::test]
@@ -248,6 +279,12 @@ async fn ipv6_without_an_interface_address_names_the_interface() {
     let kernel = Arc::new(FakeKernel::with_link("eth0", 2, 1500));
     let ext = ExternalInterface::ipv4("eth0", 2, 1500, Ipv4Addr::new(172, 16, 0, 1));
     let (net, c) = config(DUAL);
-    let err = VxlanBackend::new(ext, &net, &c, kernel).await.err().unwrap();
-    assert_eq!(err.to_string(), "EnableIPv6: interface eth0 has no IPv6 address for flannel-v6.1");
+    let err = VxlanBackend::new(ext, &net, &c, kernel)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        err.to_string(),
+        "EnableIPv6: interface eth0 has no IPv6 address for flannel-v6.1"
+    );
 }
