@@ -238,11 +238,13 @@ impl BackendFactory for Builtin {
                 fenced_kernel(ctx.network)?,
             )?)),
             BackendConfig::Vxlan(c) => Ok(Box::new(
-                vxlan::VxlanBackend::new(
+                vxlan::VxlanBackend::reaching(
                     ctx.ext.clone(),
                     ctx.network,
                     c,
                     fenced_kernel(ctx.network)?,
+                    BackendKind::Vxlan,
+                    vxlan::PreviousVteps::from_store(ctx.store.as_ref(), ctx.ext).await,
                 )
                 .await?,
             )),

@@ -149,6 +149,44 @@ fn merge(mut a: Desired, b: Desired) -> Desired {
     a
 }
 
+/// The VtepMACs this node published before (its lease still in the store: a restart, a
+/// reboot, a new container whose device is gone), so a new device takes the same MAC and
+/// peers' FDB and neighbour entries stay right (flannel-io/flannel#1036, #533).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PreviousVteps {
+    pub v4: Option<Mac>,
+    pub v6: Option<Mac>,
+}
+
+impl PreviousVteps {
+    /// From the lease in `leases` that is this node's: the one published from our public
+    /// address (either family).
+    pub fn from_leases(leases: &[Lease], ext: &ExternalInterface) -> PreviousVteps {
+        let mine = leases.iter().find(|l| {
+            ext.ext_addr.is_some_and(|a| a == l.attrs.public_ip)
+                || (ext.ext_v6_addr.is_some() && l.attrs.public_ipv6 == ext.ext_v6_addr)
+        });
+        PreviousVteps {
+            v4: mine.and_then(|l| vtep_mac_of(l, Family::V4)),
+            v6: mine.and_then(|l| vtep_mac_of(l, Family::V6)),
+        }
+    }
+
+    /// From the store (nothing when it cannot say: a new MAC then, as before).
+    pub async fn from_store(
+        store: &dyn crate::subnet::SubnetManager,
+        ext: &ExternalInterface,
+    ) -> PreviousVteps {
+        match store.list_leases().await {
+            Ok(leases) => Self::from_leases(&leases, ext),
+            Err(e) => {
+                warn!(error = %crate::report(&e), "could not read this node's previous lease: a new device gets a new VtepMAC");
+                PreviousVteps::default()
+            }
+        }
+    }
+}
+
 impl VxlanBackend {
     /// Set up the devices (reusing an existing device's MAC, so the VtepMAC survives
     /// restarts), before the lease is taken: their MACs go into the lease.
@@ -158,16 +196,26 @@ impl VxlanBackend {
         config: &VxlanConfig,
         kernel: Arc<dyn Kernel>,
     ) -> Result<VxlanBackend, BackendError> {
-        Self::reaching(ext, network, config, kernel, BackendKind::Vxlan).await
+        Self::reaching(
+            ext,
+            network,
+            config,
+            kernel,
+            BackendKind::Vxlan,
+            PreviousVteps::default(),
+        )
+        .await
     }
 
-    /// A vxlan data plane for the peers of another backend type (tencent-vpc's Fallback).
+    /// A vxlan data plane for the peers of `peer_kind` (vxlan, or tencent-vpc's Fallback); a
+    /// device that must be made takes its MAC from `previous` when it has one.
     pub async fn reaching(
         ext: ExternalInterface,
         network: &ValidatedNetConfig,
         config: &VxlanConfig,
         kernel: Arc<dyn Kernel>,
         peer_kind: BackendKind,
+        previous: PreviousVteps,
     ) -> Result<VxlanBackend, BackendError> {
         let mtu_for = |overhead: u32| {
             if config.mtu != 0 {
@@ -207,8 +255,16 @@ impl VxlanBackend {
                     ext.name, config.vni
                 )),
             })?;
-            let mac = match kernel.link_by_name(&name).await? {
-                Some(Link { mac: Some(m), .. }) => m,
+            let earlier = match family {
+                Family::V4 => previous.v4,
+                Family::V6 => previous.v6,
+            };
+            let mac = match (kernel.link_by_name(&name).await?, earlier) {
+                (Some(Link { mac: Some(m), .. }), _) => m,
+                (_, Some(m)) if m.is_unicast() => {
+                    info!(device = %name, mac = %m, "device gone: recreating it with the VtepMAC of this node's previous lease");
+                    m
+                }
                 _ => crate::kernel::random_mac(),
             };
             *slot = Some(Vtep {

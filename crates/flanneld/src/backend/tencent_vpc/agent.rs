@@ -405,6 +405,7 @@ mod tests {
             &VxlanConfig::default(),
             kernel.clone(),
             BackendKind::TencentVpc,
+            Default::default(),
         )
         .await
         .unwrap();

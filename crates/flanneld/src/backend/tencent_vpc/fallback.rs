@@ -37,6 +37,7 @@ impl Fallback {
             &VxlanConfig::default(),
             crate::backend::fenced_kernel(ctx.network)?,
             BackendKind::TencentVpc,
+            crate::backend::vxlan::PreviousVteps::from_store(ctx.store.as_ref(), ctx.ext).await,
         )
         .await?;
         info!(

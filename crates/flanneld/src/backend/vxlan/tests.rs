@@ -288,3 +288,56 @@ async fn ipv6_without_an_interface_address_names_the_interface() {
         "EnableIPv6: interface eth0 has no IPv6 address for flannel-v6.1"
     );
 }
+
+#[tokio::test]
+async fn a_node_whose_device_is_gone_takes_its_previous_leases_vtep_mac() {
+    let ext = ExternalInterface::ipv4("eth0", 2, 1500, Ipv4Addr::new(172, 16, 0, 1));
+    let mine = vx_lease("10.5.1.0/24", "172.16.0.1", "02:aa:00:00:00:01");
+    let other = vx_lease("10.5.2.0/24", "172.16.0.2", "02:aa:00:00:00:02");
+    let previous = PreviousVteps::from_leases(&[other, mine], &ext);
+    assert_eq!(previous.v4, Some("02:aa:00:00:00:01".parse().unwrap()));
+    assert_eq!(previous.v6, None);
+
+    let kernel = Arc::new(FakeKernel::with_link("eth0", 2, 1500));
+    let (net, c) = config(NET);
+    let b = VxlanBackend::reaching(
+        ext.clone(),
+        &net,
+        &c,
+        kernel.clone(),
+        BackendKind::Vxlan,
+        previous,
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.vtep().1, "02:aa:00:00:00:01".parse().unwrap());
+    assert_eq!(kernel.s().links["flannel.1"].mac, previous.v4);
+
+    // An existing device's MAC wins over the lease (it is what peers were told last).
+    let kept = kernel.s().links["flannel.1"].mac;
+    let other_mac = PreviousVteps {
+        v4: Some("02:bb:00:00:00:01".parse().unwrap()),
+        v6: None,
+    };
+    let again = VxlanBackend::reaching(
+        ext.clone(),
+        &net,
+        &c,
+        kernel.clone(),
+        BackendKind::Vxlan,
+        other_mac,
+    )
+    .await
+    .unwrap();
+    assert_eq!(Some(again.vtep().1), kept);
+    // A lease's MAC that is not unicast is never taken.
+    let bad = PreviousVteps {
+        v4: Some("ff:ff:ff:ff:ff:ff".parse().unwrap()),
+        v6: None,
+    };
+    let fresh = Arc::new(FakeKernel::with_link("eth0", 2, 1500));
+    let b = VxlanBackend::reaching(ext, &net, &c, fresh, BackendKind::Vxlan, bad)
+        .await
+        .unwrap();
+    assert!(b.vtep().1.is_unicast());
+}
