@@ -266,9 +266,10 @@ async fn ipv6_only_has_only_the_v6_device() {
     let b = VxlanBackend::new(dual_ext(), &net, &c, kernel.clone())
         .await
         .unwrap();
-    let s = kernel.s();
-    assert!(!s.links.contains_key("flannel.1") && s.links.contains_key("flannel-v6.1"));
-    drop(s);
+    {
+        let s = kernel.s();
+        assert!(!s.links.contains_key("flannel.1") && s.links.contains_key("flannel-v6.1"));
+    }
     let attrs = b.lease_attrs().await.unwrap();
     assert!(attrs.backend_data.is_none() && attrs.backend_v6_data.is_some());
     assert_eq!(b.mtu(), 1430);
