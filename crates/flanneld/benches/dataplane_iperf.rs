@@ -1,7 +1,7 @@
-//! Pod-to-pod throughput across two nodes (iperf3, TCP, one stream) with host-gw and with
-//! vxlan, against a baseline of the same namespace topology (same underlay, same bridge/
+//! Pod-to-pod throughput across two nodes (iperf3, TCP, one stream) with host-gw, vxlan and
+//! udp, against a baseline of the same namespace topology (same underlay, same bridge/
 //! host-local pods, no flanneld routes) with static routes. Runs are interleaved (baseline,
-//! host-gw, vxlan, repeated) so drift on a shared machine hits all three alike; the median
+//! host-gw, vxlan, udp, repeated) so drift on a shared machine hits all three alike; the median
 //! of each is reported with its ratio to the baseline. Root only.
 //!
 //! `cargo bench -p flanneld --bench dataplane_iperf` (BENCH_RUNS=5, BENCH_SECS=5 by default)
@@ -122,6 +122,11 @@ fn main() {
             "vxlan",
             "bvxl",
             r#"{"Network":"10.252.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        ),
+        setup(
+            "udp",
+            "budp",
+            r#"{"Network":"10.253.0.0/16","Backend":{"Type":"udp"}}"#,
         ),
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];

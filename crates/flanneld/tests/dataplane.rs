@@ -12,18 +12,8 @@ use std::time::Duration;
 
 const REPAIR: Duration = Duration::from_secs(30);
 
-/// Upstream flanneld's nat rules for network N and pod subnet P (e2e/rules.go's form).
 fn upstream_nat_rules(n: &str, p: &str) -> Vec<String> {
-    [
-        r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#.to_string(),
-        r#"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#.to_string(),
-        format!(r#"-A FLANNEL-POSTRTG -s {p} -d {n} -m comment --comment "flanneld masq" -j RETURN"#),
-        format!(r#"-A FLANNEL-POSTRTG -s {n} -d {p} -m comment --comment "flanneld masq" -j RETURN"#),
-        format!(r#"-A FLANNEL-POSTRTG ! -s {n} -d {p} -m comment --comment "flanneld masq" -j RETURN"#),
-        format!(r#"-A FLANNEL-POSTRTG -s {n} ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#),
-        format!(r#"-A FLANNEL-POSTRTG ! -s {n} -d {n} -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#),
-    ]
-    .into()
+    cluster::upstream_nat_rules(n, p, "224.0.0.0/4")
 }
 
 fn appended(node: &cluster::Node, table: &str) -> Vec<String> {

@@ -40,20 +40,6 @@ fn ping6_all(pods: &[Pod]) {
     }
 }
 
-/// Upstream's IPv6 nat rules for network N and pod subnet P (`ip6tables -S` form).
-fn upstream_nat6_rules(n: &str, p: &str) -> Vec<String> {
-    [
-        r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#.to_string(),
-        r#"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#.to_string(),
-        format!(r#"-A FLANNEL-POSTRTG -s {p} -d {n} -m comment --comment "flanneld masq" -j RETURN"#),
-        format!(r#"-A FLANNEL-POSTRTG -s {n} -d {p} -m comment --comment "flanneld masq" -j RETURN"#),
-        format!(r#"-A FLANNEL-POSTRTG ! -s {n} -d {p} -m comment --comment "flanneld masq" -j RETURN"#),
-        format!(r#"-A FLANNEL-POSTRTG -s {n} ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#),
-        format!(r#"-A FLANNEL-POSTRTG ! -s {n} -d {n} -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#),
-    ]
-    .into()
-}
-
 fn subnet6(node: &cluster::Node) -> String {
     let text = std::fs::read_to_string(node.subnet_env()).unwrap();
     let cidr: ipnet::IpNet = flannel_core::subnet_env::read_cidr(&text, "FLANNEL_IPV6_SUBNET")
@@ -112,7 +98,10 @@ fn vxlan_dual_stack_pods_reach_each_other_over_both_families() {
         .filter(|l| l.starts_with("-A "))
         .map(str::to_string)
         .collect();
-    assert_eq!(nat6, upstream_nat6_rules("fd00:10:244::/56", &p6));
+    assert_eq!(
+        nat6,
+        cluster::upstream_nat_rules("fd00:10:244::/56", &p6, "ff00::/8")
+    );
 
     // A dual-stack lease as upstream flanneld writes it is programmed over both families.
     let upstream = r#"{"PublicIP":"172.16.0.9","PublicIPv6":"fd10::9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:2a:9c:11:22:33"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:2a:9c:11:22:66"}}"#;

@@ -98,13 +98,7 @@ impl Backend for HostGwBackend {
         _trigger: Trigger<'_>,
     ) -> Result<Status, BackendError> {
         let want = desired(&self.ext, &self.networks, peers.iter());
-        kernel_sync::reconcile(
-            self.kernel.as_ref(),
-            &self.networks,
-            &kernel_sync::own_subnets(own),
-            &want,
-        )
-        .await?;
+        kernel_sync::reconcile_for(self.kernel.as_ref(), &self.networks, own, &want).await?;
         Ok(Status::done())
     }
     fn repairs_on_kernel_changes(&self) -> bool {

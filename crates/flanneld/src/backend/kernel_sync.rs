@@ -187,6 +187,16 @@ pub async fn reconcile(
     first_error(errors).map(|()| changes)
 }
 
+/// [`reconcile`] for a node holding `own`: its own subnets are never deleted.
+pub async fn reconcile_for(
+    kernel: &dyn Kernel,
+    networks: &[IpNet],
+    own: &Lease,
+    desired: &Desired,
+) -> Result<Changes, KernelError> {
+    reconcile(kernel, networks, &own_subnets(own), desired).await
+}
+
 /// This node's own subnets: never deleted by a reconcile (cni0 routes them).
 pub fn own_subnets(own: &Lease) -> Vec<IpNet> {
     own.subnet()

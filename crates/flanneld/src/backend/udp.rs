@@ -268,13 +268,7 @@ impl Backend for UdpBackend {
             routes: vec![route],
             ..Default::default()
         };
-        kernel_sync::reconcile(
-            self.kernel.as_ref(),
-            &self.networks,
-            &kernel_sync::own_subnets(own),
-            &desired,
-        )
-        .await?;
+        kernel_sync::reconcile_for(self.kernel.as_ref(), &self.networks, own, &desired).await?;
         Ok(Status::done())
     }
 

@@ -392,13 +392,7 @@ impl VxlanBackend {
                 ),
             );
         }
-        kernel_sync::reconcile(
-            self.kernel.as_ref(),
-            &self.networks,
-            &kernel_sync::own_subnets(own),
-            &want,
-        )
-        .await?;
+        kernel_sync::reconcile_for(self.kernel.as_ref(), &self.networks, own, &want).await?;
         Ok(())
     }
 }

@@ -241,3 +241,18 @@ impl Cluster {
         }
     }
 }
+
+/// Upstream flanneld's nat rules for network N and pod subnet P (e2e/rules.go's form, as
+/// `iptables -S` / `ip6tables -S` print them; `multicast` is 224.0.0.0/4 or ff00::/8).
+pub fn upstream_nat_rules(n: &str, p: &str, multicast: &str) -> Vec<String> {
+    [
+        r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#.to_string(),
+        r#"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#.to_string(),
+        format!(r#"-A FLANNEL-POSTRTG -s {p} -d {n} -m comment --comment "flanneld masq" -j RETURN"#),
+        format!(r#"-A FLANNEL-POSTRTG -s {n} -d {p} -m comment --comment "flanneld masq" -j RETURN"#),
+        format!(r#"-A FLANNEL-POSTRTG ! -s {n} -d {p} -m comment --comment "flanneld masq" -j RETURN"#),
+        format!(r#"-A FLANNEL-POSTRTG -s {n} ! -d {multicast} -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#),
+        format!(r#"-A FLANNEL-POSTRTG ! -s {n} -d {n} -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#),
+    ]
+    .into()
+}
