@@ -1,0 +1,339 @@
+//! Benchmark (not a test): the route controller at scale. A real `flanneld --controller`
+//! process (the shipped code) over a real etcd, against the emulator at its documented rate
+//! limit (100 requests per second per action) with the route quota raised: NODES leases
+//! (5,000 by default) first, until every route is in both tables; then churn — JOINS_PER_SEC
+//! new leases and as many deleted every second for CHURN_SECS (100/s each for 60 s). Route
+//! presence is measured from outside, through the emulator's admin API (`/state`, polled
+//! every 200 ms: that is the resolution), as the user's console would show it.
+//!
+//! Reported: time to first convergence and its API calls; during churn, lease → route present
+//! in every table (p50/p99/max) and lease deleted → route gone (the garbage collector's pace),
+//! API calls per join-or-leave, the controller's peak RSS and CPU seconds.
+//!
+//! Run: `cargo bench -p flanneld --bench controller_scale` (NODES, JOINS_PER_SEC, CHURN_SECS).
+
+use flanneld_testing::EtcdServer;
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tencent_vpc_emulator::scenario::{InstanceSpec, Scenario};
+use tencent_vpc_emulator::{Emulator, EmulatorConfig};
+
+const ID: &str = "AKIDlab0000000000000000000000000000";
+const KEY: &str = "lab-secret-key-0000000000000000";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Node i: its private IP (subnet-a 172.16.64.0/18 for even i, subnet-b 172.16.128.0/18 for
+/// odd) and its pod subnet, a /24 of 10.0.0.0/8.
+fn node(i: usize) -> (Ipv4Addr, &'static str, Ipv4Net) {
+    let b = i / 2;
+    let (base, subnet) = if i.is_multiple_of(2) {
+        (64, "subnet-a")
+    } else {
+        (128, "subnet-b")
+    };
+    let ip = Ipv4Addr::new(172, 16, base + (b / 250) as u8, 2 + (b % 250) as u8);
+    let pod = Ipv4Net::new(
+        Ipv4Addr::new(10, (i / 256) as u8 + 1, (i % 256) as u8, 0),
+        24,
+    )
+    .unwrap();
+    (ip, subnet, pod)
+}
+
+fn scenario(total: usize) -> Scenario {
+    let mut s = Scenario::from_json(include_str!(
+        "../../tencent-vpc-emulator/scenarios/lab.json"
+    ))
+    .unwrap();
+    s.subnets[0].cidr_block = "172.16.64.0/18".parse().unwrap();
+    s.subnets[1].cidr_block = "172.16.128.0/18".parse().unwrap();
+    s.instances.clear();
+    for i in 0..total {
+        let (ip, subnet, _) = node(i);
+        s.instances.push(InstanceSpec {
+            instance_id: format!("ins-{i}"),
+            private_ip: ip,
+            subnet_id: subnet.into(),
+            mac: format!(
+                "52:54:00:{:02x}:{:02x}:{:02x}",
+                i >> 16 & 0xff,
+                i >> 8 & 0xff,
+                i & 0xff
+            ),
+            name: String::new(),
+            role: None,
+        });
+    }
+    s.route_quota = total + 10;
+    s.rate_limit_per_second = 100.0;
+    s
+}
+
+fn lease_key(i: usize) -> String {
+    let pod = node(i).2;
+    format!(
+        "/coreos.com/network/subnets/{}-{}",
+        pod.network(),
+        pod.prefix_len()
+    )
+}
+
+fn lease_value(i: usize) -> String {
+    let (ip, subnet, _) = node(i);
+    json!({"PublicIP": ip.to_string(), "PublicIPv6": null, "BackendType": "tencent-vpc",
+           "BackendData": {"PrivateIP": ip.to_string(), "SubnetId": subnet}})
+    .to_string()
+}
+
+/// Destinations present in every route table (ours: tagged "flannel").
+async fn present_everywhere(admin: &str) -> BTreeSet<Ipv4Net> {
+    let text = reqwest::get(format!("http://{admin}/state"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let s = Scenario::from_json(&text).unwrap();
+    let mut counts: BTreeMap<Ipv4Net, usize> = BTreeMap::new();
+    for t in &s.route_tables {
+        for r in &t.routes {
+            if r.route_description.starts_with("flannel") {
+                *counts.entry(r.destination_cidr_block).or_default() += 1;
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|(_, n)| *n == s.route_tables.len())
+        .map(|(d, _)| d)
+        .collect()
+}
+
+async fn calls(admin: &str) -> u64 {
+    let v: Value = reqwest::get(format!("http://{admin}/calls"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v.as_object()
+        .unwrap()
+        .values()
+        .flat_map(|o| o.as_object().unwrap().values())
+        .map(|n| n.as_u64().unwrap())
+        .sum()
+}
+
+/// (RSS bytes, CPU seconds) of a process.
+fn usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+    (rss, ticks as f64 / 100.0)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n = env_or("NODES", 5000) as usize;
+    let rate = env_or("JOINS_PER_SEC", 100) as usize;
+    let churn_secs = env_or("CHURN_SECS", 60) as usize;
+    let joins = rate * churn_secs;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let etcd = EtcdServer::start();
+    let emu = rt
+        .block_on(Emulator::start(EmulatorConfig {
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..EmulatorConfig::on_loopback(scenario(n + joins))
+        }))
+        .unwrap();
+    let admin = emu.admin.unwrap().to_string();
+    let config = json!({"Network": "10.0.0.0/8", "Backend": {"Type": "tencent-vpc", "Mode": "controller",
+        "ClusterName": "bench", "VpcId": "vpc-lab", "Region": "ap-guangzhou",
+        "Endpoint": format!("http://{}", emu.api), "ResyncInterval": 60}});
+    let client = rt
+        .block_on(etcd_client::Client::connect([etcd.endpoint()], None))
+        .unwrap();
+    let mut kv = client.kv_client();
+    rt.block_on(kv.put("/coreos.com/network/config", config.to_string(), None))
+        .unwrap();
+    let started = Instant::now();
+    for i in 0..n {
+        rt.block_on(kv.put(lease_key(i), lease_value(i), None))
+            .unwrap();
+    }
+    let log = std::fs::File::create(std::env::temp_dir().join("controller_scale.log")).unwrap();
+    let controller = Controller(
+        Command::new(env!("CARGO_BIN_EXE_flanneld"))
+            .args([
+                "--controller",
+                &format!("--etcd-endpoints={}", etcd.endpoint()),
+                "--healthz-port=0",
+            ])
+            .env("TENCENTCLOUD_SECRET_ID", ID)
+            .env("TENCENTCLOUD_SECRET_KEY", KEY)
+            .env("HOSTNAME", "bench")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let pid = controller.0.id();
+    let mut peak = 0;
+    let all: BTreeSet<Ipv4Net> = (0..n).map(|i| node(i).2).collect();
+    loop {
+        peak = peak.max(usage(pid).0);
+        let present = rt.block_on(present_everywhere(&admin));
+        if all.is_subset(&present) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "no convergence: {} of {n}",
+            present.len()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let converged = started.elapsed();
+    let calls_converged = rt.block_on(calls(&admin));
+    let (_, cpu_converged) = usage(pid);
+    println!("first convergence: {n} nodes in {:.1} s, {calls_converged} API calls ({:.3} per node), controller CPU {cpu_converged:.1} s, peak RSS {:.1} MB",
+        converged.as_secs_f64(), calls_converged as f64 / n as f64, peak as f64 / 1e6);
+
+    // Churn: every 1/rate s one join (a new lease) and one leave (the oldest lease deleted).
+    let mut joined: BTreeMap<Ipv4Net, Instant> = BTreeMap::new();
+    let mut left: BTreeMap<Ipv4Net, Instant> = BTreeMap::new();
+    let mut join_latency = Vec::new();
+    let mut leave_latency = Vec::new();
+    let churn_started = Instant::now();
+    let tick = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut last_poll = Instant::now();
+    for k in 0..joins {
+        let due = churn_started + tick * k as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        rt.block_on(kv.put(lease_key(n + k), lease_value(n + k), None))
+            .unwrap();
+        joined.insert(node(n + k).2, Instant::now());
+        rt.block_on(kv.delete(lease_key(k), None)).unwrap();
+        left.insert(node(k).2, Instant::now());
+        if last_poll.elapsed() >= Duration::from_millis(200) {
+            last_poll = Instant::now();
+            peak = peak.max(usage(pid).0);
+            let present = rt.block_on(present_everywhere(&admin));
+            settle(
+                &present,
+                &mut joined,
+                &mut left,
+                &mut join_latency,
+                &mut leave_latency,
+            );
+        }
+    }
+    let churn = churn_started.elapsed();
+    let drain = Instant::now();
+    while !joined.is_empty() && drain.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(200));
+        peak = peak.max(usage(pid).0);
+        let present = rt.block_on(present_everywhere(&admin));
+        settle(
+            &present,
+            &mut joined,
+            &mut left,
+            &mut join_latency,
+            &mut leave_latency,
+        );
+    }
+    let churn_calls = rt.block_on(calls(&admin)) - calls_converged;
+    let (_, cpu_end) = usage(pid);
+    let changes = 2 * joins;
+    println!(
+        "churn: {rate} joins/s and {rate} leaves/s for {:.1} s: lease -> route in every table p50 {:.2} s, p99 {:.2} s, max {:.2} s ({} of {joins} seen, {} never)",
+        churn.as_secs_f64(),
+        percentile(&mut join_latency.clone(), 0.5),
+        percentile(&mut join_latency.clone(), 0.99),
+        percentile(&mut join_latency, 1.0),
+        joins - joined.len(),
+        joined.len()
+    );
+    println!(
+        "        lease deleted -> route gone: {} of {joins} within the run (p50 {:.1} s; the garbage collector's guarded pace)",
+        leave_latency.len(),
+        percentile(&mut leave_latency, 0.5)
+    );
+    println!(
+        "        {churn_calls} API calls for {changes} joins and leaves: {:.4} per change; controller CPU {:.1} s over the churn ({:.1} % of a core), peak RSS {:.1} MB",
+        churn_calls as f64 / changes as f64,
+        cpu_end - cpu_converged,
+        100.0 * (cpu_end - cpu_converged) / churn.as_secs_f64(),
+        peak as f64 / 1e6
+    );
+    drop(controller);
+}
+
+fn settle(
+    present: &BTreeSet<Ipv4Net>,
+    joined: &mut BTreeMap<Ipv4Net, Instant>,
+    left: &mut BTreeMap<Ipv4Net, Instant>,
+    join_latency: &mut Vec<f64>,
+    leave_latency: &mut Vec<f64>,
+) {
+    joined.retain(|d, at| {
+        let done = present.contains(d);
+        if done {
+            join_latency.push(at.elapsed().as_secs_f64());
+        }
+        !done
+    });
+    left.retain(|d, at| {
+        let gone = !present.contains(d);
+        if gone {
+            leave_latency.push(at.elapsed().as_secs_f64());
+        }
+        !gone
+    });
+}
