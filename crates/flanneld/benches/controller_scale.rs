@@ -243,51 +243,67 @@ fn main() {
     println!("first convergence: {n} nodes in {:.1} s, {calls_converged} API calls ({:.3} per node), controller CPU {cpu_converged:.1} s, peak RSS {:.1} MB",
         converged.as_secs_f64(), calls_converged as f64 / n as f64, peak as f64 / 1e6);
 
-    // Churn: every 1/rate s one join (a new lease) and one leave (the oldest lease deleted).
-    let mut joined: BTreeMap<Ipv4Net, Instant> = BTreeMap::new();
-    let mut left: BTreeMap<Ipv4Net, Instant> = BTreeMap::new();
+    // Churn: every 1/rate s one join (a new lease) and one leave (the oldest lease deleted),
+    // each write its own task so etcd round trips never hold the schedule back; a poller
+    // beside it reads the tables every 200 ms.
+    let written = std::sync::Arc::new(std::sync::Mutex::new((
+        BTreeMap::<Ipv4Net, Instant>::new(),
+        BTreeMap::<Ipv4Net, Instant>::new(),
+    )));
+    let churn_started = Instant::now();
+    let writer = {
+        let (kv, written) = (kv.clone(), written.clone());
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            let mut writes = Vec::with_capacity(2 * joins);
+            for k in 0..joins {
+                tick.tick().await;
+                let (mut kv1, mut kv2, w) = (kv.clone(), kv.clone(), written.clone());
+                writes.push(tokio::spawn(async move {
+                    kv1.put(lease_key(n + k), lease_value(n + k), None)
+                        .await
+                        .unwrap();
+                    w.lock().unwrap().0.insert(node(n + k).2, Instant::now());
+                }));
+                let w = written.clone();
+                writes.push(tokio::spawn(async move {
+                    kv2.delete(lease_key(k), None).await.unwrap();
+                    w.lock().unwrap().1.insert(node(k).2, Instant::now());
+                }));
+            }
+            for w in writes {
+                w.await.unwrap();
+            }
+        })
+    };
     let mut join_latency = Vec::new();
     let mut leave_latency = Vec::new();
-    let churn_started = Instant::now();
-    let tick = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut last_poll = Instant::now();
-    for k in 0..joins {
-        let due = churn_started + tick * k as u32;
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        rt.block_on(kv.put(lease_key(n + k), lease_value(n + k), None))
-            .unwrap();
-        joined.insert(node(n + k).2, Instant::now());
-        rt.block_on(kv.delete(lease_key(k), None)).unwrap();
-        left.insert(node(k).2, Instant::now());
-        if last_poll.elapsed() >= Duration::from_millis(200) {
-            last_poll = Instant::now();
-            peak = peak.max(usage(pid).0);
-            let present = rt.block_on(present_everywhere(&admin));
-            settle(
-                &present,
-                &mut joined,
-                &mut left,
-                &mut join_latency,
-                &mut leave_latency,
-            );
-        }
-    }
-    let churn = churn_started.elapsed();
-    let drain = Instant::now();
-    while !joined.is_empty() && drain.elapsed() < Duration::from_secs(120) {
+    let mut churn = None;
+    let mut drain_deadline = None;
+    loop {
         std::thread::sleep(Duration::from_millis(200));
         peak = peak.max(usage(pid).0);
         let present = rt.block_on(present_everywhere(&admin));
+        let (joined, left) = &mut *written.lock().unwrap();
         settle(
             &present,
-            &mut joined,
-            &mut left,
+            joined,
+            left,
             &mut join_latency,
             &mut leave_latency,
         );
+        if churn.is_none() && writer.is_finished() {
+            churn = Some(churn_started.elapsed());
+            drain_deadline = Some(Instant::now() + Duration::from_secs(120));
+        }
+        if churn.is_some()
+            && (joined.is_empty() || drain_deadline.is_some_and(|d| Instant::now() > d))
+        {
+            break;
+        }
     }
+    let churn = churn.unwrap();
+    let never = written.lock().unwrap().0.len();
     let churn_calls = rt.block_on(calls(&admin)) - calls_converged;
     let (_, cpu_end) = usage(pid);
     let changes = 2 * joins;
@@ -297,8 +313,8 @@ fn main() {
         percentile(&mut join_latency.clone(), 0.5),
         percentile(&mut join_latency.clone(), 0.99),
         percentile(&mut join_latency, 1.0),
-        joins - joined.len(),
-        joined.len()
+        joins - never,
+        never
     );
     println!(
         "        lease deleted -> route gone: {} of {joins} within the run (p50 {:.1} s; the garbage collector's guarded pace)",
