@@ -12,6 +12,9 @@
 //!
 //! Run: `cargo bench -p flanneld --bench controller_scale` (NODES, JOINS_PER_SEC, CHURN_SECS).
 
+#[path = "common/vpc_nodes.rs"]
+mod vpc_nodes;
+
 use flanneld_testing::EtcdServer;
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
@@ -19,8 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tencent_vpc_emulator::scenario::{InstanceSpec, Scenario};
+use tencent_vpc_emulator::scenario::Scenario;
 use tencent_vpc_emulator::{Emulator, EmulatorConfig};
+use vpc_nodes::Layout;
 
 const ID: &str = "AKIDlab0000000000000000000000000000";
 const KEY: &str = "lab-secret-key-0000000000000000";
@@ -32,51 +36,20 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Node i: its private IP (subnet-a 172.16.64.0/18 for even i, subnet-b 172.16.128.0/18 for
-/// odd) and its pod subnet, a /24 of 10.0.0.0/8.
+/// Where this bench's nodes live.
+const LAYOUT: Layout = Layout {
+    subnet_a: "172.16.64.0/18",
+    subnet_b: "172.16.128.0/18",
+    a_from: 64,
+    b_from: 128,
+};
+
 fn node(i: usize) -> (Ipv4Addr, &'static str, Ipv4Net) {
-    let b = i / 2;
-    let (base, subnet) = if i.is_multiple_of(2) {
-        (64, "subnet-a")
-    } else {
-        (128, "subnet-b")
-    };
-    let ip = Ipv4Addr::new(172, 16, base + (b / 250) as u8, 2 + (b % 250) as u8);
-    let pod = Ipv4Net::new(
-        Ipv4Addr::new(10, (i / 256) as u8 + 1, (i % 256) as u8, 0),
-        24,
-    )
-    .unwrap();
-    (ip, subnet, pod)
+    vpc_nodes::node(&LAYOUT, i)
 }
 
 fn scenario(total: usize) -> Scenario {
-    let mut s = Scenario::from_json(include_str!(
-        "../../tencent-vpc-emulator/scenarios/lab.json"
-    ))
-    .unwrap();
-    s.subnets[0].cidr_block = "172.16.64.0/18".parse().unwrap();
-    s.subnets[1].cidr_block = "172.16.128.0/18".parse().unwrap();
-    s.instances.clear();
-    for i in 0..total {
-        let (ip, subnet, _) = node(i);
-        s.instances.push(InstanceSpec {
-            instance_id: format!("ins-{i}"),
-            private_ip: ip,
-            subnet_id: subnet.into(),
-            mac: format!(
-                "52:54:00:{:02x}:{:02x}:{:02x}",
-                i >> 16 & 0xff,
-                i >> 8 & 0xff,
-                i & 0xff
-            ),
-            name: String::new(),
-            role: None,
-        });
-    }
-    s.route_quota = total + 10;
-    s.rate_limit_per_second = 100.0;
-    s
+    vpc_nodes::scenario(&LAYOUT, total)
 }
 
 fn lease_key(i: usize) -> String {

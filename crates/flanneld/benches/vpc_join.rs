@@ -16,6 +16,9 @@
 //!
 //! Run: `cargo bench -p flanneld --bench vpc_join` (NODES=50,200,1000 by default).
 
+#[path = "common/vpc_nodes.rs"]
+mod vpc_nodes;
+
 use flannel_core::admission::PeerView;
 use flannel_core::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
 use flanneld::backend::tencent_vpc::plan::Ownership;
@@ -32,59 +35,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tencent_cloud::credentials::{Credentials, StaticProvider};
 use tencent_cloud::{Client, ClientConfig};
-use tencent_vpc_emulator::scenario::{InstanceSpec, Scenario};
+use tencent_vpc_emulator::scenario::Scenario;
 use tencent_vpc_emulator::{Emulator, EmulatorConfig};
+use vpc_nodes::Layout;
 
 const ID: &str = "AKIDlab0000000000000000000000000000";
 const KEY: &str = "lab-secret-key-0000000000000000";
 const GIVE_UP: Duration = Duration::from_secs(600);
 
-/// Node i: its private IP (alternating subnet-a 172.16.1.0/24 + .2/.3, subnet-b ...), subnet
-/// and pod subnet 10.244.(i/256).(i%256) /24s inside 10.0.0.0/8.
+/// Where this bench's nodes live.
+const LAYOUT: Layout = Layout {
+    subnet_a: "172.16.8.0/21",
+    subnet_b: "172.16.16.0/21",
+    a_from: 8,
+    b_from: 16,
+};
+
 fn node(i: usize) -> (Ipv4Addr, &'static str, ipnet::Ipv4Net) {
-    let b = i / 2;
-    let (second, subnet) = if i.is_multiple_of(2) {
-        (1, "subnet-a")
-    } else {
-        (2, "subnet-b")
-    };
-    // Subnets are /24 in the lab; widen them below so 500 hosts fit in each.
-    let ip = Ipv4Addr::new(172, 16, second * 8 + (b / 250) as u8, 2 + (b % 250) as u8);
-    let pod = ipnet::Ipv4Net::new(
-        Ipv4Addr::new(10, (i / 256) as u8 + 1, (i % 256) as u8, 0),
-        24,
-    )
-    .unwrap();
-    (ip, subnet, pod)
+    vpc_nodes::node(&LAYOUT, i)
 }
 
-fn scenario(n: usize) -> Scenario {
-    let mut s = Scenario::from_json(include_str!(
-        "../../tencent-vpc-emulator/scenarios/lab.json"
-    ))
-    .unwrap();
-    s.subnets[0].cidr_block = "172.16.8.0/21".parse().unwrap();
-    s.subnets[1].cidr_block = "172.16.16.0/21".parse().unwrap();
-    s.instances.clear();
-    for i in 0..n {
-        let (ip, subnet, _) = node(i);
-        s.instances.push(InstanceSpec {
-            instance_id: format!("ins-{i}"),
-            private_ip: ip,
-            subnet_id: subnet.into(),
-            mac: format!(
-                "52:54:00:{:02x}:{:02x}:{:02x}",
-                i >> 16 & 0xff,
-                i >> 8 & 0xff,
-                i & 0xff
-            ),
-            name: String::new(),
-            role: None,
-        });
-    }
-    s.route_quota = n + 10;
-    s.rate_limit_per_second = 100.0;
-    s
+fn scenario(total: usize) -> Scenario {
+    vpc_nodes::scenario(&LAYOUT, total)
 }
 
 fn client(emu: &Emulator) -> Arc<Client> {
