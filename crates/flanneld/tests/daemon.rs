@@ -311,6 +311,13 @@ struct Recorder {
     repairs: bool,
 }
 
+impl Recorder {
+    /// Whether a reconcile call the backend saw matches `f`.
+    fn saw(&self, f: impl Fn(&str) -> bool) -> bool {
+        self.calls.lock().unwrap().iter().any(|c| f(c))
+    }
+}
+
 struct FakeBackend(Arc<Recorder>);
 
 #[async_trait::async_trait]
@@ -402,20 +409,12 @@ async fn an_injected_backend_gets_its_lease_attrs_published_and_peer_events() {
 
     sm.put_lease(peer("10.5.9.0/24", "172.16.0.9"));
     wait_until_async("peer event", Duration::from_secs(10), || {
-        rec.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|c| c == "added 10.5.9.0-24")
+        rec.saw(|c| c == "added 10.5.9.0-24")
     })
     .await;
     sm.delete_lease(&SubnetKey::v4("10.5.9.0/24".parse().unwrap()));
     wait_until_async("removal", Duration::from_secs(10), || {
-        rec.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|c| c == "removed 10.5.9.0-24")
+        rec.saw(|c| c == "removed 10.5.9.0-24")
     })
     .await;
     assert_eq!(
@@ -451,11 +450,7 @@ async fn each_event_kind_reaches_its_handler_and_a_taken_lease_ends_the_daemon()
     assert!(applies >= 1);
     // Resync: the period (30 s here) passes.
     wait_until_async("a resync", Duration::from_secs(60), || {
-        rec.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|c| c.starts_with("resync fresh=true"))
+        rec.saw(|c| c.starts_with("resync fresh=true"))
     })
     .await;
     // TrafficCheck: an operator flushes the chains; the check puts them back.
@@ -468,19 +463,10 @@ async fn each_event_kind_reaches_its_handler_and_a_taken_lease_ends_the_daemon()
     sm.put_lease(peer("0.0.0.0/1", "172.16.0.9"));
     sm.put_lease(peer("10.5.77.0/24", "172.16.0.8"));
     wait_until_async("the admitted peer", Duration::from_secs(10), || {
-        rec.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|c| c == "added 10.5.77.0-24")
+        rec.saw(|c| c == "added 10.5.77.0-24")
     })
     .await;
-    assert!(!rec
-        .calls
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|c| c.contains("0.0.0.0")));
+    assert!(!rec.saw(|c| c.contains("0.0.0.0")));
     assert!(health
         .metrics
         .encode()
