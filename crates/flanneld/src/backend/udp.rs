@@ -262,10 +262,8 @@ impl Backend for UdpBackend {
         *self.shared.peers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         let dev = self.ensure_device(own_subnet).await?;
         self.start_tasks();
-        let mut route = Route::via(IpNet::V4(self.network), Ipv4Addr::UNSPECIFIED.into(), dev);
-        route.via = None;
         let desired = kernel_sync::Desired {
-            routes: vec![route],
+            routes: vec![Route::through(IpNet::V4(self.network), dev)],
             ..Default::default()
         };
         kernel_sync::reconcile_for(self.kernel.as_ref(), &self.networks, own, &desired).await?;

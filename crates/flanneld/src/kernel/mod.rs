@@ -71,6 +71,18 @@ impl Route {
         }
     }
 
+    /// A route through a device with no gateway (scope link), e.g. the Network into a tunnel.
+    pub fn through(dst: IpNet, dev: u32) -> Route {
+        Route {
+            dst: dst.trunc(),
+            via: None,
+            dev,
+            onlink: false,
+            blackhole: false,
+            metric: 0,
+        }
+    }
+
     /// The `--ip-blackhole-route` route: at the highest metric, so it only catches what no
     /// other route to the subnet (cni0's) takes.
     pub fn blackhole(dst: IpNet) -> Route {

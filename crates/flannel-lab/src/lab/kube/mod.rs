@@ -66,9 +66,9 @@ impl Lab {
         self.state.kube.get_or_insert_with(KubeState::default)
     }
 
-    /// Create the mount points the nodes need (recorded).
+    /// Create the mount points the nodes need (recorded); `up` has refused a second
+    /// `--kube` lab before anything was made.
     pub(crate) fn prepare_kube_host(&mut self) -> Result<(), LabError> {
-        refuse_second(&self.spec().prefix)?;
         let mut made = Vec::new();
         for dir in files::NODE_PRIVATE_DIRS {
             // Record every ancestor made too (/opt/cni and /opt/cni/bin), outermost first.
