@@ -58,9 +58,30 @@ impl Lab {
             .map_err(|e| LabError::Invalid(format!("kubectl apply deploy/{what}: {e}")))
     }
 
+    /// A merge patch from a file (root-only), so a credential in it never shows in a
+    /// command line or in the error that quotes one.
     fn patch(&self, kind: &str, name: &str, patch: &str) -> Result<(), LabError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.kube_dir().join(format!("patch-{kind}-{name}.json"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(crate::lab::io(&path))?;
+        std::io::Write::write_all(&mut file, patch.as_bytes()).map_err(crate::lab::io(&path))?;
+        let file = path.display().to_string();
         self.kubectl(&[
-            "-n", NAMESPACE, "patch", kind, name, "--type", "merge", "-p", patch,
+            "-n",
+            NAMESPACE,
+            "patch",
+            kind,
+            name,
+            "--type",
+            "merge",
+            "--patch-file",
+            &file,
         ])
         .map(drop)
     }
