@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in protobuf-compiler etcd-server etcd-client iproute2 iptables nftables iputils-ping iperf3 containernetworking-plugins python3-venv curl openssl mmdebstrap containerd runc; do
+for pkg in protobuf-compiler etcd-server etcd-client iproute2 iptables nftables iputils-ping iperf3 containernetworking-plugins python3-venv curl openssl mmdebstrap containerd runc wireguard-go wireguard-tools; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then

@@ -520,9 +520,16 @@ pub fn redact_secrets(v: &Value) -> Value {
             m.iter()
                 .map(|(k, v)| {
                     let lk = k.to_ascii_lowercase();
-                    let secret = ["secret", "password", "token", "credential"]
-                        .iter()
-                        .any(|w| lk.contains(w));
+                    let secret = [
+                        "secret",
+                        "password",
+                        "token",
+                        "credential",
+                        "psk",
+                        "privatekey",
+                    ]
+                    .iter()
+                    .any(|w| lk.contains(w));
                     (
                         k.clone(),
                         if secret {

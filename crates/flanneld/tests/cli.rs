@@ -120,7 +120,7 @@ fn config_check_errors_exit_2_with_upstream_message() {
         ),
         ("{\"Network\":", "net config: malformed JSON at line 1 column 11: EOF while parsing a value"),
         // The backend is checked exactly as flanneld checks it.
-        (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"ipsec"}}"#, "backend type ipsec: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, udp, extension, alloc"),
+        (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"ipsec"}}"#, "backend type ipsec: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, wireguard, udp, extension, alloc"),
         (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"bogus"}}"#, "unknown backend type: bogus"),
         (
             r#"{"Network":"10.0.0.0/16","Backend":{"Type":"tencent-vpc","AccessKeySecret":["s3cr3t"]}}"#,
@@ -200,6 +200,47 @@ fn flanneld_unknown_flag_and_version() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("between 1 and 1439"));
 }
 
+/// How long a flanneld given bad input may take to refuse it (it refuses at once; a hang
+/// is a failure, not a stuck CI job).
+const EXIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Run `cmd` to its end; kill it and fail if it is still running after `limit`.
+fn output_within(cmd: &mut Command, limit: std::time::Duration) -> std::process::Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let end = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 #[test]
 fn flanneld_bad_inputs_leave_no_subnet_file() {
     let d = tempfile::tempdir().unwrap();
@@ -211,8 +252,12 @@ fn flanneld_bad_inputs_leave_no_subnet_file() {
             format!("network config {}: SubnetLen must be less than /31", f.display()),
         ),
         (
-            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#,
-            "backend type wireguard: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, udp, extension, alloc".to_string(),
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","PSK":"hunter2-not-a-key"}}"#,
+            "Backend.PSK: is not a WireGuard key (base64 of 32 bytes, as `wg genpsk` prints)".to_string(),
+        ),
+        (
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}"#,
+            "backend type ipip: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, wireguard, udp, extension, alloc".to_string(),
         ),
         (
             r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":"one"}}"#,
@@ -227,16 +272,16 @@ fn flanneld_bad_inputs_leave_no_subnet_file() {
         ),
     ] {
         std::fs::write(&f, conf).unwrap();
-        let out = Command::new(FLANNELD)
+        let mut cmd = Command::new(FLANNELD);
+        cmd
             .args([
                 "--local-subnet-mgr",
                 "--iface=lo",
                 "--iptables-forward-rules=false",
             ])
             .arg(format!("--net-config-path={}", f.display()))
-            .arg(format!("--subnet-file={}", env_file.display()))
-            .output()
-            .unwrap();
+            .arg(format!("--subnet-file={}", env_file.display()));
+        let out = output_within(&mut cmd, EXIT_LIMIT);
         assert_eq!(out.status.code(), Some(1), "{conf}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
@@ -247,15 +292,14 @@ fn flanneld_bad_inputs_leave_no_subnet_file() {
         assert!(!env_file.exists(), "{conf} left a subnet file");
     }
     // An error with a cause: the cause follows once, after the error naming the flag.
-    let out = Command::new(FLANNELD)
-        .args([
-            "--local-subnet-mgr",
-            "--iface-regex=eth(",
-            "--iptables-forward-rules=false",
-        ])
-        .arg(format!("--subnet-file={}", env_file.display()))
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(FLANNELD);
+    cmd.args([
+        "--local-subnet-mgr",
+        "--iface-regex=eth(",
+        "--iptables-forward-rules=false",
+    ])
+    .arg(format!("--subnet-file={}", env_file.display()));
+    let out = output_within(&mut cmd, EXIT_LIMIT);
     assert_ne!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let said = stderr.find("flanneld: invalid --iface-regex \"eth(\": regex parse error:");

@@ -146,27 +146,9 @@ async fn unknown_backend_fails_before_any_lease_or_file() {
     )
     .await
     .unwrap_err();
-    assert_eq!(flanneld::report(&err), "backend type ipip: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, udp, extension, alloc");
+    assert_eq!(flanneld::report(&err), "backend type ipip: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, wireguard, udp, extension, alloc");
     assert!(sm.leases().is_empty());
     assert!(!cfg.subnet_file.exists());
-}
-
-#[tokio::test]
-async fn a_backend_flannel_rs_does_not_have_leaves_no_lease() {
-    let dir = tempfile::tempdir().unwrap();
-    let sm = manager(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#);
-    let err = daemon::run(
-        daemon_config(dir.path()),
-        sm.clone(),
-        &flanneld::backend::Builtin,
-        &FakeHost("172.16.0.7"),
-        Arc::new(Health::default()),
-        std::future::pending(),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(flanneld::report(&err), "backend type wireguard: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, udp, extension, alloc");
-    assert!(sm.leases().is_empty());
 }
 
 #[tokio::test]

@@ -6,39 +6,11 @@
 #[path = "common/cluster.rs"]
 mod cluster;
 
-use cluster::{Cluster, Pod};
+use cluster::{ping6_all, Cluster};
 use flanneld_testing::netns::{wait_for, Underlay};
 use std::time::Duration;
 
 const REPAIR: Duration = Duration::from_secs(30);
-
-/// A pod's global IPv6 address.
-fn ipv6_of(pod: &Pod) -> String {
-    let out = pod.ns.ok(&[
-        "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
-    ]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "inet6")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("no IPv6 address: {out}"))
-        .to_string()
-}
-
-fn ping6_all(pods: &[Pod]) {
-    for a in pods {
-        for b in pods.iter().filter(|b| b.id != a.id) {
-            let to = ipv6_of(b);
-            wait_for(&format!("{} to reach {to}", a.id), REPAIR, || {
-                let out = a.ns.run(&["ping", "-6", "-c1", "-W1", &to], None);
-                out.status
-                    .success()
-                    .then_some(())
-                    .ok_or_else(|| String::from_utf8_lossy(&out.stdout).into_owned())
-            });
-        }
-    }
-}
 
 fn subnet6(node: &cluster::Node) -> String {
     let text = std::fs::read_to_string(node.subnet_env()).unwrap();

@@ -75,10 +75,12 @@ pub enum Reason {
     PublicIp,
     VtepMac,
     PrivateIp,
+    /// A wireguard lease without a usable PublicKey or Port.
+    WireguardKey,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::HostBits,
         Reason::OutsideNetwork,
         Reason::TooSmall,
@@ -87,6 +89,7 @@ impl Reason {
         Reason::PublicIp,
         Reason::VtepMac,
         Reason::PrivateIp,
+        Reason::WireguardKey,
     ];
 
     pub fn label(&self) -> &'static str {
@@ -99,6 +102,7 @@ impl Reason {
             Reason::PublicIp => "public_ip",
             Reason::VtepMac => "vtep_mac",
             Reason::PrivateIp => "private_ip",
+            Reason::WireguardKey => "wireguard_key",
         }
     }
 }

@@ -222,6 +222,31 @@ impl Rules {
                 }
             }
         }
+        if attrs.backend_type == "wireguard" {
+            // Upstream's peers read PublicKey and Port from the family's data; a lease
+            // without data there has nothing a tunnel can be made to.
+            let key = data.and_then(|d| d.get("PublicKey"));
+            match key.and_then(serde_json::Value::as_str) {
+                Some(k) if crate::backend_config::decode_wireguard_key(k).is_some() => {}
+                _ => {
+                    return Err(refuse(
+                        Reason::WireguardKey,
+                        format!(
+                            "wireguard lease has no usable PublicKey for its {f} subnet (found {})",
+                            key.map_or_else(|| "none".to_string(), ToString::to_string)
+                        ),
+                    ))
+                }
+            }
+            if let Some(p) = data.and_then(|d| d.get("Port")) {
+                if p.as_u64().is_none_or(|p| p > u64::from(u16::MAX)) {
+                    return Err(refuse(
+                        Reason::WireguardKey,
+                        format!("wireguard Port {p} is not a UDP port"),
+                    ));
+                }
+            }
+        }
         if f == Family::V4 && attrs.backend_type == "tencent-vpc" {
             if let Some(v) = data.and_then(|d| d.get("PrivateIP")) {
                 let Some(ip) = v.as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) else {

@@ -43,11 +43,15 @@ fn type_names_and_alias() {
     );
     assert_eq!(BackendKind::from_type("host-gw"), Ok(BackendKind::HostGw));
     assert_eq!(BackendKind::from_type("vxlan"), Ok(BackendKind::Vxlan));
-    for upstream in ["wireguard", "ipip", "IPsec"] {
+    assert_eq!(
+        BackendKind::from_type("WireGuard"),
+        Ok(BackendKind::Wireguard)
+    );
+    for upstream in ["ipip", "IPsec"] {
         assert_eq!(
             BackendKind::from_type(upstream).unwrap_err().to_string(),
             format!(
-                "backend type {}: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, udp, extension, alloc",
+                "backend type {}: an upstream flannel backend that flannel-rs does not support; supported: tencent-vpc (alias tx-vpc), host-gw, vxlan, wireguard, udp, extension, alloc",
                 upstream.to_ascii_lowercase()
             )
         );
@@ -78,6 +82,71 @@ fn udp_port_default_and_checked() {
             .unwrap_err()
             .to_string(),
         "Backend.Port: 70000 is not a UDP port"
+    );
+}
+
+#[test]
+fn wireguard_defaults_are_upstreams() {
+    let BackendConfig::Wireguard(c) = BackendConfig::parse("wireguard", None).unwrap() else {
+        panic!("not wireguard")
+    };
+    assert_eq!((c.listen_port, c.listen_port_v6), (51820, 51821));
+    assert_eq!((c.mtu, c.keepalive_secs), (None, 0));
+    assert_eq!(c.mode, WireguardMode::Separate);
+    assert!(c.psk.is_none());
+}
+
+#[test]
+fn wireguard_keys_parsed_and_checked() {
+    let psk = "FpCyhws9cxwWoV4xELtfJvjJN+zQVRPISllRWgeopVE=";
+    let BackendConfig::Wireguard(c) = BackendConfig::parse(
+        "wireguard",
+        Some(
+            &json!({"listenport": 5000, "ListenPortV6": 5001, "MTU": 1400, "PSK": psk,
+                     "PersistentKeepaliveInterval": 25, "Mode": "auto"}),
+        ),
+    )
+    .unwrap() else {
+        panic!("not wireguard")
+    };
+    assert_eq!((c.listen_port, c.listen_port_v6), (5000, 5001));
+    assert_eq!((c.mtu, c.keepalive_secs), (Some(1400), 25));
+    assert_eq!(c.mode, WireguardMode::Auto);
+    use secrecy::ExposeSecret;
+    assert_eq!(c.psk.as_ref().unwrap().expose_secret(), psk);
+    // The PSK never prints: not in Debug, not in the effective config.
+    let config = BackendConfig::Wireguard(c);
+    assert!(!format!("{config:?}").contains(psk));
+    let effective = config.effective_json(None).to_string();
+    assert!(!effective.contains(psk), "{effective}");
+    assert!(effective.contains(r#""PSK":"<redacted>""#), "{effective}");
+
+    let err = |v: serde_json::Value| {
+        BackendConfig::parse("wireguard", Some(&v))
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err(json!({"Mode": "both"})),
+        r#"Backend.Mode: "both" is not separate, auto, ipv4 or ipv6"#
+    );
+    assert_eq!(
+        err(json!({"ListenPort": 0})),
+        "Backend.ListenPort: 0 is not a UDP port"
+    );
+    assert_eq!(
+        err(json!({"MTU": 60})),
+        "Backend.MTU: 60 leaves no room for the 80-byte WireGuard overhead"
+    );
+    let bad = err(json!({"PSK": "not-a-key-at-all-secret"}));
+    assert_eq!(
+        bad,
+        "Backend.PSK: is not a WireGuard key (base64 of 32 bytes, as `wg genpsk` prints)"
+    );
+    assert!(!bad.contains("not-a-key-at-all-secret"));
+    assert_eq!(
+        err(json!({"PersistentKeepaliveInterval": -1})),
+        "Backend.PersistentKeepaliveInterval: -1 is not a number of seconds in 0..65535"
     );
 }
 

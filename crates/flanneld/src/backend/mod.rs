@@ -9,6 +9,7 @@ pub mod kernel_sync;
 pub mod tencent_vpc;
 pub mod udp;
 pub mod vxlan;
+pub mod wireguard;
 
 use crate::iface::ExternalInterface;
 use crate::kernel::{Fenced, Kernel, Netlink};
@@ -119,6 +120,8 @@ pub trait Backend: Send + Sync {
     fn repairs_on_kernel_changes(&self) -> bool {
         false
     }
+    /// flanneld is stopping: undo what must not outlive it (a device the kernel would keep).
+    async fn stop(&self) {}
 }
 
 /// The common part of every lease: public addresses of the external interface.
@@ -196,6 +199,14 @@ impl Builtin {
                     })?;
                 }
             }
+            BackendConfig::Wireguard(c)
+                if c.mode == flannel_core::backend_config::WireguardMode::Ipv6
+                    && !network.enable_ipv6() =>
+            {
+                return Err(BackendError::Unsupported(
+                    "wireguard Mode ipv6 needs EnableIPv6 (an IPv6 underlay address)".into(),
+                ));
+            }
             BackendConfig::Udp(_) if network.enable_ipv6() || network.network().is_none() => {
                 return Err(BackendError::Unsupported(
                     "udp carries IPv4 only, as upstream's (set EnableIPv6 to false)".into(),
@@ -231,6 +242,16 @@ impl BackendFactory for Builtin {
                     .map(|p| p.network.to_string())
                     .unwrap_or_default(),
             ))),
+            BackendConfig::Wireguard(c) => Ok(Box::new(
+                wireguard::WireguardBackend::new(
+                    ctx.ext.clone(),
+                    ctx.network,
+                    c,
+                    fenced_kernel(ctx.network)?,
+                    &wireguard::keys::key_file(),
+                )
+                .await?,
+            )),
             BackendConfig::TencentVpc(c) => tencent_vpc::build(ctx, c).await,
             BackendConfig::HostGw => Ok(Box::new(host_gw::HostGwBackend::new(
                 ctx.ext.clone(),

@@ -150,6 +150,7 @@ pub async fn run(
         if let Control::Exit(result) = node.handle(event).await {
             // The one place the daemon stops: not ready from here on.
             node.health.set_ready(false);
+            node.backend.stop().await;
             match &result {
                 Ok(Exit::Shutdown) => info!("shutting down"),
                 Err(DaemonError::LeaseRevoked) => {

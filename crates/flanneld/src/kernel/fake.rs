@@ -154,6 +154,13 @@ impl Links for FakeKernel {
         s.links.insert(spec.name.clone(), link.clone());
         Ok(link)
     }
+    /// As this machine kind's kernel: no WireGuard link type.
+    async fn create_wireguard(&self, name: &str, _mtu: u32) -> Result<Link, KernelError> {
+        Err(KernelError::new(
+            format!("create wireguard device {name}"),
+            std::io::Error::from_raw_os_error(95),
+        ))
+    }
     async fn delete_link(&self, link: &Link) -> Result<(), KernelError> {
         let mut s = self.s();
         s.mutations += 1;

@@ -73,6 +73,9 @@ impl<K: Links> Links for Fenced<K> {
     async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<Link, KernelError> {
         self.inner.create_vxlan(spec).await
     }
+    async fn create_wireguard(&self, name: &str, mtu: u32) -> Result<Link, KernelError> {
+        self.inner.create_wireguard(name, mtu).await
+    }
     async fn delete_link(&self, link: &Link) -> Result<(), KernelError> {
         self.inner.delete_link(link).await
     }

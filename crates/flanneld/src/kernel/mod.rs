@@ -240,6 +240,8 @@ pub trait Links: Send + Sync {
     async fn link_by_name(&self, name: &str) -> Result<Option<Link>, KernelError>;
     /// Create the vxlan device (up, with its MTU and MAC) and return it.
     async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<Link, KernelError>;
+    /// A kernel WireGuard device; fails with EOPNOTSUPP where the kernel has none.
+    async fn create_wireguard(&self, name: &str, mtu: u32) -> Result<Link, KernelError>;
     async fn delete_link(&self, link: &Link) -> Result<(), KernelError>;
     /// Bring the link up with this MTU.
     async fn set_up(&self, link: &Link, mtu: u32) -> Result<(), KernelError>;

@@ -21,7 +21,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::AddressFamily;
 use nix::errno::Errno;
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, LinkWireguard, RouteMessageBuilder};
 use std::io;
 use std::net::IpAddr;
 
@@ -405,6 +405,19 @@ impl Links for Netlink {
             .await
             .map_err(fail(op.clone()))?;
         self.link_by_name(&spec.name).await?.ok_or_else(|| {
+            KernelError::new(op, io::Error::other("the device vanished after creation"))
+        })
+    }
+
+    async fn create_wireguard(&self, name: &str, mtu: u32) -> Result<Link, KernelError> {
+        let op = format!("create wireguard device {name}");
+        self.handle
+            .link()
+            .add(LinkWireguard::new(name).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(fail(op.clone()))?;
+        self.link_by_name(name).await?.ok_or_else(|| {
             KernelError::new(op, io::Error::other("the device vanished after creation"))
         })
     }

@@ -146,7 +146,11 @@ impl Cluster {
             .unwrap();
         let endpoints = format!("--etcd-endpoints=http://{SWITCH_IP}:2379");
         let subnet_file = format!("--subnet-file={}", node.subnet_env().display());
+        // Each node its own WireGuard key (upstream's default file is one per machine).
+        let key_file = format!("WIREGUARD_KEY_FILE={}", node.dir.join("wgkey").display());
         let mut all = vec![
+            "/usr/bin/env",
+            &key_file,
             env!("CARGO_BIN_EXE_flanneld"),
             &endpoints,
             "--iface=eth0",
@@ -255,4 +259,36 @@ pub fn upstream_nat_rules(n: &str, p: &str, multicast: &str) -> Vec<String> {
         format!(r#"-A FLANNEL-POSTRTG ! -s {n} -d {n} -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#),
     ]
     .into()
+}
+
+/// A pod's global IPv6 address.
+pub fn ipv6_of(pod: &Pod) -> String {
+    let out = pod.ns.ok(&[
+        "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
+    ]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no IPv6 address: {out}"))
+        .to_string()
+}
+
+pub fn ping6_all(pods: &[Pod]) {
+    for a in pods {
+        for b in pods.iter().filter(|b| b.id != a.id) {
+            let to = ipv6_of(b);
+            wait_for(
+                &format!("{} to reach {to}", a.id),
+                Duration::from_secs(30),
+                || {
+                    let out = a.ns.run(&["ping", "-6", "-c1", "-W1", &to], None);
+                    out.status
+                        .success()
+                        .then_some(())
+                        .ok_or_else(|| String::from_utf8_lossy(&out.stdout).into_owned())
+                },
+            );
+        }
+    }
 }
