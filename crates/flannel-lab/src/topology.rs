@@ -37,6 +37,8 @@ pub enum Backend {
     Vxlan,
     /// Upstream's udp (TUN + UDP 8285; upstream: for debugging).
     Udp,
+    /// Upstream's wireguard (here: the userspace data path; no kernel module).
+    Wireguard,
 }
 
 impl Backend {
@@ -46,6 +48,7 @@ impl Backend {
             Backend::HostGw => "host-gw",
             Backend::Vxlan => "vxlan",
             Backend::Udp => "udp",
+            Backend::Wireguard => "wireguard",
         }
     }
 }
@@ -353,6 +356,7 @@ mod tests {
             Backend::HostGw,
             Backend::Vxlan,
             Backend::Udp,
+            Backend::Wireguard,
         ] {
             let text = spec(b, Mode::PerNode).scenario();
             let s = tencent_vpc_emulator::scenario::Scenario::from_json(&text)

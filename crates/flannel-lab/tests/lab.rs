@@ -139,11 +139,12 @@ fn controller_mode_routes_every_node() {
 
 #[test]
 #[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
-fn host_gw_vxlan_and_udp_labs_converge_without_cloud_routes() {
+fn host_gw_vxlan_udp_and_wireguard_labs_converge_without_cloud_routes() {
     for (prefix, backend) in [
         ("lt3", Backend::HostGw),
         ("lt4", Backend::Vxlan),
         ("lt9", Backend::Udp),
+        ("lta", Backend::Wireguard),
     ] {
         let t = up(prefix, backend, Mode::PerNode, 3);
         assert!(full(&t.lab.ping_matrix()), "{backend:?}");

@@ -1,7 +1,7 @@
-//! Pod-to-pod throughput across two nodes (iperf3, TCP, one stream) with host-gw, vxlan and
-//! udp, against a baseline of the same namespace topology (same underlay, same bridge/
+//! Pod-to-pod throughput across two nodes (iperf3, TCP, one stream) with host-gw, vxlan,
+//! udp and wireguard (userspace), against a baseline of the same namespace topology (same underlay, same bridge/
 //! host-local pods, no flanneld routes) with static routes. Runs are interleaved (baseline,
-//! host-gw, vxlan, udp, repeated) so drift on a shared machine hits all three alike; the median
+//! host-gw, vxlan, udp, wireguard, repeated) so drift on a shared machine hits all three alike; the median
 //! of each is reported with its ratio to the baseline. Root only.
 //!
 //! `cargo bench -p flanneld --bench dataplane_iperf` (BENCH_RUNS=5, BENCH_SECS=5 by default)
@@ -128,12 +128,18 @@ fn main() {
             "budp",
             r#"{"Network":"10.253.0.0/16","Backend":{"Type":"udp"}}"#,
         ),
+        // Userspace WireGuard here (this kernel has no wireguard module).
+        setup(
+            "wireguard",
+            "bwg",
+            r#"{"Network":"10.254.0.0/16","Backend":{"Type":"wireguard"}}"#,
+        ),
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     for run in 1..=runs {
         for (i, s) in setups.iter().enumerate() {
             let g = measure(s, secs);
-            println!("run {run}: {:<8} {g:6.2} Gbit/s", s.name);
+            println!("run {run}: {:<9} {g:6.2} Gbit/s", s.name);
             results[i].push(g);
         }
     }
@@ -147,7 +153,7 @@ fn main() {
     println!("  setup    median Gbit/s  median/baseline  median of paired ratios");
     for ((s, m), p) in setups.iter().zip(&medians).zip(paired.iter_mut()) {
         println!(
-            "  {:<8} {m:13.2}  {:14.1} %  {:22.1} %",
+            "  {:<9} {m:13.2}  {:14.1} %  {:22.1} %",
             s.name,
             100.0 * m / medians[0],
             100.0 * median(p)

@@ -150,6 +150,11 @@ impl Lab {
             env.extend(self.cloud_env());
         }
         let dir = self.node_dir(n);
+        // Each node its own WireGuard key (upstream's default file is one per machine).
+        env.push((
+            "WIREGUARD_KEY_FILE",
+            dir.join("wgkey").display().to_string(),
+        ));
         let flanneld = self.state.bins.flanneld.display().to_string();
         let args = [
             flanneld,
