@@ -8,7 +8,7 @@
 #[path = "common/cluster.rs"]
 mod cluster;
 
-use cluster::Cluster;
+use cluster::{test_rule_packets, Cluster};
 use flanneld_testing::netns::wait_for;
 use std::time::Duration;
 
@@ -39,14 +39,6 @@ while True:
         data, _ = sock.recvfrom(65535)
         os.write(tun, data)
 "#;
-
-fn counter(node: &cluster::Node, chain: &str) -> u64 {
-    let out = node.ns.ok(&["iptables", "-w", "-nvxL", chain]);
-    out.lines()
-        .filter(|l| l.contains("flannel-rs-test"))
-        .map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
 
 #[test]
 #[ignore = "needs root (network namespaces, /dev/net/tun) and etcd: run with --include-ignored"]
@@ -87,11 +79,14 @@ fn udp_by_default_pods_reach_each_other_and_a_reference_peer() {
     let pods = vec![c.add_pod(1, 1, "0.3.1"), c.add_pod(2, 1, "1.0.0")];
     c.all_pods_reach_each_other(&pods);
     assert_eq!(
-        counter(n1, "FORWARD"),
+        test_rule_packets(n1, "FORWARD", ""),
         0,
         "a pod packet left unencapsulated"
     );
-    assert!(counter(n1, "OUTPUT") > 0, "no datagram to 8285");
+    assert!(
+        test_rule_packets(n1, "OUTPUT", "") > 0,
+        "no datagram to 8285"
+    );
 
     // The reference peer on a third namespace of the underlay, announced as upstream does.
     let reference = c.underlay.node(3);

@@ -9,20 +9,12 @@
 #[path = "common/cluster.rs"]
 mod cluster;
 
-use cluster::{ping6_all, Cluster};
+use cluster::{ping6_all, test_rule_packets, Cluster};
 use flanneld_testing::netns::{wait_for, Underlay};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 const REPAIR: Duration = Duration::from_secs(30);
-
-fn counter(node: &cluster::Node, chain: &str) -> u64 {
-    let out = node.ns.ok(&["iptables", "-w", "-nvxL", chain]);
-    out.lines()
-        .filter(|l| l.contains("flannel-rs-test"))
-        .map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
 
 fn lease_of(c: &Cluster, node: &cluster::Node) -> serde_json::Value {
     let key = format!(
@@ -119,7 +111,11 @@ fn wireguard_userspace_three_nodes_only_udp_on_the_underlay_and_key_changes() {
         c.add_pod(3, 1, "1.0.0"),
     ];
     c.all_pods_reach_each_other(&pods);
-    assert_eq!(counter(n1, "FORWARD"), 0, "a pod packet left in the clear");
+    assert_eq!(
+        test_rule_packets(n1, "FORWARD", ""),
+        0,
+        "a pod packet left in the clear"
+    );
     let out = n1.ns.ok(&["iptables", "-w", "-nvxL", "OUTPUT"]);
     let clear: u64 = out
         .lines()
@@ -130,7 +126,10 @@ fn wireguard_userspace_three_nodes_only_udp_on_the_underlay_and_key_changes() {
         clear, 0,
         "a packet to a pod address left the node in the clear"
     );
-    assert!(counter(n1, "OUTPUT") > 0, "no datagram to 51820");
+    assert!(
+        test_rule_packets(n1, "OUTPUT", "") > 0,
+        "no datagram to 51820"
+    );
 
     // Node 3 stops: its device goes with it. It comes back with a new key (its key file
     // deleted): the peers pick the new key up from its lease.

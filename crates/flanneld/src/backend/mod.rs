@@ -7,6 +7,7 @@ pub mod extension;
 pub mod host_gw;
 pub mod kernel_sync;
 pub mod tencent_vpc;
+pub mod tun;
 pub mod udp;
 pub mod vxlan;
 pub mod wireguard;

@@ -10,6 +10,7 @@
 
 pub mod packet;
 
+use super::tun::TunSlot;
 use super::{base_attrs, kernel_sync, Backend, BackendError, Status, Trigger};
 use crate::iface::ExternalInterface;
 use crate::kernel::{Kernel, KernelError, Route};
@@ -23,8 +24,6 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::sync::Notify;
-use tokio_tun::Tun;
 use tracing::{info, warn};
 
 /// The TUN device's name (upstream's first `flannel%d`).
@@ -35,19 +34,13 @@ pub const ENCAP_OVERHEAD: u32 = 28;
 const READ_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the forwarding tasks share with reconcile.
-#[derive(Default)]
 struct Shared {
     peers: RwLock<Arc<PeerTable>>,
     own: RwLock<Option<Ipv4Net>>,
-    tun: RwLock<Option<Arc<Tun>>>,
-    /// A new device replaced the old one.
-    replaced: Notify,
+    tun: TunSlot,
 }
 
 impl Shared {
-    fn tun(&self) -> Option<Arc<Tun>> {
-        self.tun.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
     fn peers(&self) -> Arc<PeerTable> {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -107,7 +100,11 @@ impl UdpBackend {
             network,
             kernel,
             socket: Arc::new(socket),
-            shared: Arc::new(Shared::default()),
+            shared: Arc::new(Shared {
+                peers: RwLock::default(),
+                own: RwLock::default(),
+                tun: TunSlot::new(DEVICE),
+            }),
             tasks: Mutex::new(Vec::new()),
         })
     }
@@ -116,25 +113,10 @@ impl UdpBackend {
     async fn ensure_device(&self, own: Ipv4Net) -> Result<u32, BackendError> {
         let mtu = self.mtu();
         let link = match self.kernel.link_by_name(DEVICE).await? {
-            Some(link) if self.shared.tun().is_some() => link,
+            Some(link) if self.shared.tun.get().is_some() => link,
             _ => {
-                let tun = Tun::builder()
-                    .name(DEVICE)
-                    .mtu(i32::try_from(mtu).unwrap_or(1472))
-                    .up()
-                    .build()
-                    .map_err(|e| {
-                        BackendError::Kernel(KernelError::new(
-                            format!("create TUN device {DEVICE}"),
-                            std::io::Error::other(e.to_string()),
-                        ))
-                    })?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| BackendError::Unsupported(format!("no TUN device {DEVICE}")))?;
+                self.shared.tun.create(mtu)?;
                 info!(device = DEVICE, mtu, "TUN device created");
-                *self.shared.tun.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(tun));
-                self.shared.replaced.notify_waiters();
                 self.kernel
                     .link_by_name(DEVICE)
                     .await?
@@ -172,22 +154,7 @@ impl UdpBackend {
 async fn device_to_peers(shared: Arc<Shared>, socket: Arc<UdpSocket>, port: u16) {
     let mut buf = vec![0u8; 65536];
     loop {
-        let Some(tun) = shared.tun() else {
-            shared.replaced.notified().await;
-            continue;
-        };
-        let n = tokio::select! {
-            r = tun.recv(&mut buf) => r,
-            () = shared.replaced.notified() => continue,
-        };
-        let n = match n {
-            Ok(n) => n,
-            Err(e) => {
-                warn!(error = %e, device = DEVICE, "read failed");
-                tokio::time::sleep(READ_ERROR_PAUSE).await;
-                continue;
-            }
-        };
+        let (tun, n) = shared.tun.recv(&mut buf).await;
         let packet = &mut buf[..n];
         let Some(dst) = packet::destination(packet) else {
             continue;
@@ -221,7 +188,7 @@ async fn peers_to_device(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             }
         };
         let SocketAddr::V4(from) = from else { continue };
-        let (Some(own), Some(tun)) = (shared.own(), shared.tun()) else {
+        let (Some(own), Some(tun)) = (shared.own(), shared.tun.get()) else {
             continue;
         };
         if packet::accept(&buf[..n], *from.ip(), &own, &shared.peers()) {

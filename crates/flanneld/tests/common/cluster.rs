@@ -261,6 +261,16 @@ pub fn upstream_nat_rules(n: &str, p: &str, multicast: &str) -> Vec<String> {
     .into()
 }
 
+/// Packets counted by the rules a test inserted into `chain` (comment `flannel-rs-test`)
+/// whose line also holds `also` ("" for all of them).
+pub fn test_rule_packets(node: &Node, chain: &str, also: &str) -> u64 {
+    let out = node.ns.ok(&["iptables", "-w", "-nvxL", chain]);
+    out.lines()
+        .filter(|l| l.contains("flannel-rs-test") && l.contains(also))
+        .map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 /// A pod's global IPv6 address.
 pub fn ipv6_of(pod: &Pod) -> String {
     let out = pod.ns.ok(&[

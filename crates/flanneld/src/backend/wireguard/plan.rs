@@ -104,28 +104,19 @@ impl Layout {
                 Some(SocketAddr::new(IpAddr::V6(lease.attrs.public_ipv6?), port))
             };
             if self.mode == WireguardMode::Separate {
-                if let (Some(subnet), Some(key), Some(endpoint)) =
-                    (v4, key4, endpoint4(self.v4_port))
-                {
-                    if self.v4_port.is_some() {
-                        plan.v4.push(PeerConfig {
-                            key,
-                            endpoint,
-                            allowed_ips: vec![subnet],
-                        });
-                    }
-                }
-                if let (Some(subnet), Some(key), Some(endpoint)) =
-                    (v6, key6, endpoint6(self.v6_port))
-                {
-                    if self.v6_port.is_some() {
-                        plan.v6.push(PeerConfig {
-                            key,
-                            endpoint,
-                            allowed_ips: vec![subnet],
-                        });
-                    }
-                }
+                // A peer on each device whose family the lease has (and the device exists).
+                let one = |subnet: Option<IpNet>, key: Option<Key>, endpoint, port: Option<u16>| {
+                    port?;
+                    Some(PeerConfig {
+                        key: key?,
+                        endpoint: endpoint?,
+                        allowed_ips: vec![subnet?],
+                    })
+                };
+                plan.v4
+                    .extend(one(v4, key4, endpoint4(self.v4_port), self.v4_port));
+                plan.v6
+                    .extend(one(v6, key6, endpoint6(self.v6_port), self.v6_port));
                 continue;
             }
             // One device for both families: the key of the last family the lease has (as

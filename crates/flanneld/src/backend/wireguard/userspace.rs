@@ -8,6 +8,7 @@
 
 use super::keys::{Key, PrivateKey};
 use super::plan::PeerConfig;
+use crate::backend::tun::TunSlot;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
@@ -19,8 +20,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::sync::Notify;
-use tokio_tun::Tun;
 use tracing::{debug, info, warn};
 
 /// boringtun's timers want a tick about this often.
@@ -72,9 +71,7 @@ struct Engine {
     psk: Option<[u8; 32]>,
     keepalive: Option<u16>,
     peers: RwLock<Arc<PeerSet>>,
-    tun: RwLock<Option<Arc<Tun>>>,
-    /// A new device replaced the old one.
-    replaced: Notify,
+    tun: TunSlot,
     v4: Option<Arc<UdpSocket>>,
     v6: Option<Arc<UdpSocket>>,
     next_index: AtomicU32,
@@ -83,9 +80,6 @@ struct Engine {
 impl Engine {
     fn peers(&self) -> Arc<PeerSet> {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-    fn tun(&self) -> Option<Arc<Tun>> {
-        self.tun.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
     fn socket_for(&self, to: &SocketAddr) -> Option<&Arc<UdpSocket>> {
         match to {
@@ -177,8 +171,7 @@ impl UserspaceDevice {
             psk,
             keepalive: (keepalive_secs > 0).then_some(keepalive_secs),
             peers: RwLock::default(),
-            tun: RwLock::default(),
-            replaced: Notify::new(),
+            tun: TunSlot::new(name),
             v4,
             v6,
             next_index: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
@@ -191,33 +184,13 @@ impl UserspaceDevice {
 
     /// Whether the TUN device is held (it is gone from the kernel only if someone deleted it).
     pub fn has_device(&self) -> bool {
-        self.engine.tun().is_some()
+        self.engine.tun.get().is_some()
     }
 
     /// Make a new TUN device `name` (the old one, if any, is released).
     pub fn create_device(&self, mtu: u32) -> Result<(), crate::kernel::KernelError> {
         let name = self.engine.name;
-        let tun = Tun::builder()
-            .name(name)
-            .mtu(i32::try_from(mtu).unwrap_or(1420))
-            .up()
-            .build()
-            .map_err(|e| {
-                crate::kernel::KernelError::new(
-                    format!("create TUN device {name}"),
-                    std::io::Error::other(e.to_string()),
-                )
-            })?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                crate::kernel::KernelError::new(
-                    format!("create TUN device {name}"),
-                    std::io::Error::other("no queue"),
-                )
-            })?;
-        *self.engine.tun.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(tun));
-        self.engine.replaced.notify_waiters();
+        self.engine.tun.create(mtu)?;
         info!(device = name, mtu, "WireGuard TUN device created");
         self.start();
         Ok(())
@@ -288,7 +261,7 @@ impl UserspaceDevice {
         {
             t.abort();
         }
-        *self.engine.tun.write().unwrap_or_else(|e| e.into_inner()) = None;
+        self.engine.tun.release();
     }
 }
 
@@ -297,22 +270,7 @@ async fn device_to_network(e: Arc<Engine>) {
     let mut buf = vec![0u8; BUFFER];
     let mut out = vec![0u8; BUFFER];
     loop {
-        let Some(tun) = e.tun() else {
-            e.replaced.notified().await;
-            continue;
-        };
-        let n = tokio::select! {
-            r = tun.recv(&mut buf) => r,
-            () = e.replaced.notified() => continue,
-        };
-        let n = match n {
-            Ok(n) => n,
-            Err(err) => {
-                warn!(device = e.name, error = %err, "read failed");
-                tokio::time::sleep(READ_ERROR_PAUSE).await;
-                continue;
-            }
-        };
+        let (_, n) = e.tun.recv(&mut buf).await;
         let packet = &buf[..n];
         let Some(dst) = Tunn::dst_address(packet) else {
             continue;
@@ -408,7 +366,7 @@ async fn network_to_device(e: Arc<Engine>, socket: Arc<UdpSocket>) {
                 Then::Deliver(len, src) => {
                     roam(&peer, from);
                     if peer.allows(src) {
-                        if let Some(tun) = e.tun() {
+                        if let Some(tun) = e.tun.get() {
                             let _ = tun.send(&out[..len]).await;
                         }
                     } else {
