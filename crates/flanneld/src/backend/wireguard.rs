@@ -21,7 +21,7 @@ use flannel_core::backend_config::{BackendKind, WireguardConfig, WireguardMode};
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::ValidatedNetConfig;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use keys::{Key, PrivateKey};
+use keys::{Key, PresharedKey, PrivateKey};
 use plan::{Layout, PeerConfig, DEVICE, DEVICE_V6};
 use secrecy::ExposeSecret;
 use std::sync::{Arc, Mutex};
@@ -89,7 +89,7 @@ pub struct WireguardBackend {
     ext: ExternalInterface,
     config: WireguardConfig,
     key: PrivateKey,
-    psk: Option<[u8; 32]>,
+    psk: Option<PresharedKey>,
     layout: Layout,
     networks: Vec<IpNet>,
     enable_ipv4: bool,
@@ -113,7 +113,8 @@ impl WireguardBackend {
         let psk = config
             .psk
             .as_ref()
-            .and_then(|p| flannel_core::backend_config::decode_wireguard_key(p.expose_secret()));
+            .and_then(|p| flannel_core::backend_config::decode_wireguard_key(p.expose_secret()))
+            .map(PresharedKey);
         let (v4_net, v6_net) = (network.network(), network.ipv6_network());
         let separate = config.mode == WireguardMode::Separate;
         let mut shapes = Vec::new();

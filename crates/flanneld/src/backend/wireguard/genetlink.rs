@@ -3,7 +3,7 @@
 //! key, the listen port and the peers. The encoders are pure (golden-tested byte for byte);
 //! [`GenlSocket`] only sends them and reads the acknowledgements.
 
-use super::keys::PrivateKey;
+use super::keys::{PresharedKey, PrivateKey};
 use super::plan::PeerConfig;
 use ipnet::IpNet;
 use std::net::SocketAddr;
@@ -122,7 +122,7 @@ pub struct DeviceConfig {
     pub ifname: String,
     pub private_key: PrivateKey,
     pub listen_port: u16,
-    pub psk: Option<[u8; 32]>,
+    pub psk: Option<PresharedKey>,
     pub keepalive_secs: u16,
     pub peers: Vec<PeerConfig>,
 }
@@ -147,10 +147,10 @@ fn endpoint_bytes(e: &SocketAddr) -> Vec<u8> {
     b
 }
 
-fn peer(m: &mut Msg, p: &PeerConfig, psk: Option<&[u8; 32]>, keepalive: u16) {
+fn peer(m: &mut Msg, p: &PeerConfig, psk: Option<&PresharedKey>, keepalive: u16) {
     let at = m.nest_start(0);
     m.attr(WGPEER_A_PUBLIC_KEY, &p.key.0);
-    m.attr(WGPEER_A_PRESHARED_KEY, psk.unwrap_or(&[0; 32]));
+    m.attr(WGPEER_A_PRESHARED_KEY, psk.map_or(&[0; 32], |k| &k.0));
     m.attr(WGPEER_A_FLAGS, &WGPEER_F_REPLACE_ALLOWEDIPS.to_ne_bytes());
     m.attr(WGPEER_A_ENDPOINT, &endpoint_bytes(&p.endpoint));
     m.attr(

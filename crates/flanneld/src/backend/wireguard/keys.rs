@@ -42,6 +42,16 @@ impl fmt::Debug for PrivateKey {
     }
 }
 
+/// The `PSK` as 32 bytes. `Debug` never shows it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PresharedKey(pub [u8; 32]);
+
+impl fmt::Debug for PresharedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PresharedKey(<redacted>)")
+    }
+}
+
 /// A public key; its text (base64) is what leases carry.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key(pub [u8; 32]);
@@ -223,6 +233,12 @@ mod tests {
                 bad.display()
             )
         );
+    }
+
+    #[test]
+    fn preshared_key_never_prints() {
+        let shown = format!("{:?}", Some(PresharedKey([7; 32])));
+        assert_eq!(shown, "Some(PresharedKey(<redacted>))");
     }
 
     #[test]

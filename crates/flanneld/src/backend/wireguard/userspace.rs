@@ -6,7 +6,7 @@
 //! sending peer's allowed IPs. A peer's endpoint follows where its authenticated packets
 //! come from (roaming), until the next configuration.
 
-use super::keys::{Key, PrivateKey};
+use super::keys::{Key, PresharedKey, PrivateKey};
 use super::plan::PeerConfig;
 use crate::backend::tun::TunSlot;
 use boringtun::noise::errors::WireGuardError;
@@ -68,7 +68,7 @@ struct Engine {
     name: &'static str,
     secret: StaticSecret,
     public: PublicKey,
-    psk: Option<[u8; 32]>,
+    psk: Option<PresharedKey>,
     keepalive: Option<u16>,
     peers: RwLock<Arc<PeerSet>>,
     tun: TunSlot,
@@ -137,7 +137,7 @@ impl UserspaceDevice {
     pub async fn new(
         name: &'static str,
         key: &PrivateKey,
-        psk: Option<[u8; 32]>,
+        psk: Option<PresharedKey>,
         keepalive_secs: u16,
         port: u16,
         families: (bool, bool),
@@ -209,7 +209,7 @@ impl UserspaceDevice {
                     let tunn = Tunn::new(
                         e.secret.clone(),
                         PublicKey::from(p.key.0),
-                        e.psk,
+                        e.psk.map(|k| k.0),
                         e.keepalive,
                         index,
                         None,

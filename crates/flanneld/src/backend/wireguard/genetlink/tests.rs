@@ -3,7 +3,7 @@
 #![cfg(target_endian = "little")]
 
 use super::*;
-use crate::backend::wireguard::keys::Key;
+use crate::backend::wireguard::keys::{Key, PresharedKey};
 
 fn hex(s: &str) -> Vec<u8> {
     let s: String = s.split_whitespace().collect();
@@ -69,7 +69,7 @@ fn set_device_golden() {
 #[test]
 fn ipv6_endpoint_and_psk_golden() {
     let mut c = one_peer_config();
-    c.psk = Some([0x33; 32]);
+    c.psk = Some(PresharedKey([0x33; 32]));
     c.peers[0].endpoint = "[2001:db8::2]:51821".parse().unwrap();
     c.peers[0].allowed_ips = vec!["fd00:1::/64".parse().unwrap()];
     let m = &set_device(0x1c, 1, &c)[0];
