@@ -6,7 +6,7 @@
 
 use flannel_core::admission::{Allocation, LeaseGate, Rules};
 use flannel_core::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
-use flanneld::backend::tencent_vpc::gc::{LeaseView, OrphanTracker, MAX_DELETES_PER_CYCLE};
+use flanneld::backend::tencent_vpc::gc::{LeaseView, OrphanTracker, MIN_DELETES_PER_CYCLE};
 use flanneld::backend::tencent_vpc::plan::{
     plan, ActualRoute, Ownership, PlanInput, Scope, TableState, Wanted, NORMAL_CVM,
 };
@@ -245,7 +245,7 @@ proptest! {
         };
         g.reset(keep);
         let n = tables[0].routes.iter().filter(|r| owner.owns(r) || owner.stray(r).is_some()).count();
-        let bound = n.div_ceil(MAX_DELETES_PER_CYCLE) + 2;
+        let bound = n.div_ceil(MIN_DELETES_PER_CYCLE) + 2;
         let mut rounds = 0;
         loop {
             let (writes, waiting) = resync(&g, &mut tables, &mut tracker, &mut next_id);

@@ -4,7 +4,10 @@
 //! - the snapshot is not empty, and did not lose more than half of the leases since the
 //!   previous look (a wiped or restored store looks exactly like that);
 //! - the route was orphaned at two consecutive resyncs;
-//! - at most [`MAX_DELETES_PER_CYCLE`] deletions per cycle.
+//! - at most half of our routes seen in the tables (never fewer than
+//!   [`MIN_DELETES_PER_CYCLE`]) deleted per cycle: a view wrong in a way the other guards
+//!   miss takes at least two cycles to do its damage, while a cluster shrinking or churning
+//!   (a controller with thousands of nodes) is followed within a few resyncs.
 //!
 //! Besides our routes to subnets nobody leases, the collector takes strays: routes with our
 //! cluster's tag outside the Network (an earlier version wrote them for leases it should
@@ -19,8 +22,13 @@ use std::net::Ipv4Addr;
 
 /// Consecutive resyncs a route must be orphaned before it is deleted.
 pub const SIGHTINGS: u32 = 2;
-/// Deletions approved per cycle, at most.
-pub const MAX_DELETES_PER_CYCLE: usize = 20;
+/// Deletions approved per cycle when that is more than half of our routes.
+pub const MIN_DELETES_PER_CYCLE: usize = 20;
+
+/// The cycle's cap: half of our routes seen, at least [`MIN_DELETES_PER_CYCLE`].
+pub fn deletes_allowed(ours: usize) -> usize {
+    (ours / 2).max(MIN_DELETES_PER_CYCLE)
+}
 
 /// What the collector sees of the leases at one resync.
 #[derive(Debug, Clone, Copy)]
@@ -106,8 +114,10 @@ impl OrphanTracker {
         }
         self.last_count = Some(view.leased.len());
         let mut now = BTreeMap::new();
+        let mut ours = 0;
         for t in tables {
             for r in &t.routes {
+                ours += usize::from(owner.owns(r));
                 let orphan = (owner.owns(r) && r.dest.is_some_and(|d| !view.leased.contains(&d)))
                     || (owner.stray(r).is_some()
                         && r.gateway_id
@@ -129,7 +139,7 @@ impl OrphanTracker {
             .collect();
         let collect: BTreeSet<(String, u64)> = ripe
             .iter()
-            .take(MAX_DELETES_PER_CYCLE)
+            .take(deletes_allowed(ours))
             .map(|k| (*k).clone())
             .collect();
         Verdict {
@@ -278,8 +288,16 @@ mod tests {
         let l = leased(3);
         let mut g = OrphanTracker::default();
         g.observe(view(&l, true), &t, &owner());
+        // 50 of ours, all orphaned: half of them this cycle.
         let v = g.observe(view(&l, true), &t, &owner());
-        assert_eq!(v.collect.len(), MAX_DELETES_PER_CYCLE);
-        assert_eq!(v.waiting, 50 - MAX_DELETES_PER_CYCLE);
+        assert_eq!(v.collect.len(), 25);
+        assert_eq!(v.waiting, 25);
+    }
+
+    #[test]
+    fn the_cap_is_half_of_ours_but_never_below_the_floor() {
+        assert_eq!(deletes_allowed(0), MIN_DELETES_PER_CYCLE);
+        assert_eq!(deletes_allowed(30), MIN_DELETES_PER_CYCLE);
+        assert_eq!(deletes_allowed(11_000), 5_500);
     }
 }
