@@ -146,6 +146,7 @@ async fn per_node(n: usize, rate: Option<f64>) -> Result {
                 resync: Duration::from_secs(60),
                 fallback: false,
                 reserved: 0,
+                orphan_min_age: flanneld::backend::tencent_vpc::gc::MIN_ORPHAN_AGE,
             },
             client(&emu),
             Metrics::default().vpc,

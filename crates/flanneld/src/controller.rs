@@ -261,7 +261,9 @@ impl Controller {
                         continue;
                     }
                     let full = Instant::now() >= resync_at;
-                    let fresh = full.then_some(feed.is_fresh());
+                    // Every reconcile reads the tables: the collector looks each time (its
+                    // guards count looks and the time between them, not resyncs).
+                    let fresh = Some(feed.is_fresh());
                     let span = tracing::info_span!("reconcile", backend = "tencent-vpc", trigger = if full { "resync" } else { "leases" }, leases = feed.peers().len());
                     let r = self
                         .reconcile_all(&feed.peers(), fresh, &mut unroutable, sm.as_ref(), &record, &mut published)

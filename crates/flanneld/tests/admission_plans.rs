@@ -192,7 +192,7 @@ proptest! {
         routes.push(ActualRoute { route_id: 999, dest: Some("192.168.100.0/24".parse().unwrap()),
             gateway_type: "VPN".into(), gateway_id: "vpngw-1".into(), description: String::new(), enabled: true });
         let mut tables = vec![TableState { id: "rtb-a".into(), routes, limit: quota }];
-        let mut tracker = OrphanTracker::default();
+        let mut tracker = OrphanTracker::with_min_age(std::time::Duration::ZERO);
         let mut next_id = 1000u64;
         let resync = |g: &LeaseGate, tables: &mut Vec<TableState>, tracker: &mut OrphanTracker, next_id: &mut u64| {
             let view = g.view();

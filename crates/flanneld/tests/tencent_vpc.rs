@@ -278,6 +278,7 @@ fn settings(fallback: bool) -> Settings {
         resync: Duration::from_secs(60),
         fallback,
         reserved: 0,
+        orphan_min_age: Duration::ZERO,
     }
 }
 

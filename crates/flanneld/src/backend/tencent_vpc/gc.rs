@@ -3,7 +3,9 @@
 //! - the lease view is a fresh, complete snapshot (the watch is up, nothing missed);
 //! - the snapshot is not empty, and did not lose more than half of the leases since the
 //!   previous look (a wiped or restored store looks exactly like that);
-//! - the route was orphaned at two consecutive resyncs;
+//! - the route was orphaned at two consecutive looks at least [`MIN_ORPHAN_AGE`] apart (a
+//!   look is every reconcile that passes a lease view: the controller's every batch, an
+//!   elected agent's resyncs);
 //! - at most half of our routes seen in the tables (never fewer than
 //!   [`MIN_DELETES_PER_CYCLE`]) deleted per cycle: a view wrong in a way the other guards
 //!   miss takes at least two cycles to do its damage, while a cluster shrinking or churning
@@ -19,9 +21,12 @@ use super::plan::{Ownership, TableState};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
-/// Consecutive resyncs a route must be orphaned before it is deleted.
+/// Consecutive looks a route must be orphaned before it is deleted.
 pub const SIGHTINGS: u32 = 2;
+/// How long after its first sighting an orphan may go at the earliest.
+pub const MIN_ORPHAN_AGE: Duration = Duration::from_secs(5);
 /// Deletions approved per cycle when that is more than half of our routes.
 pub const MIN_DELETES_PER_CYCLE: usize = 20;
 
@@ -61,12 +66,19 @@ impl std::fmt::Display for Hold {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OrphanTracker {
-    /// (table, RouteId) → consecutive resyncs seen orphaned.
-    sightings: BTreeMap<(String, u64), u32>,
+    /// (table, RouteId) → (consecutive looks seen orphaned, first seen).
+    sightings: BTreeMap<(String, u64), (u32, Instant)>,
     /// Leases at the last look that passed the guards.
     last_count: Option<usize>,
+    min_age: Duration,
+}
+
+impl Default for OrphanTracker {
+    fn default() -> Self {
+        OrphanTracker::with_min_age(MIN_ORPHAN_AGE)
+    }
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -79,7 +91,16 @@ pub struct Verdict {
 }
 
 impl OrphanTracker {
-    /// One resync's look at the tables.
+    /// A tracker whose orphans may go `min_age` after their first sighting (tests: zero).
+    pub fn with_min_age(min_age: Duration) -> OrphanTracker {
+        OrphanTracker {
+            sightings: BTreeMap::new(),
+            last_count: None,
+            min_age,
+        }
+    }
+
+    /// One look at the tables.
     pub fn observe(
         &mut self,
         view: LeaseView<'_>,
@@ -125,8 +146,12 @@ impl OrphanTracker {
                             .is_ok_and(|ip| view.holders.contains(&ip)));
                 if orphan {
                     let key = (t.id.clone(), r.route_id);
-                    let n = self.sightings.get(&key).copied().unwrap_or(0) + 1;
-                    now.insert(key, n);
+                    let (n, first) = self
+                        .sightings
+                        .get(&key)
+                        .copied()
+                        .unwrap_or((0, Instant::now()));
+                    now.insert(key, (n + 1, first));
                 }
             }
         }
@@ -134,7 +159,7 @@ impl OrphanTracker {
         let ripe: Vec<&(String, u64)> = self
             .sightings
             .iter()
-            .filter(|(_, n)| **n >= SIGHTINGS)
+            .filter(|(_, (n, first))| *n >= SIGHTINGS && first.elapsed() >= self.min_age)
             .map(|(k, _)| k)
             .collect();
         let collect: BTreeSet<(String, u64)> = ripe
@@ -200,7 +225,7 @@ mod tests {
         ]);
         let l = leased(4);
         let view = view(&l, true);
-        let mut g = OrphanTracker::default();
+        let mut g = OrphanTracker::with_min_age(Duration::ZERO);
         let v = g.observe(view, &t, &owner());
         assert!(v.collect.is_empty() && v.waiting == 1 && v.hold.is_none());
         let v = g.observe(view, &t, &owner());
@@ -222,7 +247,7 @@ mod tests {
             holders: &holders,
             fresh: true,
         };
-        let mut g = OrphanTracker::default();
+        let mut g = OrphanTracker::with_min_age(Duration::ZERO);
         g.observe(v, &t, &owner());
         let verdict = g.observe(v, &t, &owner());
         assert_eq!(
@@ -231,7 +256,7 @@ mod tests {
             "another cluster's tag and untagged routes are never strays"
         );
         // Via no lease holder: left to an operator.
-        let mut g = OrphanTracker::default();
+        let mut g = OrphanTracker::with_min_age(Duration::ZERO);
         g.observe(view(&l, true), &t, &owner());
         assert!(g.observe(view(&l, true), &t, &owner()).collect.is_empty());
     }
@@ -239,7 +264,7 @@ mod tests {
     #[test]
     fn a_route_leased_again_in_between_starts_over() {
         let t = tables(&[("10.244.50.0/24", "flannel:c1:172.16.1.7")]);
-        let mut g = OrphanTracker::default();
+        let mut g = OrphanTracker::with_min_age(Duration::ZERO);
         let without = leased(4);
         let mut with = leased(4);
         with.insert("10.244.50.0/24".parse().unwrap());
@@ -252,7 +277,7 @@ mod tests {
     #[test]
     fn guards_hold_on_stale_empty_or_halved_views() {
         let t = tables(&[("10.244.50.0/24", "flannel:c1:172.16.1.7")]);
-        let mut g = OrphanTracker::default();
+        let mut g = OrphanTracker::with_min_age(Duration::ZERO);
         let ten = leased(10);
         let four = leased(4);
         let none = BTreeSet::new();
@@ -286,12 +311,23 @@ mod tests {
         let refs: Vec<(&str, &str)> = dests.iter().map(|(d, s)| (d.as_str(), *s)).collect();
         let t = tables(&refs);
         let l = leased(3);
-        let mut g = OrphanTracker::default();
+        let mut g = OrphanTracker::with_min_age(Duration::ZERO);
         g.observe(view(&l, true), &t, &owner());
         // 50 of ours, all orphaned: half of them this cycle.
         let v = g.observe(view(&l, true), &t, &owner());
         assert_eq!(v.collect.len(), 25);
         assert_eq!(v.waiting, 25);
+    }
+
+    #[test]
+    fn two_quick_looks_do_not_make_an_orphan_ripe() {
+        let t = tables(&[("10.244.50.0/24", "flannel:c1:172.16.1.7")]);
+        let l = leased(4);
+        let mut g = OrphanTracker::default();
+        for _ in 0..5 {
+            let v = g.observe(view(&l, true), &t, &owner());
+            assert!(v.collect.is_empty() && v.waiting == 1);
+        }
     }
 
     #[test]

@@ -113,6 +113,9 @@ pub struct Settings {
     pub fallback: bool,
     /// `ReservedRoutes`: entries per table kept free for the user's routes (with Fallback).
     pub reserved: usize,
+    /// How long after its first sighting an orphaned route may be collected at the earliest
+    /// ([`gc::MIN_ORPHAN_AGE`]; tests that drive looks back to back use zero).
+    pub orphan_min_age: Duration,
 }
 
 impl Settings {
@@ -130,6 +133,7 @@ impl Settings {
             resync: resync_of(cfg),
             fallback: cfg.fallback_vxlan,
             reserved: cfg.reserved_routes,
+            orphan_min_age: gc::MIN_ORPHAN_AGE,
         }
     }
 }
@@ -150,6 +154,7 @@ impl Settings {
             resync: Duration::from_secs(60),
             fallback,
             reserved: 0,
+            orphan_min_age: Duration::ZERO,
         }
     }
 }

@@ -129,11 +129,15 @@ const PRIMED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Reconciler {
     pub fn new(client: Arc<dyn VpcRoutes>, settings: Settings, metrics: VpcMetrics) -> Reconciler {
+        let tracker = OrphanTracker::with_min_age(settings.orphan_min_age);
         Reconciler {
             client,
             settings,
             metrics,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                tracker,
+                ..State::default()
+            }),
         }
     }
 
