@@ -205,33 +205,60 @@ pub fn parse_envelope<T: DeserializeOwned>(action: &str, body: &[u8]) -> Result<
         message,
         request_id,
     };
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| decode(format!("body is not JSON ({e})"), None))?;
-    let r = v
-        .get("Response")
-        .filter(|r| r.is_object())
+    // Two passes over the bytes, no document tree: the head (RequestId, Error) skipping the
+    // payload, then the payload straight into its type. A DescribeRouteTables of thousands
+    // of routes as a `serde_json::Value` (and its copy) cost the controller tens of MB.
+    let head: Head = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => decode("no Response object".into(), None),
+        _ => decode(format!("body is not JSON ({e})"), None),
+    })?;
+    let r = head
+        .response
         .ok_or_else(|| decode("no Response object".into(), None))?;
-    let request_id = r
-        .get("RequestId")
-        .and_then(|x| x.as_str())
-        .map(str::to_string);
-    if let Some(err) = r.get("Error") {
-        let code = err.get("Code").and_then(|c| c.as_str());
-        let message = err
-            .get("Message")
-            .and_then(|m| m.as_str())
-            .unwrap_or_default();
-        return match code {
+    if let Some(err) = r.error {
+        return match err.code {
             Some(code) => Err(Error::Api(ApiError {
                 action: action.to_string(),
-                code: code.to_string(),
-                message: message.to_string(),
-                request_id: request_id.unwrap_or_default(),
+                code,
+                message: err.message.unwrap_or_default(),
+                request_id: r.request_id.unwrap_or_default(),
             })),
-            None => Err(decode("Error without a Code".into(), request_id)),
+            None => Err(decode("Error without a Code".into(), r.request_id)),
         };
     }
-    serde_json::from_value(r.clone()).map_err(|e| decode(e.to_string(), request_id))
+    serde_json::from_slice::<Payload<T>>(body)
+        .map(|p| p.response)
+        .map_err(|e| decode(e.to_string(), r.request_id))
+}
+
+/// What every answer has: its RequestId and, when it failed, its Error.
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(rename = "Response")]
+    response: Option<HeadBody>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadBody {
+    #[serde(rename = "RequestId")]
+    request_id: Option<String>,
+    #[serde(rename = "Error")]
+    error: Option<ApiErrorBody>,
+}
+
+#[derive(serde::Deserialize)]
+struct ApiErrorBody {
+    #[serde(rename = "Code")]
+    code: Option<String>,
+    #[serde(rename = "Message")]
+    message: Option<String>,
+}
+
+/// The answer's payload, typed.
+#[derive(serde::Deserialize)]
+struct Payload<T> {
+    #[serde(rename = "Response")]
+    response: T,
 }
 
 impl Client {

@@ -152,13 +152,62 @@ struct DescribeRequest<'a> {
     limit: String,
 }
 
-/// One page of a Describe call: the total and the items under `set_field`.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DescribePage {
+/// An item of a Describe action, and the field of the answer that lists it.
+pub trait DescribeItem: serde::de::DeserializeOwned {
+    const SET_FIELD: &'static str;
+}
+
+impl DescribeItem for RouteTable {
+    const SET_FIELD: &'static str = "RouteTableSet";
+}
+
+impl DescribeItem for Vpc {
+    const SET_FIELD: &'static str = "VpcSet";
+}
+
+impl DescribeItem for Subnet {
+    const SET_FIELD: &'static str = "SubnetSet";
+}
+
+/// One page of a Describe call: the total and the items, typed as they are read (no
+/// document tree: a page of tables with thousands of routes is megabytes of JSON).
+struct DescribePage<T> {
     total_count: u64,
-    #[serde(flatten)]
-    rest: serde_json::Map<String, serde_json::Value>,
+    items: Vec<T>,
+}
+
+impl<'de, T: DescribeItem> Deserialize<'de> for DescribePage<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Page<T>(std::marker::PhantomData<T>);
+        impl<'de, T: DescribeItem> serde::de::Visitor<'de> for Page<T> {
+            type Value = DescribePage<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a Describe answer with TotalCount and {}", T::SET_FIELD)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut total_count = None;
+                let mut items = Vec::new();
+                while let Some(key) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "TotalCount" {
+                        total_count = Some(m.next_value::<u64>()?);
+                    } else if key == T::SET_FIELD {
+                        items = m.next_value::<Option<Vec<T>>>()?.unwrap_or_default();
+                    } else {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(DescribePage {
+                    total_count: total_count
+                        .ok_or_else(|| serde::de::Error::missing_field("TotalCount"))?,
+                    items,
+                })
+            }
+        }
+        d.deserialize_map(Page(std::marker::PhantomData))
+    }
 }
 
 #[derive(Serialize)]
@@ -233,11 +282,10 @@ struct LimitsResponse {
 }
 
 impl Client {
-    /// Read every page of a Describe action whose items sit under `set_field`.
-    async fn describe_all<T: serde::de::DeserializeOwned>(
+    /// Read every page of a Describe action.
+    async fn describe_all<T: DescribeItem>(
         &self,
         action: &'static str,
-        set_field: &str,
         filters: &[Filter],
     ) -> Result<Vec<T>, Error> {
         let mut all: Vec<T> = Vec::new();
@@ -247,21 +295,9 @@ impl Client {
                 offset: all.len().to_string(),
                 limit: PAGE.to_string(),
             };
-            let mut page: DescribePage = self.call(VPC, action, &req, true).await?;
-            let items: Vec<T> = match page.rest.remove(set_field) {
-                None | Some(serde_json::Value::Null) => Vec::new(),
-                Some(v) => serde_json::from_value(v).map_err(|e| Error::Decode {
-                    action: action.to_string(),
-                    message: format!("{set_field}: {e}"),
-                    request_id: page
-                        .rest
-                        .get("RequestId")
-                        .and_then(|r| r.as_str())
-                        .map(str::to_string),
-                })?,
-            };
-            let got = items.len();
-            all.extend(items);
+            let page: DescribePage<T> = self.call(VPC, action, &req, true).await?;
+            let got = page.items.len();
+            all.extend(page.items);
             if got == 0 || all.len() as u64 >= page.total_count {
                 break;
             }
@@ -274,19 +310,17 @@ impl Client {
         &self,
         filters: &[Filter],
     ) -> Result<Vec<RouteTable>, Error> {
-        self.describe_all("DescribeRouteTables", "RouteTableSet", filters)
-            .await
+        self.describe_all("DescribeRouteTables", filters).await
     }
 
     /// Every VPC matching `filters`, all pages read.
     pub async fn describe_vpcs(&self, filters: &[Filter]) -> Result<Vec<Vpc>, Error> {
-        self.describe_all("DescribeVpcs", "VpcSet", filters).await
+        self.describe_all("DescribeVpcs", filters).await
     }
 
     /// Every subnet matching `filters`, all pages read.
     pub async fn describe_subnets(&self, filters: &[Filter]) -> Result<Vec<Subnet>, Error> {
-        self.describe_all("DescribeSubnets", "SubnetSet", filters)
-            .await
+        self.describe_all("DescribeSubnets", filters).await
     }
 
     /// Create routes in one table, all or nothing.
@@ -394,6 +428,24 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_describe_page_reads_its_set_and_skips_the_rest() {
+        let page: DescribePage<Subnet> = serde_json::from_str(
+            r#"{"RequestId":"r1","VpcSet":[{"x":1}],"SubnetSet":[{"SubnetId":"subnet-a"},{"SubnetId":"subnet-b"}],"TotalCount":7}"#,
+        )
+        .unwrap();
+        assert_eq!(page.total_count, 7);
+        let ids: Vec<_> = page.items.iter().map(|s| s.subnet_id.as_deref()).collect();
+        assert_eq!(ids, [Some("subnet-a"), Some("subnet-b")]);
+        let empty: DescribePage<RouteTable> =
+            serde_json::from_str(r#"{"RouteTableSet":null,"TotalCount":0}"#).unwrap();
+        assert!(empty.items.is_empty());
+        let e = serde_json::from_str::<DescribePage<Vpc>>(r#"{"VpcSet":[]}"#)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("missing field `TotalCount`"), "{e}");
+    }
 
     #[test]
     fn request_json_types() {
