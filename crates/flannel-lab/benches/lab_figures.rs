@@ -37,6 +37,33 @@ fn anon_mb(pid: u32) -> f64 {
     status_mb(pid, "RssAnon")
 }
 
+/// Resident MB of a process by what backs it (`/proc/<pid>/smaps`): the executable's own
+/// file, shared libraries, and everything else (heap, stacks, anonymous maps).
+fn breakdown_mb(pid: u32) -> (f64, f64, f64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let exe = exe.to_string_lossy().replace(" (deleted)", "");
+    let (mut own, mut libs, mut other) = (0u64, 0u64, 0u64);
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            current = line.split_whitespace().nth(5).unwrap_or("").to_string();
+        } else if let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            if !current.is_empty() && current == exe {
+                own += kb;
+            } else if current.contains(".so") {
+                libs += kb;
+            } else {
+                other += kb;
+            }
+        }
+    }
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    (mb(own), mb(libs), mb(other))
+}
+
 /// User + system CPU time of a process, in seconds.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -129,12 +156,29 @@ fn main() {
     }
 
     // 1,000 synthetic peers (leases of nodes that do not exist), written in one etcdctl txn
-    // per 100 keys.
-    let keys: Vec<String> = (0..synthetic)
-        .map(|i| {
-            let (a, b) = (100 + i / 250, (i % 250) as u8);
+    // per 100 keys. Admission takes only leases inside the Network that overlap nothing, and
+    // 10.244.0.0/16 holds 256 /24s: so /28s, in the /24s no lab node holds.
+    let held: Vec<String> = lab.nodes().iter().filter_map(|n| lab.lease_of(n)).collect();
+    let free_24s = (1..=255u8).filter(|x| {
+        !held
+            .iter()
+            .any(|h| h.starts_with(&format!("10.244.{x}.0/")))
+    });
+    let subnets: Vec<String> = free_24s
+        .flat_map(|x| (0..16u8).map(move |k| format!("10.244.{x}.{}-28", k * 16)))
+        .take(synthetic as usize)
+        .collect();
+    assert_eq!(
+        subnets.len(),
+        synthetic as usize,
+        "room for {synthetic} /28 peers"
+    );
+    let keys: Vec<String> = subnets
+        .iter()
+        .enumerate()
+        .map(|(i, subnet)| {
             format!(
-                r#"put /coreos.com/network/subnets/10.{a}.{b}.0-24 "{{\"PublicIP\":\"172.16.3.{}\",\"PublicIPv6\":null,\"BackendType\":\"tencent-vpc\"}}""#,
+                r#"put /coreos.com/network/subnets/{subnet} "{{\"PublicIP\":\"172.16.3.{}\",\"PublicIPv6\":null,\"BackendType\":\"tencent-vpc\"}}""#,
                 1 + i % 250
             )
         })
@@ -174,6 +218,7 @@ fn main() {
     .unwrap();
     let many_rss = rss_mb(watcher);
     let many_anon = anon_mb(watcher);
+    let (own, libs, other) = breakdown_mb(watcher);
 
     let _ = lab::down(PREFIX);
     println!("\nlab figures (tencent-vpc per-node, emulator latency 0, {joins} joins):");
@@ -203,6 +248,6 @@ fn main() {
         100.0 * churn_cpu
     );
     println!(
-        "  flanneld RSS with {synthetic} peer leases: {many_rss:.1} MB (anonymous {many_anon:.1} MB)"
+        "  flanneld RSS with {synthetic} peer leases: {many_rss:.1} MB (anonymous {many_anon:.1} MB); by backing: the executable {own:.1} MB, shared libraries {libs:.1} MB, heap, stacks and other maps {other:.1} MB"
     );
 }
