@@ -4,10 +4,10 @@
 //! while we were down, is repaired the same way. Failures are collected and the rest applied.
 
 use crate::kernel::{
-    family_of, within, Family, FdbEntry, Kernel, KernelError, ListedRoute, Neighbour, Route,
+    family_of, within, Family, FdbEntry, Kernel, KernelError, Link, ListedRoute, Neighbour, Route,
 };
 use flannel_core::lease::Lease;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, BTreeSet};
 use tracing::{info, warn};
 
@@ -195,6 +195,37 @@ pub async fn reconcile_for(
     desired: &Desired,
 ) -> Result<Changes, KernelError> {
     reconcile(kernel, networks, &own_subnets(own), desired).await
+}
+
+/// The address a device of ours holds for `family`: this node's subnet's network address
+/// as a /32 (/128), as upstream gives flannel.1, flannel0 and flannel-wg.
+pub fn device_address(own: &Lease, family: Family) -> Option<IpNet> {
+    match family {
+        Family::V4 => own
+            .subnet()
+            .map(|s| IpNet::V4(Ipv4Net::new(s.network(), 32).expect("a /32"))),
+        Family::V6 => own
+            .ipv6_subnet()
+            .map(|s| IpNet::V6(Ipv6Net::new(s.network(), 128).expect("a /128"))),
+    }
+}
+
+/// Make `link`'s addresses exactly `want`, leaving alone those `keep` says are not ours to
+/// manage.
+pub async fn set_addresses(
+    kernel: &dyn Kernel,
+    link: &Link,
+    want: &[IpNet],
+    keep: impl Fn(&IpNet) -> bool,
+) -> Result<(), KernelError> {
+    let have = kernel.addresses(link).await?;
+    for stale in have.iter().filter(|a| !want.contains(a) && !keep(a)) {
+        kernel.delete_address(link, *stale).await?;
+    }
+    for a in want.iter().filter(|a| !have.contains(a)) {
+        kernel.add_address(link, *a).await?;
+    }
+    Ok(())
 }
 
 /// This node's own subnets: never deleted by a reconcile (cni0 routes them).

@@ -124,13 +124,7 @@ impl UdpBackend {
             }
         };
         let addr = IpNet::V4(Ipv4Net::new(own.network(), 32).expect("a /32"));
-        let have = self.kernel.addresses(&link).await?;
-        for stale in have.iter().filter(|a| **a != addr) {
-            self.kernel.delete_address(&link, *stale).await?;
-        }
-        if !have.contains(&addr) {
-            self.kernel.add_address(&link, addr).await?;
-        }
+        kernel_sync::set_addresses(self.kernel.as_ref(), &link, &[addr], |_| false).await?;
         if !link.up || link.mtu != mtu {
             self.kernel.set_up(&link, mtu).await?;
         }

@@ -17,7 +17,7 @@ use flannel_core::admission::PeerView;
 use flannel_core::backend_config::{BackendKind, VxlanConfig};
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::ValidatedNetConfig;
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
@@ -332,22 +332,8 @@ impl VxlanBackend {
                 l
             }
         };
-        let want = own.and_then(|own| match vtep.family {
-            Family::V4 => own
-                .subnet()
-                .map(|s| IpNet::V4(Ipv4Net::new(s.network(), 32).expect("/32"))),
-            Family::V6 => own
-                .ipv6_subnet()
-                .map(|s| IpNet::V6(Ipv6Net::new(s.network(), 128).expect("/128"))),
-        });
-        if let Some(want) = want {
-            let have = k.addresses(&link).await?;
-            for a in have.iter().filter(|a| **a != want) {
-                k.delete_address(&link, *a).await?;
-            }
-            if !have.contains(&want) {
-                k.add_address(&link, want).await?;
-            }
+        if let Some(want) = own.and_then(|own| kernel_sync::device_address(own, vtep.family)) {
+            kernel_sync::set_addresses(k, &link, &[want], |_| false).await?;
         }
         *vtep.device.lock().expect("device lock") = Some(link.clone());
         Ok(link)

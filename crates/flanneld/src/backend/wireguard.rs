@@ -14,13 +14,13 @@ pub mod userspace;
 
 use super::{base_attrs, kernel_sync, Backend, BackendError, Status, Trigger};
 use crate::iface::ExternalInterface;
-use crate::kernel::{Kernel, KernelError, Link, Route};
+use crate::kernel::{family_of, Family, Kernel, KernelError, Link, Route};
 use async_trait::async_trait;
 use flannel_core::admission::PeerView;
 use flannel_core::backend_config::{BackendKind, WireguardConfig, WireguardMode};
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::ValidatedNetConfig;
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use keys::{Key, PresharedKey, PrivateKey};
 use plan::{Layout, PeerConfig, DEVICE, DEVICE_V6};
 use secrecy::ExposeSecret;
@@ -92,8 +92,8 @@ pub struct WireguardBackend {
     psk: Option<PresharedKey>,
     layout: Layout,
     networks: Vec<IpNet>,
-    enable_ipv4: bool,
-    enable_ipv6: bool,
+    /// (`MTU` or the interface's) − 80: the devices' and FLANNEL_MTU.
+    mtu: u32,
     kernel: Arc<dyn Kernel>,
     devices: Vec<Device>,
     kind: DataPathKind,
@@ -116,6 +116,7 @@ impl WireguardBackend {
             .and_then(|p| flannel_core::backend_config::decode_wireguard_key(p.expose_secret()))
             .map(PresharedKey);
         let (v4_net, v6_net) = (network.network(), network.ipv6_network());
+        let networks = super::host_gw::networks(network);
         let separate = config.mode == WireguardMode::Separate;
         let mut shapes = Vec::new();
         if separate {
@@ -136,17 +137,17 @@ impl WireguardBackend {
                 ));
             }
         } else {
-            let nets = v4_net
-                .map(IpNet::V4)
-                .into_iter()
-                .chain(v6_net.map(IpNet::V6))
-                .collect();
             let families = match config.mode {
                 WireguardMode::Ipv4 => (true, false),
                 WireguardMode::Ipv6 => (false, true),
                 _ => (true, ext.ext_v6_addr.is_some()),
             };
-            shapes.push(Shape::new(DEVICE, config.listen_port, nets, families));
+            shapes.push(Shape::new(
+                DEVICE,
+                config.listen_port,
+                networks.clone(),
+                families,
+            ));
         }
         let mtu = config.mtu.unwrap_or(ext.mtu).saturating_sub(OVERHEAD);
         let kind = choose_data_path(kernel.as_ref(), mtu).await?;
@@ -190,13 +191,8 @@ impl WireguardBackend {
             "wireguard backend"
         );
         Ok(WireguardBackend {
-            networks: v4_net
-                .map(IpNet::V4)
-                .into_iter()
-                .chain(v6_net.map(IpNet::V6))
-                .collect(),
-            enable_ipv4: v4_net.is_some(),
-            enable_ipv6: v6_net.is_some(),
+            networks,
+            mtu,
             ext,
             config: config.clone(),
             key,
@@ -236,32 +232,13 @@ impl WireguardBackend {
                 })?
             }
         };
-        // Upstream's addresses: the subnet's network address as a /32 (/128).
-        let mut want = Vec::new();
-        for net in &dev.networks {
-            match net {
-                IpNet::V4(_) => {
-                    if let Some(s) = own.subnet() {
-                        want.push(IpNet::V4(Ipv4Net::new(s.network(), 32).expect("a /32")));
-                    }
-                }
-                IpNet::V6(_) => {
-                    if let Some(s) = own.ipv6_subnet() {
-                        want.push(IpNet::V6(Ipv6Net::new(s.network(), 128).expect("a /128")));
-                    }
-                }
-            }
-        }
-        let have = self.kernel.addresses(&link).await?;
-        for stale in have
+        let want: Vec<IpNet> = dev
+            .networks
             .iter()
-            .filter(|a| !want.contains(a) && !is_link_local(a))
-        {
-            self.kernel.delete_address(&link, *stale).await?;
-        }
-        for a in want.iter().filter(|a| !have.contains(a)) {
-            self.kernel.add_address(&link, *a).await?;
-        }
+            .filter_map(|n| kernel_sync::device_address(own, family_of(n)))
+            .collect();
+        // The kernel's IPv6 link-local address is its own.
+        kernel_sync::set_addresses(self.kernel.as_ref(), &link, &want, is_link_local).await?;
         if !link.up || link.mtu != mtu {
             self.kernel.set_up(&link, mtu).await?;
         }
@@ -273,18 +250,18 @@ impl WireguardBackend {
         &self,
         dev: &Device,
         index: u32,
-        peers: Vec<PeerConfig>,
+        peers: &[PeerConfig],
     ) -> Result<(), BackendError> {
-        let mut applied = dev
-            .applied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if applied.as_ref() == Some(&(index, peers.clone())) {
-            return Ok(());
-        }
+        let before = {
+            let applied = dev.applied.lock().unwrap_or_else(|e| e.into_inner());
+            match &*applied {
+                Some((i, p)) if *i == index && p.as_slice() == peers => return Ok(()),
+                Some((_, p)) => p.len(),
+                None => 0,
+            }
+        };
         match &dev.path {
-            DataPath::Userspace(u) => u.set_peers(&peers),
+            DataPath::Userspace(u) => u.set_peers(peers),
             DataPath::Kernel(socket) => {
                 let config = genetlink::DeviceConfig {
                     ifname: dev.name.to_string(),
@@ -292,32 +269,30 @@ impl WireguardBackend {
                     listen_port: dev.port,
                     psk: self.psk,
                     keepalive_secs: self.config.keepalive_secs,
-                    peers: peers.clone(),
+                    peers: peers.to_vec(),
                 };
                 let mut socket = socket.lock().unwrap_or_else(|e| e.into_inner());
-                if socket.is_none() {
-                    *socket = Some(genetlink::GenlSocket::connect().map_err(|e| {
+                let open = match socket.as_mut() {
+                    Some(s) => s,
+                    None => socket.insert(genetlink::GenlSocket::connect().map_err(|e| {
                         KernelError::new("open the wireguard generic netlink family", e)
-                    })?);
-                }
-                let op = format!("configure {} ({} peers)", dev.name, peers.len());
-                if let Some(s) = socket.as_mut() {
-                    if let Err(e) = s.set_device(&config) {
-                        *socket = None;
-                        return Err(KernelError::new(op, e).into());
-                    }
+                    })?),
+                };
+                if let Err(e) = open.set_device(&config) {
+                    // A socket that failed is opened afresh next time.
+                    *socket = None;
+                    let op = format!("configure {} ({} peers)", dev.name, peers.len());
+                    return Err(KernelError::new(op, e).into());
                 }
             }
         }
-        let before = applied.as_ref().map_or(0, |(_, p)| p.len());
         info!(
             device = dev.name,
             peers = peers.len(),
             before,
             "wireguard peers configured"
         );
-        applied = Some((index, peers));
-        *dev.applied.lock().unwrap_or_else(|e| e.into_inner()) = applied;
+        *dev.applied.lock().unwrap_or_else(|e| e.into_inner()) = Some((index, peers.to_vec()));
         Ok(())
     }
 }
@@ -337,7 +312,8 @@ async fn choose_data_path(kernel: &dyn Kernel, mtu: u32) -> Result<DataPathKind,
     }
     match kernel.create_wireguard(DEVICE, mtu).await {
         Ok(link) => {
-            // Made again with its addresses at the first reconcile.
+            // Made again at the first reconcile: nothing is left behind if flanneld stops
+            // before it (no lease, a bad store).
             kernel.delete_link(&link).await?;
             Ok(DataPathKind::Kernel)
         }
@@ -358,11 +334,12 @@ impl Backend for WireguardBackend {
     async fn lease_attrs(&self) -> Result<LeaseAttrs, BackendError> {
         let mut attrs = base_attrs(BackendKind::Wireguard, &self.ext)?;
         let public = self.key.public().to_string();
-        if self.enable_ipv4 {
+        let has = |f: Family| self.networks.iter().any(|n| family_of(n) == f);
+        if has(Family::V4) {
             attrs.backend_data =
                 Some(serde_json::json!({"PublicKey": public, "Port": self.config.listen_port}));
         }
-        if self.enable_ipv6 {
+        if has(Family::V6) {
             let port = match self.config.mode {
                 WireguardMode::Separate => self.config.listen_port_v6,
                 _ => self.config.listen_port,
@@ -387,7 +364,7 @@ impl Backend for WireguardBackend {
             } else {
                 &plan.v4
             };
-            self.configure(dev, link.index, wanted.clone()).await?;
+            self.configure(dev, link.index, wanted).await?;
             routes.extend(dev.networks.iter().map(|n| Route::through(*n, link.index)));
         }
         let desired = kernel_sync::Desired {
@@ -399,10 +376,7 @@ impl Backend for WireguardBackend {
     }
 
     fn mtu(&self) -> u32 {
-        self.config
-            .mtu
-            .unwrap_or(self.ext.mtu)
-            .saturating_sub(OVERHEAD)
+        self.mtu
     }
 
     fn repairs_on_kernel_changes(&self) -> bool {

@@ -184,6 +184,11 @@ mod tests {
         }
     }
 
+    /// An IPv4-only wireguard lease.
+    fn v4_lease(subnet: &str, ip: &str, data: serde_json::Value) -> Lease {
+        lease(subnet, None, ip, None, data, None)
+    }
+
     fn layout(mode: WireguardMode, v6: bool) -> Layout {
         Layout {
             mode,
@@ -225,31 +230,18 @@ mod tests {
 
     #[test]
     fn a_lease_without_port_means_our_port_and_other_backends_are_not_peers() {
-        let old = lease(
+        let old = v4_lease(
             "10.244.1.0/24",
-            None,
             "192.168.0.2",
-            None,
             json!({"PublicKey": key(1).to_string()}),
-            None,
         );
-        let mut vx = lease(
+        let mut vx = v4_lease(
             "10.244.2.0/24",
-            None,
             "192.168.0.3",
-            None,
             json!({"VtepMAC": "02:00:00:00:00:01"}),
-            None,
         );
         vx.attrs.backend_type = "vxlan".into();
-        let no_key = lease(
-            "10.244.3.0/24",
-            None,
-            "192.168.0.4",
-            None,
-            json!({"Port": 51820}),
-            None,
-        );
+        let no_key = v4_lease("10.244.3.0/24", "192.168.0.4", json!({"Port": 51820}));
         let plan = layout(WireguardMode::Separate, false).plan([&old, &vx, &no_key]);
         assert_eq!(plan.v4.len(), 1);
         assert_eq!(plan.v4[0].endpoint, "192.168.0.2:51820".parse().unwrap());
@@ -298,21 +290,15 @@ mod tests {
 
     #[test]
     fn two_leases_with_one_key_are_one_peer() {
-        let a = lease(
+        let a = v4_lease(
             "10.244.1.0/24",
-            None,
             "192.168.0.2",
-            None,
             json!({"PublicKey": key(1).to_string()}),
-            None,
         );
-        let b = lease(
+        let b = v4_lease(
             "10.244.2.0/24",
-            None,
             "192.168.0.3",
-            None,
             json!({"PublicKey": key(1).to_string()}),
-            None,
         );
         let plan = layout(WireguardMode::Separate, false).plan([&b, &a]);
         assert_eq!(plan.v4.len(), 1);
