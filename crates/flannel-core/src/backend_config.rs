@@ -169,6 +169,9 @@ pub struct TencentVpcConfig {
     pub fallback_vxlan: bool,
     /// `ReservedRoutes`: entries per table left free for the user's own routes (with Fallback).
     pub reserved_routes: usize,
+    /// `"ReadinessProbe": false`: ready once the route is listed everywhere, without waiting
+    /// for a probe from the pod subnet to be answered (the probe is on by default).
+    pub no_readiness_probe: bool,
 }
 
 /// The default ClusterName for a Network: `10.244.0.0/16` gives `10-244-0-0-16`.
@@ -297,6 +300,7 @@ impl BackendConfig {
                 "ResyncInterval": c.resync_interval_secs.unwrap_or(DEFAULT_RESYNC_SECS),
                 "Fallback": if c.fallback_vxlan { "vxlan" } else { "none" },
                 "ReservedRoutes": c.reserved_routes,
+                "ReadinessProbe": !c.no_readiness_probe,
             }),
         }
     }
@@ -410,6 +414,7 @@ fn parse_tencent(obj: &Map<String, Value>) -> Result<TencentVpcConfig, BackendCo
         "Mode",
         "Fallback",
         "ReservedRoutes",
+        "ReadinessProbe",
     ];
     let invalid =
         |field: &'static str, problem: String| BackendConfigError::Invalid { field, problem };
@@ -417,6 +422,10 @@ fn parse_tencent(obj: &Map<String, Value>) -> Result<TencentVpcConfig, BackendCo
         match field {
             "AdoptUntaggedRoutes" => {
                 c.adopt_untagged_routes = gojson::as_bool(field, v)?;
+                continue;
+            }
+            "ReadinessProbe" => {
+                c.no_readiness_probe = !gojson::as_bool(field, v)?;
                 continue;
             }
             "ReservedRoutes" => {

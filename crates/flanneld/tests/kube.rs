@@ -165,7 +165,10 @@ async fn kube_subnet_manager_against_a_real_api_server() {
 
     // NetworkUnavailable: True while not ready, False with upstream's reason once it is.
     let full = "create route 10.244.1.0/24 via 172.16.0.1 in rtb-a: route table full (5/5 routes)";
-    managers[0].report_ready(false, Some(full)).await.unwrap();
+    managers[0]
+        .report_ready(false, None, Some(full))
+        .await
+        .unwrap();
     let n1 = nodes.get_status("n1").await.unwrap();
     let c = n1.status.unwrap().conditions.unwrap();
     assert!(
@@ -187,7 +190,22 @@ async fn kube_subnet_manager_against_a_real_api_server() {
                 && e.type_.as_deref() == Some("Warning")),
         "a Warning Event on the node names the full table"
     );
-    managers[0].report_ready(true, None).await.unwrap();
+    // Routes listed but the path never answered: the probe's reason on the condition.
+    let silent = "DataPathUnverified: the routes are listed but no probe from 10.244.1.0 was answered within 30 s by a node of subnet-b (10.244.2.0)";
+    managers[0]
+        .report_ready(false, Some("DataPathUnverified"), Some(silent))
+        .await
+        .unwrap();
+    let n1 = nodes.get_status("n1").await.unwrap();
+    let c = n1.status.unwrap().conditions.unwrap();
+    assert!(
+        c.iter().any(|c| c.type_ == "NetworkUnavailable"
+            && c.status == "True"
+            && c.reason.as_deref() == Some("DataPathUnverified")
+            && c.message.as_deref() == Some(silent)),
+        "{c:?}"
+    );
+    managers[0].report_ready(true, None, None).await.unwrap();
     let n1 = nodes.get_status("n1").await.unwrap();
     let cond = n1
         .status

@@ -268,3 +268,90 @@ async fn pod_to_pod_traffic_is_routed_by_the_table_of_the_subnet_it_comes_from()
     assert!(a_to_b(), "pod a -> pod b, sourced from the pod address");
     assert!(b_to_a(), "pod b -> pod a");
 }
+
+#[tokio::test]
+#[ignore = "needs root (network namespaces): run with --include-ignored"]
+async fn a_lagging_data_plane_lists_routes_before_it_forwards_them() {
+    let lab = Lab::new();
+    let emu = lab.emulator().await;
+    let admin = |path: &str| format!("http://{}{path}", emu.admin.unwrap());
+    let http = reqwest::Client::new();
+    let lag = |body: serde_json::Value| {
+        let req = http.post(admin("/dataplane-lag")).json(&body);
+        async move { assert_eq!(req.send().await.unwrap().status(), 204) }
+    };
+    let add = |table: &str, dest: &str, gw: &str| {
+        let req = http
+            .post(admin(&format!("/route-tables/{table}/routes")))
+            .json(&serde_json::json!({"DestinationCidrBlock": dest, "GatewayType": "NORMAL_CVM", "GatewayId": gw}));
+        async move { assert_eq!(req.send().await.unwrap().status(), 200) }
+    };
+    let listed = || async {
+        let s: serde_json::Value = http
+            .get(admin("/state"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        s["route_tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["routes"].as_array().unwrap().clone())
+            .count()
+    };
+    let a_to_b = || lab.pod_reaches_pod(&lab.a, "10.244.1.1", "10.244.2.1");
+
+    // Never: both routes listed, nothing forwarded until the fault is cleared.
+    let r = http
+        .post(admin("/dataplane-lag"))
+        .json(&serde_json::json!({"delay_ms": 5, "never": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "either a delay or never");
+    let before = listed().await;
+    lag(serde_json::json!({"never": true})).await;
+    add("rtb-main", "10.244.2.0/24", "172.16.2.7").await;
+    add("rtb-b", "10.244.1.0/24", "172.16.1.7").await;
+    assert_eq!(listed().await, before + 2);
+    assert!(!a_to_b(), "listed, not forwarded");
+    let r = http.delete(admin("/dataplane-lag")).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(a_to_b(), "forwarded once the data plane caught up");
+
+    // A delay: a change forwards that long after the call answered, and in order.
+    lag(serde_json::json!({"delay_ms": 1500})).await;
+    let r: serde_json::Value = http
+        .get(admin("/dataplane-lag"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["delay_ms"], 1500);
+    let table = |id: &str| {
+        String::from_utf8(
+            Command::new("ip")
+                .args(["-n", &lab.r, "route", "show", "table", id])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+    };
+    let started = std::time::Instant::now();
+    add("rtb-main", "10.244.9.0/24", "172.16.1.7").await;
+    assert!(!table("1000").contains("10.244.9.0/24"), "not at once");
+    let deadline = started + std::time::Duration::from_secs(10);
+    while !table("1000").contains("10.244.9.0/24") {
+        assert!(std::time::Instant::now() < deadline, "never forwarded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(1400), "{took:?}");
+    assert!(a_to_b(), "the earlier routes stay");
+}

@@ -23,6 +23,23 @@ fn fallback_and_reserved_routes() {
     );
 }
 
+#[test]
+fn the_readiness_probe_is_on_unless_turned_off() {
+    let parse =
+        |j: &str| BackendConfig::parse("tencent-vpc", Some(&serde_json::from_str(j).unwrap()));
+    let probe_off = |j: &str| match parse(j).unwrap() {
+        BackendConfig::TencentVpc(c) => c.no_readiness_probe,
+        other => panic!("{other:?}"),
+    };
+    assert!(!probe_off("{}"));
+    assert!(!probe_off(r#"{"ReadinessProbe":true}"#));
+    assert!(probe_off(r#"{"ReadinessProbe":false}"#));
+    assert!(parse(r#"{"ReadinessProbe":"no"}"#)
+        .unwrap_err()
+        .to_string()
+        .starts_with("Backend.ReadinessProbe:"));
+}
+
 use super::*;
 use secrecy::ExposeSecret;
 use serde_json::json;

@@ -123,6 +123,11 @@ pub trait Backend: Send + Sync {
     }
     /// flanneld is stopping: undo what must not outlive it (a device the kernel would keep).
     async fn stop(&self) {}
+    /// What must answer a probe from this node's pod subnet before the node is ready, asked
+    /// once `reconcile` says the data plane is in place (None: its status alone decides).
+    fn probe_plan(&self, _own: &Lease, _peers: &PeerView<'_>) -> Option<crate::probe::ProbePlan> {
+        None
+    }
 }
 
 /// The common part of every lease: public addresses of the external interface.

@@ -31,8 +31,11 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
 
+mod data_path;
 mod telemetry;
 mod timing;
+
+use data_path::DataPath;
 
 use telemetry::{reconcile_span, record_lease, record_sync};
 use timing::{
@@ -177,6 +180,8 @@ enum Event {
     KernelWatchEnded,
     TrafficCheck,
     Renew,
+    /// The readiness probe's state changed (None: it ended without a verdict).
+    Probe(Option<crate::probe::ProbeState>),
 }
 
 /// What the daemon does after an event.
@@ -213,6 +218,9 @@ struct Node {
     traffic_at: Instant,
     /// What the subnet manager was last told about readiness.
     reported: Option<(bool, Option<String>)>,
+    /// The closed-loop readiness probe (the node is ready only once it is answered).
+    data_path: DataPath,
+    echo: Arc<dyn crate::probe::Echo>,
 }
 
 impl Node {
@@ -350,6 +358,8 @@ impl Node {
             problem: None,
             last_pending: false,
             reported: None,
+            data_path: DataPath::NotStarted,
+            echo: platform.echo(),
         };
         node.take_status(Trigger::Start, Ok(status));
         node.resync_at = match node.pending() {
@@ -372,6 +382,7 @@ impl Node {
             },
             _ = tokio::time::sleep_until(self.traffic_at), if self.traffic.is_some() => Event::TrafficCheck,
             _ = tokio::time::sleep(renew_in) => Event::Renew,
+            state = self.data_path.next(), if self.data_path.probing() => Event::Probe(state),
         }
     }
 
@@ -418,6 +429,13 @@ impl Node {
                 Control::Continue
             }
             Event::Renew => self.renew().await,
+            Event::Probe(state) => {
+                self.data_path.take(state);
+                self.start_probe();
+                self.ensure_subnet_env();
+                self.report_ready().await;
+                Control::Continue
+            }
         }
     }
 
@@ -482,6 +500,7 @@ impl Node {
                 self.backend_ready = s.ready;
                 self.last_pending = s.pending;
                 self.problem = s.problem;
+                self.start_probe();
             }
             Err(e) => {
                 warn!(trigger = trigger.name(), error = %crate::report(&e), "backend reconcile failed; retrying");
@@ -490,6 +509,18 @@ impl Node {
             }
         }
         self.ensure_subnet_env();
+    }
+
+    /// Once the backend's data plane is in place, probe it (once per run).
+    fn start_probe(&mut self) {
+        if self.backend_ready {
+            self.data_path.start(
+                self.backend.as_ref(),
+                &self.own,
+                &self.feed.peers(),
+                &self.echo,
+            );
+        }
     }
 
     /// Renew the lease at its expiry minus the margin.
@@ -527,11 +558,18 @@ impl Node {
     /// retried at the next resync.
     async fn report_ready(&mut self) {
         let ready = self.health.is_ready();
-        let now = (ready, if ready { None } else { self.problem.clone() });
+        let probe_problem = self.data_path.problem().filter(|_| self.backend_ready);
+        let reason = probe_problem.map(|_| crate::probe::UNVERIFIED_REASON);
+        let problem = probe_problem.map(str::to_string).or(self.problem.clone());
+        let now = (ready, if ready { None } else { problem });
         if self.reported.as_ref() == Some(&now) {
             return;
         }
-        match self.sm.report_ready(now.0, now.1.as_deref()).await {
+        match self
+            .sm
+            .report_ready(now.0, reason.filter(|_| !ready), now.1.as_deref())
+            .await
+        {
             Ok(()) => self.reported = Some(now),
             Err(e) => {
                 warn!(error = %crate::report(&e), "reporting readiness to the subnet manager failed")
@@ -556,11 +594,11 @@ impl Node {
                     false
                 }
             };
-        let ready = written && self.backend_ready;
+        let ready = written && self.backend_ready && self.data_path.verified();
         if ready != self.health.is_ready() {
             if ready {
                 info!("ready");
-            } else if written {
+            } else if written && !self.backend_ready {
                 warn!("not ready: the backend's data plane is not in place yet");
             }
             self.health.set_ready(ready);

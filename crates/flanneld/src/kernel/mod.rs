@@ -287,6 +287,10 @@ pub trait Platform: crate::iface::HostNetwork {
     ) -> Result<Option<monitor::KernelChanges>, KernelError> {
         Ok(None)
     }
+    /// How readiness probes are sent (ICMP echo over a raw socket).
+    fn echo(&self) -> std::sync::Arc<dyn crate::probe::Echo> {
+        std::sync::Arc::new(crate::probe::IcmpEcho)
+    }
 }
 
 #[async_trait]

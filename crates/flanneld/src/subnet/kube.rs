@@ -350,7 +350,12 @@ impl SubnetManager for KubeManager {
         Ok(())
     }
 
-    async fn report_ready(&self, ready: bool, problem: Option<&str>) -> Result<(), SubnetError> {
+    async fn report_ready(
+        &self,
+        ready: bool,
+        reason: Option<&str>,
+        problem: Option<&str>,
+    ) -> Result<(), SubnetError> {
         if ready {
             if self.set_network_unavailable {
                 self.set_network_unavailable(
@@ -366,11 +371,12 @@ impl SubnetManager for KubeManager {
             "flanneld runs but this node's routes are not in place yet (see its log and /readyz)",
         );
         if self.set_network_unavailable {
-            self.set_network_unavailable(false, "FlannelNotReady", message)
+            self.set_network_unavailable(false, reason.unwrap_or("FlannelNotReady"), message)
                 .await?;
         }
         if let Some(p) = problem {
-            self.node_event("FlannelRoutesNotInPlace", p).await?;
+            self.node_event(reason.unwrap_or("FlannelRoutesNotInPlace"), p)
+                .await?;
         }
         Ok(())
     }

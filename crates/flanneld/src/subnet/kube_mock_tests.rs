@@ -66,7 +66,7 @@ async fn readiness_is_a_strategic_status_patch_of_network_unavailable_with_times
         ));
         patch
     });
-    m.report_ready(true, None).await.unwrap();
+    m.report_ready(true, None, None).await.unwrap();
     let patch = server.await.unwrap();
     let c = &patch["status"]["conditions"][0];
     assert_eq!(c["type"], "NetworkUnavailable");

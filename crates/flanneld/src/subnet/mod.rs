@@ -151,8 +151,14 @@ pub trait SubnetManager: Send + Sync {
     async fn put_record(&self, name: &str, value: &str) -> Result<(), SubnetError>;
     async fn get_record(&self, name: &str) -> Result<Option<String>, SubnetError>;
     /// The node's readiness changed, or why it is not ready (Kubernetes: its
-    /// NetworkUnavailable condition, and an Event naming the problem).
-    async fn report_ready(&self, _ready: bool, _problem: Option<&str>) -> Result<(), SubnetError> {
+    /// NetworkUnavailable condition, and an Event naming the problem), with the condition's
+    /// reason when the daemon has one (None: `FlannelNotReady`).
+    async fn report_ready(
+        &self,
+        _ready: bool,
+        _reason: Option<&str>,
+        _problem: Option<&str>,
+    ) -> Result<(), SubnetError> {
         Ok(())
     }
 }

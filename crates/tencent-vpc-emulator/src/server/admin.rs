@@ -1,6 +1,6 @@
 //! The admin API: state (secrets redacted), call counts, faults, reset, and console edits.
 
-use super::{Fault, Shared};
+use super::{Fault, Lag, Shared};
 use crate::ops::{self, ApiErr};
 use crate::scenario::Scenario;
 use axum::body::Bytes;
@@ -56,7 +56,36 @@ async fn admin_clear_faults(State(sh): Sh) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// The data plane's lag behind the API: `{"delay_ms": N}` (each change forwards N ms after
+/// the call answered) or `{"never": true}` (until cleared).
+async fn admin_set_lag(State(sh): Sh, body: Bytes) -> Response {
+    match serde_json::from_slice::<Lag>(&body) {
+        Ok(lag) if lag.never != lag.delay_ms.is_some() => {
+            info!(?lag, "data plane lags the API");
+            sh.set_lag(Some(lag)).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(_) => (
+            StatusCode::BAD_REQUEST,
+            "give either delay_ms or never: true",
+        )
+            .into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("invalid lag: {e}")).into_response(),
+    }
+}
+
+async fn admin_lag(State(sh): Sh) -> Json<Option<Lag>> {
+    Json(sh.lag())
+}
+
+/// The data plane catches up with the API and follows it again.
+async fn admin_clear_lag(State(sh): Sh) -> StatusCode {
+    sh.set_lag(None).await;
+    StatusCode::NO_CONTENT
+}
+
 async fn admin_reset(State(sh): Sh) -> StatusCode {
+    sh.set_lag(None).await;
     sh.faults.lock().unwrap().clear();
     sh.calls.lock().unwrap().clear();
     sh.rate.lock().unwrap().clear();
@@ -164,6 +193,10 @@ pub fn admin_router(sh: std::sync::Arc<Shared>) -> Router {
                 .delete(admin_clear_faults),
         )
         .route("/reset", post(admin_reset))
+        .route(
+            "/dataplane-lag",
+            get(admin_lag).post(admin_set_lag).delete(admin_clear_lag),
+        )
         .route("/quota", post(admin_quota))
         .route("/route-tables/{rtb}/routes", post(admin_add_route))
         .route(

@@ -5,6 +5,11 @@
 //! Every change to the account goes through [`Shared::mutate`], which holds one ordering lock
 //! across the change, the snapshot and its application (state file, data plane): two
 //! concurrent writers can never leave the file or the netns with the older state.
+//!
+//! A [`Lag`] fault makes the data plane trail the API, as a cloud whose route controller
+//! accepts a write before its forwarding follows: each change reaches the netns a delay
+//! after the call answered, or only once the fault is cleared. Once lagged, every change
+//! goes through one queue, in order.
 
 mod admin;
 pub mod api;
@@ -23,7 +28,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 /// Maximum clock skew accepted (5 minutes, as the real API).
@@ -62,6 +69,20 @@ pub struct Fault {
     pub seed: Option<u64>,
 }
 
+/// The data plane's lag behind the API (an admin fault): `{"delay_ms": N}` or
+/// `{"never": true}` (nothing reaches it until the fault is cleared).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lag {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub never: bool,
+}
+
+/// A state for the lagging data plane: applied at `due`, then acknowledged.
+type Queued = (tokio::time::Instant, Scenario, Option<oneshot::Sender<()>>);
+
 fn star() -> String {
     "*".into()
 }
@@ -95,8 +116,11 @@ pub struct Shared {
     faults: Mutex<Vec<ActiveFault>>,
     calls: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     state_file: Option<PathBuf>,
-    pub dataplane: Option<Dataplane>,
+    pub dataplane: Option<Arc<Dataplane>>,
     default_instance: Option<String>,
+    lag: Mutex<Option<Lag>>,
+    /// The queue into the data plane, from the first lag on.
+    lagged: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
 }
 
 impl Shared {
@@ -118,8 +142,10 @@ impl Shared {
             faults: Mutex::new(Vec::new()),
             calls: Mutex::new(BTreeMap::new()),
             state_file,
-            dataplane,
+            dataplane: dataplane.map(Arc::new),
             default_instance,
+            lag: Mutex::new(None),
+            lagged: Mutex::new(None),
         }
     }
 
@@ -164,7 +190,22 @@ impl Shared {
             *self.state.lock().unwrap() = next;
             return result;
         }
-        if let Some(dp) = &self.dataplane {
+        let lag = *self.lag.lock().unwrap();
+        let queued = self.lagged.lock().unwrap().is_some();
+        let direct = self.dataplane.as_ref().filter(|_| lag.is_none() && !queued);
+        match lag {
+            _ if direct.is_some() || self.dataplane.is_none() => {}
+            None => self.through_queue(Duration::ZERO, next.clone(), true).await,
+            Some(Lag {
+                delay_ms: Some(ms),
+                never: false,
+            }) => {
+                self.through_queue(Duration::from_millis(ms), next.clone(), false)
+                    .await
+            }
+            Some(_) => {} // never: the state reaches the data plane when the fault is cleared
+        }
+        if let Some(dp) = direct {
             dp.add(&next).await;
         }
         *self.state.lock().unwrap() = next.clone();
@@ -173,10 +214,62 @@ impl Shared {
                 warn!(path = %path.display(), error = %e, "writing the state file failed");
             }
         }
-        if let Some(dp) = &self.dataplane {
+        if let Some(dp) = direct {
             dp.remove(&next).await;
         }
         result
+    }
+
+    /// Hand `state` to the data plane's queue, to be applied `after` from now (waiting for
+    /// it when `wait`). The queue's worker starts with the first lag.
+    async fn through_queue(&self, after: Duration, state: Scenario, wait: bool) {
+        let Some(tx) = self.queue() else { return };
+        let (done, applied) = oneshot::channel();
+        let due = tokio::time::Instant::now() + after;
+        if tx.send((due, state, wait.then_some(done))).is_ok() && wait {
+            let _ = applied.await;
+        }
+    }
+
+    /// The data plane's queue, its worker started on first use.
+    fn queue(&self) -> Option<mpsc::UnboundedSender<Queued>> {
+        let dp = self.dataplane.as_ref()?;
+        let tx = self
+            .lagged
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| {
+                let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
+                let dp = Arc::clone(dp);
+                tokio::spawn(async move {
+                    while let Some((due, state, done)) = rx.recv().await {
+                        tokio::time::sleep_until(due).await;
+                        dp.sync(&state).await;
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                    }
+                });
+                tx
+            })
+            .clone();
+        Some(tx)
+    }
+
+    /// Make the data plane lag the API (None: catch up now and follow again).
+    pub async fn set_lag(&self, lag: Option<Lag>) {
+        let _order = self.writer.lock().await;
+        *self.lag.lock().unwrap() = lag;
+        if lag.is_some() {
+            let _ = self.queue();
+        } else if self.lagged.lock().unwrap().is_some() {
+            self.through_queue(Duration::ZERO, self.snapshot(), true)
+                .await;
+        }
+    }
+
+    pub fn lag(&self) -> Option<Lag> {
+        *self.lag.lock().unwrap()
     }
 
     fn count(&self, action: &str, result: &str) {

@@ -6,6 +6,7 @@ use super::cloud::VpcRoutes;
 use super::fallback::Fallback;
 use super::gc::LeaseView;
 use super::plan::{Scope, Wanted};
+use super::probe::DataPathProbe;
 use super::reconcile::{Reconciler, SplitRequest, Target};
 use super::TencentVpcError;
 use super::{
@@ -40,6 +41,7 @@ pub struct Agent {
     /// subnet not among them may need this node's route in another table.
     known_subnets: Mutex<BTreeSet<String>>,
     fallback: Option<Fallback>,
+    probe: Option<DataPathProbe>,
 }
 
 impl Agent {
@@ -63,7 +65,15 @@ impl Agent {
             pending: std::sync::atomic::AtomicBool::new(true),
             known_subnets: Mutex::new(BTreeSet::new()),
             fallback: None,
+            probe: None,
         }
+    }
+
+    /// Hold the probe address and, unless `ReadinessProbe` is off, be ready only once a
+    /// probe from it is answered (without Fallback).
+    pub fn with_probe(mut self, probe: DataPathProbe) -> Agent {
+        self.probe = Some(probe);
+        self
     }
 
     /// Reach the leases the route tables cannot hold through vxlan (`"Fallback": "vxlan"`).
@@ -103,6 +113,11 @@ impl Agent {
         let Some(mine) = own_route(own, &self.node) else {
             return Ok(Status::done());
         };
+        if let Some(p) = &self.probe {
+            if let Err(e) = p.ensure_address(own).await {
+                warn!(error = %crate::report(&e), "the readiness probe's address on lo is not in place");
+            }
+        }
         let mut leased = leased_subnets(peers.iter());
         leased.insert(mine.dest);
         let mut node_subnets: BTreeSet<String> = peers.iter().filter_map(subnet_of).collect();
@@ -271,6 +286,10 @@ impl Backend for Agent {
 
     fn resync_period(&self) -> Option<Duration> {
         Some(self.settings.resync)
+    }
+
+    fn probe_plan(&self, own: &Lease, peers: &PeerView<'_>) -> Option<crate::probe::ProbePlan> {
+        self.probe.as_ref()?.plan(own, peers)
     }
 }
 

@@ -3,6 +3,7 @@
 //! status record of the lease store; reading it costs no cloud call.
 
 use super::fallback::Fallback;
+use super::probe::DataPathProbe;
 use super::split::Split;
 use super::TencentVpcError;
 use super::{own_route, NodeFacts, Readiness, RouteStatus};
@@ -24,6 +25,7 @@ pub struct Controlled {
     resync: Duration,
     ready: Readiness,
     fallback: Option<Fallback>,
+    probe: Option<DataPathProbe>,
 }
 
 impl Controlled {
@@ -44,7 +46,15 @@ impl Controlled {
             resync,
             ready: Readiness::default(),
             fallback: None,
+            probe: None,
         }
+    }
+
+    /// Hold the probe address and, unless `ReadinessProbe` is off, be ready only once a
+    /// probe from it is answered (without Fallback).
+    pub fn with_probe(mut self, probe: DataPathProbe) -> Controlled {
+        self.probe = Some(probe);
+        self
     }
 
     pub fn with_fallback(mut self, fallback: Fallback) -> Controlled {
@@ -108,6 +118,11 @@ impl Backend for Controlled {
                 problem: None,
             });
         }
+        if let Some(p) = &self.probe {
+            if let Err(e) = p.ensure_address(own).await {
+                tracing::warn!(error = %crate::report(&e), "the readiness probe's address on lo is not in place");
+            }
+        }
         let mut status = self.status().await?;
         let why = status.unrouted.remove(&mine.dest);
         let routed = status.routes.get(&mine.dest) == Some(&mine.next_hop);
@@ -150,5 +165,9 @@ impl Backend for Controlled {
 
     fn resync_period(&self) -> Option<Duration> {
         Some(self.resync)
+    }
+
+    fn probe_plan(&self, own: &Lease, peers: &PeerView<'_>) -> Option<crate::probe::ProbePlan> {
+        self.probe.as_ref()?.plan(own, peers)
     }
 }

@@ -8,6 +8,8 @@
 //! - `gc`: the guarded garbage collector's bookkeeping (pure);
 //! - `split`: with Fallback, which leases hold routes and which go over vxlan (pure);
 //! - `reconcile`: one read → plan → apply cycle, shared with the controller;
+//! - `probe`: the readiness probe's address on `lo` and its targets (one group per VPC
+//!   subnet holding nodes);
 //! - the node's backend in one of two modes: `agent` (per-node: each agent writes its own
 //!   route; the one elected through the lease store also deletes the routes of departed
 //!   nodes) or `controlled` (controller mode: no credentials, ready once the controller,
@@ -21,6 +23,7 @@ pub mod controlled;
 pub mod fallback;
 pub mod gc;
 pub mod plan;
+pub mod probe;
 pub mod reconcile;
 pub mod split;
 pub mod tables;
@@ -304,9 +307,10 @@ pub async fn build(
             resync_of(cfg),
             Arc::clone(&ctx.store),
         );
-        if let Some(f) = fallback {
-            backend = backend.with_fallback(f);
-        }
+        backend = match fallback {
+            Some(f) => backend.with_fallback(f),
+            None => backend.with_probe(data_path_probe(ctx, cfg)?),
+        };
         return Ok(Box::new(backend));
     }
     let metrics = ctx.metrics.vpc.clone();
@@ -348,10 +352,24 @@ pub async fn build(
         }
         Ok(()) => {}
     }
-    if let Some(f) = fallback {
-        backend = backend.with_fallback(f);
-    }
+    backend = match fallback {
+        Some(f) => backend.with_fallback(f),
+        None => backend.with_probe(data_path_probe(ctx, cfg)?),
+    };
     Ok(Box::new(backend))
+}
+
+/// The readiness probe of a node without Fallback (its address on `lo` through the fenced
+/// kernel).
+fn data_path_probe(
+    ctx: &BackendContext<'_>,
+    cfg: &TencentVpcConfig,
+) -> Result<probe::DataPathProbe, BackendError> {
+    Ok(probe::DataPathProbe::new(
+        crate::backend::fenced_kernel(ctx.network)?,
+        crate::backend::host_gw::networks(ctx.network),
+        !cfg.no_readiness_probe,
+    ))
 }
 
 /// This node's lease attributes: its private IP and subnet (and, with Fallback, its VTEP).
