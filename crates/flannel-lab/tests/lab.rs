@@ -471,3 +471,82 @@ fn controller_mode_fallback_splits_and_promotes_when_the_quota_is_raised() {
         "every pod still reaches every other"
     );
 }
+
+/// Wait for a node's /readyz, returning when it turned ready.
+fn ready_at(
+    lab: &Lab,
+    n: &flannel_lab::topology::NodeSpec,
+    within: Duration,
+) -> std::time::Instant {
+    wait_until(within, || {
+        lab.agent_ready(n)
+            .then(std::time::Instant::now)
+            .ok_or_else(|| format!("{} not ready; log:\n{}", n.name, lab.agent_log(n)))
+    })
+    .unwrap()
+}
+
+#[test]
+#[ignore = "needs root (network namespaces) and etcd: run with --include-ignored"]
+fn a_node_is_ready_only_once_the_vpc_forwards_its_route() {
+    let mut t = up("lt10", Backend::TencentVpc, Mode::PerNode, 2);
+    let lab = &mut t.lab;
+    let listed_everywhere = |lab: &Lab, lease: &str| {
+        let r = routes(lab);
+        ["rtb-a", "rtb-b"].iter().all(|t| r[*t].contains_key(lease))
+    };
+
+    // Forwarding 6 s behind the API: the route is listed at once, the node stays not ready
+    // while its probe goes unanswered, and turns ready when the VPC forwards.
+    lab.lag_forwarding(Some(Duration::from_secs(6))).unwrap();
+    let (n3, started) = lab.start_node().unwrap();
+    let lease3 = wait_until(Duration::from_secs(30), || {
+        lab.lease_of(&n3)
+            .filter(|l| listed_everywhere(lab, l))
+            .ok_or_else(|| "node-3's route not listed yet".to_string())
+    })
+    .unwrap();
+    let listed = std::time::Instant::now();
+    assert!(
+        !lab.agent_ready(&n3),
+        "ready on a listed route the VPC does not forward yet"
+    );
+    let ready = ready_at(lab, &n3, Duration::from_secs(30));
+    let log = lab.agent_log(&n3);
+    assert!(log.contains("probing the data path before ready"), "{log}");
+    assert!(log.contains("data path verified"), "{log}");
+    let waited = ready - listed;
+    assert!(
+        ready - started >= Duration::from_secs(5),
+        "ready {:?} after start, before the VPC forwarded (listed after {:?})",
+        ready - started,
+        listed - started
+    );
+    eprintln!(
+        "lagging forwarding (6 s): route listed {:.2} s after start, ready {:.2} s after that",
+        (listed - started).as_secs_f64(),
+        waited.as_secs_f64()
+    );
+
+    // Never forwarded: not ready, DataPathUnverified after 30 s; forwarded: ready.
+    lab.lag_forwarding(None).unwrap();
+    let (n4, _) = lab.start_node().unwrap();
+    wait_until(Duration::from_secs(60), || {
+        let log = lab.agent_log(&n4);
+        log.contains("DataPathUnverified")
+            .then_some(())
+            .ok_or_else(|| "no DataPathUnverified yet".to_string())
+    })
+    .unwrap();
+    assert!(!lab.agent_ready(&n4));
+    let lease4 = lab.lease_of(&n4).unwrap();
+    assert!(listed_everywhere(lab, &lease4), "listed all along");
+    lab.forward_now().unwrap();
+    ready_at(lab, &n4, Duration::from_secs(10));
+
+    // Both joined nodes' pods reach every pod.
+    lab.finish_join(&[n3, n4], std::time::Instant::now())
+        .unwrap();
+    assert!(full(&lab.ping_matrix()));
+    assert_ne!(lease3, lease4);
+}

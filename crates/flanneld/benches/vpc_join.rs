@@ -9,7 +9,9 @@
 //!   them and reports them routed.
 //!
 //! Per-node mode runs twice: every node at the same instant (a herd), and nodes joining at 40
-//! per second (within the budget: each join needs one CreateRoutes per table).
+//! per second (within the budget: each join needs one CreateRoutes per table). Each agent
+//! first waits for its turn in the join queue of a shared lease store (as flanneld's build
+//! does: `pacing::wait_for_turn`); `NO_QUEUE=1` skips it (the herd as it was before).
 //!
 //! Reported: API calls per join (all actions, failed ones included), the time until every
 //! route is present, and failed node starts (a node never ready within 10 minutes).
@@ -22,7 +24,7 @@ mod vpc_nodes;
 use flannel_core::admission::PeerView;
 use flannel_core::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
 use flanneld::backend::tencent_vpc::plan::Ownership;
-use flanneld::backend::tencent_vpc::{Agent, NodeFacts, Settings};
+use flanneld::backend::tencent_vpc::{pacing, Agent, NodeFacts, Settings};
 use flanneld::backend::{Backend, Trigger};
 use flanneld::health::Health;
 use flanneld::iface::ExternalInterface;
@@ -123,6 +125,13 @@ struct Result {
 /// Per-node mode; `rate`: joins per second (None: all at the same instant).
 async fn per_node(n: usize, rate: Option<f64>) -> Result {
     let emu = start(n).await;
+    let queue = std::env::var("NO_QUEUE").is_err();
+    let store = Arc::new(MemoryManager::new(
+        flannel_core::config::parse_and_check(
+            r#"{"Network":"10.0.0.0/8","Backend":{"Type":"tencent-vpc"}}"#,
+        )
+        .unwrap(),
+    ));
     let seeds = [lease(0), lease(1)]; // the watch snapshot shows nodes in both subnets
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -155,9 +164,13 @@ async fn per_node(n: usize, rate: Option<f64>) -> Result {
         let own = lease(i);
         let peers: Vec<Lease> = seeds.iter().filter(|l| l.key != own.key).cloned().collect();
         let start_at = rate.map(|r| Duration::from_secs_f64(i as f64 / r));
+        let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             if let Some(at) = start_at {
                 tokio::time::sleep(at).await;
+            }
+            if queue {
+                pacing::wait_for_turn(store.as_ref(), "bench").await;
             }
             // As the daemon: start with the watch's first snapshot, then resync with backoff
             // until ready.

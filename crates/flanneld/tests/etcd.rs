@@ -1006,3 +1006,73 @@ async fn a_configured_lease_ttl_is_what_etcd_grants_and_renews() {
     let renewed = m.renew_lease(&l).await.unwrap();
     assert!(left(&renewed) > Duration::from_secs(20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian etcd-server): run with --include-ignored"]
+async fn a_join_queue_orders_its_entries_and_forgets_them_with_their_ttl() {
+    let etcd = EtcdServer::start();
+    put_config(&etcd, r#"{"Network":"10.5.0.0/16"}"#);
+    let m = std::sync::Arc::new(manager(&etcd).await);
+    // Forty agents joining at once: each sees the entries ahead of it and itself, so the
+    // positions are 1..=40, each once.
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let m = m.clone();
+            tokio::spawn(async move {
+                m.join_queue("tencent-vpc-joins-x", Duration::from_secs(2))
+                    .await
+                    .unwrap()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut positions = Vec::new();
+    for t in tasks {
+        let times = t.await.unwrap();
+        let now = std::time::SystemTime::now();
+        assert!(times
+            .iter()
+            .all(|t| now.duration_since(*t).unwrap() < Duration::from_secs(10)));
+        positions.push(times.len());
+    }
+    positions.sort();
+    assert_eq!(positions, (1..=40).collect::<Vec<_>>());
+    // Where the entries live, and that they carry a time; garbage among them is skipped.
+    let listed = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "/coreos.com/network/flannel-rs/queues/tencent-vpc-joins-x/",
+        "--keys-only",
+    ]);
+    assert_eq!(listed.lines().filter(|l| !l.is_empty()).count(), 40);
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/flannel-rs/queues/tencent-vpc-joins-x/garbage",
+        "not a time",
+    ]);
+    let times = m
+        .join_queue("tencent-vpc-joins-x", Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(times.len(), 41, "40 entries, ours, not the garbage");
+    // Not leases: the subnets listing does not include them.
+    assert!(m.list().await.unwrap().0.is_empty());
+    // Their etcd leases expire with the TTL: only the garbage (no lease) stays.
+    flanneld_testing::netns::wait_for(
+        "the queue entries to expire",
+        Duration::from_secs(15),
+        || {
+            let keys = etcd.etcdctl(&[
+                "get",
+                "--prefix",
+                "/coreos.com/network/flannel-rs/queues/tencent-vpc-joins-x/",
+                "--keys-only",
+            ]);
+            let left: Vec<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
+            (left == ["/coreos.com/network/flannel-rs/queues/tencent-vpc-joins-x/garbage"])
+                .then_some(())
+                .ok_or(format!("{left:?}"))
+        },
+    );
+}

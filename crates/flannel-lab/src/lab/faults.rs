@@ -1,5 +1,5 @@
 //! Faults a user or the cloud inflicts: a node's flanneld killed or restarted, the route
-//! quota changed, the API throttled.
+//! quota changed, the API throttled, the VPC's forwarding lagging its API.
 
 use super::{kill, Lab, LabError};
 
@@ -31,6 +31,21 @@ impl Lab {
         )?;
         self.state.spec.route_quota = quota;
         self.save()
+    }
+
+    /// Make the VPC forward a route only `lag` after the API accepted it (None: not until
+    /// [`Lab::forward_now`]), as a cloud whose data plane trails its API.
+    pub fn lag_forwarding(&self, lag: Option<std::time::Duration>) -> Result<(), LabError> {
+        let body = match lag {
+            Some(d) => format!(r#"{{"delay_ms":{}}}"#, d.as_millis()),
+            None => r#"{"never":true}"#.to_string(),
+        };
+        self.admin("POST", "/dataplane-lag", Some(&body)).map(drop)
+    }
+
+    /// The VPC's forwarding catches up with its API and follows it again.
+    pub fn forward_now(&self) -> Result<(), LabError> {
+        self.admin("DELETE", "/dataplane-lag", None).map(drop)
     }
 
     /// Answer `percent` % of all API calls with RequestLimitExceeded (0 clears).

@@ -243,15 +243,36 @@ impl Lab {
 
     /// One more node (and its pod), the lab waiting until it is reachable.
     pub fn add_node(&mut self) -> Result<NodeSpec, LabError> {
+        let (n, started) = self.start_node()?;
+        self.add_pod(&n)?;
+        self.converge_node(n.index, started)?;
+        Ok(n)
+    }
+
+    /// One more node with its flanneld started, not waited for (no pod yet): for tests that
+    /// watch a join; [`Lab::finish_join`] adds its pod and waits until it is reachable.
+    pub fn start_node(&mut self) -> Result<(NodeSpec, Instant), LabError> {
         let next = self.state.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
         if next > crate::topology::MAX_NODES {
             return Err(LabError::Full(next - 1));
         }
         let n = self.spec().node(next);
         let started = self.create_node(&n)?;
-        self.add_pod(&n)?;
-        self.converge_node(n.index, started)?;
-        Ok(n)
+        Ok((n, started))
+    }
+
+    /// The pods of nodes from [`Lab::start_node`], waiting until every pod reaches every
+    /// other (the time recorded from `started`).
+    pub fn finish_join(&mut self, nodes: &[NodeSpec], started: Instant) -> Result<(), LabError> {
+        for n in nodes {
+            self.add_pod(n)?;
+        }
+        self.converge(started)
+    }
+
+    /// What a node's flanneld has logged.
+    pub fn agent_log(&self, n: &NodeSpec) -> String {
+        std::fs::read_to_string(self.node_dir(n).join("flanneld.log")).unwrap_or_default()
     }
 
     pub fn find(&self, name: &str) -> Result<NodeSpec, LabError> {

@@ -257,15 +257,19 @@ impl Node {
 
         // 3. Backend (before the lease, so a bad or unsupported backend leaves no lease behind).
         let backend_config = crate::backend::Builtin::check(&config)?;
-        let backend: Box<dyn Backend> = backends
-            .build(&BackendContext {
-                config: &backend_config,
-                network: &config,
-                ext: &ext,
-                metrics: &health.metrics,
-                store: Arc::clone(&sm),
-            })
-            .await?;
+        // (tencent-vpc may wait here for its turn at the cloud API: a signal ends the wait.)
+        let ctx = BackendContext {
+            config: &backend_config,
+            network: &config,
+            ext: &ext,
+            metrics: &health.metrics,
+            store: Arc::clone(&sm),
+        };
+        let build = backends.build(&ctx);
+        let Some(backend) = or_shutdown(build, shutdown).await else {
+            return Ok(None);
+        };
+        let backend: Box<dyn Backend> = backend?;
         let resync_period = backend.resync_period().unwrap_or(cfg.resync_period);
 
         // 4. Lease.

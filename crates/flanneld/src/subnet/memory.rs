@@ -23,6 +23,8 @@ pub struct MemoryManager {
     changes: broadcast::Sender<LeaseEvent>,
     elections: Arc<InProcessElections>,
     records: Mutex<BTreeMap<String, String>>,
+    /// Queues: each entry's time and when it goes.
+    queues: Mutex<BTreeMap<String, Vec<(SystemTime, SystemTime)>>>,
 }
 
 impl MemoryManager {
@@ -38,6 +40,7 @@ impl MemoryManager {
             changes: broadcast::channel(capacity.max(1)).0,
             elections: Arc::default(),
             records: Mutex::default(),
+            queues: Mutex::default(),
         }
     }
 
@@ -150,6 +153,19 @@ impl SubnetManager for MemoryManager {
 
     async fn get_record(&self, name: &str) -> Result<Option<String>, SubnetError> {
         Ok(self.records.lock().unwrap().get(name).cloned())
+    }
+
+    async fn join_queue(
+        &self,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Vec<SystemTime>>, SubnetError> {
+        let now = SystemTime::now();
+        let mut queues = self.queues.lock().unwrap();
+        let q = queues.entry(name.to_string()).or_default();
+        q.retain(|(_, gone)| *gone > now);
+        q.push((now, now + ttl));
+        Ok(Some(q.iter().map(|(t, _)| *t).collect()))
     }
 
     async fn watch_leases(&self) -> Result<LeaseStream, SubnetError> {

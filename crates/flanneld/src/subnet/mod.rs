@@ -16,7 +16,7 @@ use flannel_core::watch::WatchUpdate;
 use flannel_core::ValidatedNetConfig;
 use futures::stream::BoxStream;
 use ipnet::{Ipv4Net, Ipv6Net};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Upstream's lease TTL.
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -150,6 +150,17 @@ pub trait SubnetManager: Send + Sync {
     /// it), e.g. the tencent-vpc controller's view of which leases are routed.
     async fn put_record(&self, name: &str, value: &str) -> Result<(), SubnetError>;
     async fn get_record(&self, name: &str) -> Result<Option<String>, SubnetError>;
+    /// Join the queue `name`: record the time now as an entry that lives `ttl`, and return the
+    /// times of the live entries in the store's order up to ours (ours last), so that nodes
+    /// starting together can take turns at a shared budget (the cloud API's) without talking
+    /// to each other. None: this store keeps no queues (no pacing).
+    async fn join_queue(
+        &self,
+        _name: &str,
+        _ttl: Duration,
+    ) -> Result<Option<Vec<SystemTime>>, SubnetError> {
+        Ok(None)
+    }
     /// The node's readiness changed, or why it is not ready (Kubernetes: its
     /// NetworkUnavailable condition, and an Event naming the problem), with the condition's
     /// reason when the daemon has one (None: `FlannelNotReady`).

@@ -8,6 +8,8 @@
 //! - `gc`: the guarded garbage collector's bookkeeping (pure);
 //! - `split`: with Fallback, which leases hold routes and which go over vxlan (pure);
 //! - `reconcile`: one read → plan → apply cycle, shared with the controller;
+//! - `pacing`: per-node agents starting together take turns at the cloud API (a queue in the
+//!   lease store);
 //! - `probe`: the readiness probe's address on `lo` and its targets (one group per VPC
 //!   subnet holding nodes);
 //! - the node's backend in one of two modes: `agent` (per-node: each agent writes its own
@@ -22,6 +24,7 @@ pub mod cloud;
 pub mod controlled;
 pub mod fallback;
 pub mod gc;
+pub mod pacing;
 pub mod plan;
 pub mod probe;
 pub mod reconcile;
@@ -326,6 +329,7 @@ pub async fn build(
     let settings = Settings::from_config(cfg, network, vpc_id);
     let cluster = settings.owner.cluster.clone();
     info!(vpc = %settings.vpc_id, cluster = %cluster, private_ip = %node.private_ip, subnet = %node.subnet_id, region = %cloud.region, credentials = ?cloud.client, "tencent-vpc backend");
+    pacing::wait_for_turn(ctx.store.as_ref(), &cluster).await;
     let seat = LeaderSeat::stand(ctx.store.leader_election(
         &format!("tencent-vpc-gc-{cluster}"),
         &node.private_ip.to_string(),

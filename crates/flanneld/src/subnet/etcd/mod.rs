@@ -25,8 +25,8 @@ pub use history::Rewind;
 use super::{AcquireRequest, LeaseStream, SubnetError, SubnetManager, LEASE_TTL};
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use flannel_core::alloc::{self, AcquirePlan};
 use flannel_core::lease::{Expiry, Lease, LeaseAttrs, SubnetKey};
@@ -487,6 +487,67 @@ impl SubnetManager for EtcdManager {
             .get_one(&self.record_key(name))
             .await?
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// An entry is a key `<prefix>/flannel-rs/queues/<name>/<random>` holding the time in Unix
+    /// milliseconds, attached to an etcd lease of `ttl`; the store's order is the keys' create
+    /// revisions, and the entries ahead are those created at or before ours (one range read
+    /// with `max_create_revision`). Values that are not a time are skipped (store input).
+    async fn join_queue(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Option<Vec<SystemTime>>, SubnetError> {
+        let (lease, _) = self.grant(ttl.as_secs().max(1) as i64).await?;
+        let dir = format!(
+            "{}/queues/{name}/",
+            self.record_key("").trim_end_matches('/')
+        );
+        let key = format!("{dir}{:016x}", rand::rng().random::<u64>());
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+            .to_string();
+        let put = self
+            .rpc(&format!("writing {key}"), |mut c| {
+                let (key, value) = (key.clone(), now_ms.clone());
+                async move {
+                    c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                        .await
+                }
+            })
+            .await?;
+        // Not `observe`d: a queue entry says nothing about the leases, and concurrent
+        // callers' answers may arrive out of revision order.
+        let mine = put
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| store_err(format!("writing {key}"), "no response header"))?;
+        let resp = self
+            .rpc(&format!("listing {dir}"), |mut c| {
+                let dir = dir.clone();
+                async move {
+                    c.get(
+                        dir,
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_max_create_revision(mine)
+                                .with_sort(SortTarget::Create, SortOrder::Ascend),
+                        ),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        Ok(Some(
+            resp.kvs()
+                .iter()
+                .filter_map(|kv| kv.value_str().ok()?.parse::<u64>().ok())
+                .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+                .collect(),
+        ))
     }
 
     async fn watch_leases(&self) -> Result<LeaseStream, SubnetError> {
