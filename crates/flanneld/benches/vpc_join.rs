@@ -11,7 +11,8 @@
 //! Per-node mode runs twice: every node at the same instant (a herd), and nodes joining at 40
 //! per second (within the budget: each join needs one CreateRoutes per table). Each agent
 //! first waits for its turn in the join queue of a shared lease store (as flanneld's build
-//! does: `pacing::wait_for_turn`); `NO_QUEUE=1` skips it (the herd as it was before).
+//! does: `pacing::wait_for_turn`): in a real etcd server by default, `QUEUE_STORE=memory`
+//! for the in-process store; `NO_QUEUE=1` skips it (the herd as it was before).
 //!
 //! Reported: API calls per join (all actions, failed ones included), the time until every
 //! route is present, and failed node starts (a node never ready within 10 minutes).
@@ -29,7 +30,9 @@ use flanneld::backend::{Backend, Trigger};
 use flanneld::health::Health;
 use flanneld::iface::ExternalInterface;
 use flanneld::metrics::Metrics;
+use flanneld::subnet::etcd::{EtcdManager, EtcdOptions};
 use flanneld::subnet::memory::MemoryManager;
+use flanneld_testing::EtcdServer;
 use flanneld::subnet::SubnetManager;
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
@@ -126,12 +129,27 @@ struct Result {
 async fn per_node(n: usize, rate: Option<f64>) -> Result {
     let emu = start(n).await;
     let queue = std::env::var("NO_QUEUE").is_err();
-    let store = Arc::new(MemoryManager::new(
-        flannel_core::config::parse_and_check(
-            r#"{"Network":"10.0.0.0/8","Backend":{"Type":"tencent-vpc"}}"#,
-        )
-        .unwrap(),
-    ));
+    let config = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"tencent-vpc"}}"#;
+    let (store, _etcd): (Arc<dyn SubnetManager>, _) =
+        match std::env::var("QUEUE_STORE").as_deref() {
+            Ok("memory") => (
+                Arc::new(MemoryManager::new(
+                    flannel_core::config::parse_and_check(config).unwrap(),
+                )),
+                None,
+            ),
+            _ => {
+                let etcd = EtcdServer::start();
+                etcd.etcdctl(&["put", "/coreos.com/network/config", config]);
+                let m = EtcdManager::connect(&EtcdOptions::new(
+                    &etcd.endpoint(),
+                    "/coreos.com/network",
+                ))
+                .await
+                .unwrap();
+                (Arc::new(m), Some(etcd))
+            }
+        };
     let seeds = [lease(0), lease(1)]; // the watch snapshot shows nodes in both subnets
     let started = Instant::now();
     let mut tasks = Vec::new();
