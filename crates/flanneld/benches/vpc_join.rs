@@ -32,8 +32,8 @@ use flanneld::iface::ExternalInterface;
 use flanneld::metrics::Metrics;
 use flanneld::subnet::etcd::{EtcdManager, EtcdOptions};
 use flanneld::subnet::memory::MemoryManager;
-use flanneld_testing::EtcdServer;
 use flanneld::subnet::SubnetManager;
+use flanneld_testing::EtcdServer;
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -130,26 +130,24 @@ async fn per_node(n: usize, rate: Option<f64>) -> Result {
     let emu = start(n).await;
     let queue = std::env::var("NO_QUEUE").is_err();
     let config = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"tencent-vpc"}}"#;
-    let (store, _etcd): (Arc<dyn SubnetManager>, _) =
-        match std::env::var("QUEUE_STORE").as_deref() {
-            Ok("memory") => (
-                Arc::new(MemoryManager::new(
-                    flannel_core::config::parse_and_check(config).unwrap(),
-                )),
-                None,
-            ),
-            _ => {
-                let etcd = EtcdServer::start();
-                etcd.etcdctl(&["put", "/coreos.com/network/config", config]);
-                let m = EtcdManager::connect(&EtcdOptions::new(
-                    &etcd.endpoint(),
-                    "/coreos.com/network",
-                ))
-                .await
-                .unwrap();
-                (Arc::new(m), Some(etcd))
-            }
-        };
+    let (store, _etcd): (Arc<dyn SubnetManager>, _) = match std::env::var("QUEUE_STORE").as_deref()
+    {
+        Ok("memory") => (
+            Arc::new(MemoryManager::new(
+                flannel_core::config::parse_and_check(config).unwrap(),
+            )),
+            None,
+        ),
+        _ => {
+            let etcd = EtcdServer::start();
+            etcd.etcdctl(&["put", "/coreos.com/network/config", config]);
+            let m =
+                EtcdManager::connect(&EtcdOptions::new(&etcd.endpoint(), "/coreos.com/network"))
+                    .await
+                    .unwrap();
+            (Arc::new(m), Some(etcd))
+        }
+    };
     let seeds = [lease(0), lease(1)]; // the watch snapshot shows nodes in both subnets
     let started = Instant::now();
     let mut tasks = Vec::new();

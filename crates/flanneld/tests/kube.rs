@@ -250,6 +250,32 @@ async fn kube_subnet_manager_against_a_real_api_server() {
         Some("v1")
     );
     assert_eq!(managers[2].get_record("missing").await.unwrap(), None);
+
+    // The join queue: Leases labelled with the queue, in (time, name) order, each agent's
+    // own deleted after the TTL.
+    let mut positions = Vec::new();
+    for m in &managers {
+        let times = m
+            .join_queue("tencent-vpc-joins-k", Duration::from_secs(3))
+            .await
+            .unwrap()
+            .unwrap();
+        positions.push(times.len());
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    }
+    assert_eq!(positions, [1, 2, 3]);
+    let queue: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "kube-flannel");
+    let labelled =
+        kube::api::ListParams::default().labels("flannel-rs.io/queue=tencent-vpc-joins-k");
+    assert_eq!(queue.list(&labelled).await.unwrap().items.len(), 3);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !queue.list(&labelled).await.unwrap().items.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("every agent deletes its own entry after the TTL");
 }
 
 /// The manifests in deploy/ as an operator applies them, validated by the API server itself

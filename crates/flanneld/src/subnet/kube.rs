@@ -381,6 +381,69 @@ impl SubnetManager for KubeManager {
         Ok(())
     }
 
+    /// An entry is a coordination.k8s.io Lease in flanneld's namespace, labelled
+    /// [`QUEUE_LABEL`]` = name`, its time the acquireTime and its TTL the
+    /// leaseDurationSeconds; the store's order is (acquireTime, object name). Each agent
+    /// deletes its own entry after the TTL, and a joiner deletes the expired entries it sees
+    /// (an agent that died), a few at a time.
+    async fn join_queue(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Option<Vec<std::time::SystemTime>>, SubnetError> {
+        use k8s_openapi::jiff::{SignedDuration, Timestamp};
+        let api: Api<KubeLease> = Api::namespaced(self.client.clone(), &self.namespace);
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        // Microseconds: what the API server keeps of a MicroTime.
+        let now = Timestamp::from_microsecond(Timestamp::now().as_microsecond())
+            .map_err(|e| store("queue entry time", e))?;
+        let entry = format!("flannel-rs-queue-{:016x}", rand::random::<u64>());
+        let secs = i32::try_from(ttl.as_secs().max(1)).unwrap_or(i32::MAX);
+        let lease: KubeLease = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": entry, "labels": {QUEUE_LABEL: name}},
+            "spec": {"holderIdentity": self.node, "acquireTime": MicroTime(now), "leaseDurationSeconds": secs},
+        }))
+        .map_err(|e| store(format!("queue entry {entry}"), e))?;
+        api.create(&PostParams::default(), &lease)
+            .await
+            .map_err(|e| store(format!("create queue entry {entry}"), e))?;
+        let own = (api.clone(), entry.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            let _ = own.0.delete(&own.1, &Default::default()).await;
+        });
+        let listed = api
+            .list(&kube::api::ListParams::default().labels(&format!("{QUEUE_LABEL}={name}")))
+            .await
+            .map_err(|e| store(format!("list queue {name}"), e))?;
+        let mut live = Vec::new();
+        let mut expired = Vec::new();
+        for l in listed.items {
+            let (Some(n), Some(spec)) = (l.metadata.name, l.spec) else {
+                continue;
+            };
+            let (Some(at), Some(d)) = (spec.acquire_time, spec.lease_duration_seconds) else {
+                continue;
+            };
+            if at.0 + SignedDuration::from_secs(i64::from(d)) < now {
+                expired.push(n);
+            } else {
+                live.push((at.0, n));
+            }
+        }
+        for n in expired.iter().take(QUEUE_SWEEP) {
+            let _ = api.delete(n, &Default::default()).await;
+        }
+        live.sort();
+        let mine = (now, entry);
+        Ok(Some(
+            live.into_iter()
+                .filter(|e| *e <= mine)
+                .map(|(t, _)| std::time::SystemTime::from(t))
+                .collect(),
+        ))
+    }
+
     async fn get_record(&self, name: &str) -> Result<Option<String>, SubnetError> {
         match self.config_maps().get_opt(RECORDS).await {
             Ok(cm) => Ok(cm.and_then(|c| c.data).and_then(|d| d.get(name).cloned())),
@@ -398,6 +461,10 @@ struct LeaseElection {
 }
 
 const LEASE_SECS: i32 = 15;
+/// The label of join-queue entries (its value: the queue's name).
+pub const QUEUE_LABEL: &str = "flannel-rs.io/queue";
+/// Expired entries a joiner deletes at most.
+const QUEUE_SWEEP: usize = 20;
 /// How often a holder renews, and how often a candidate looks again.
 const RENEW_EVERY: Duration = Duration::from_secs(5);
 
