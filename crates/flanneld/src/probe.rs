@@ -5,16 +5,22 @@
 //! The backend names the probe ([`ProbePlan`]): a source address of the node's pod subnet
 //! and groups of targets (tencent-vpc: for every VPC subnet holding nodes, a few peers'
 //! pod-subnet addresses); the node is verified when every group has answered at least once.
+//! The daemon keeps the source address on `lo` through the platform's [`Prober`] whenever
+//! the backend has a plan (peers probe it too), so backends, and the tests that run them
+//! outside a namespace, never touch the host's devices.
 //! Both ends are pod-subnet addresses so that neither node's masquerade rules rewrite the
 //! probe (upstream's rules leave Network-to-Network traffic alone), and the answer has to
 //! come back over the peer's route table: one exchange checks the path both ways.
 //!
 //! - [`Progress`] is pure: which groups answered, the verdict and its explanation;
-//! - [`Echo`] is the narrow I/O seam, [`IcmpEcho`] the real one (ICMP echo over a raw
-//!   socket bound to the source address);
+//! - [`Prober`] is the narrow I/O seam, [`SystemProber`] the real one (the address on `lo`
+//!   through the fenced kernel; ICMP echo over a raw socket bound to it), [`AssumeAnswered`]
+//!   for platforms that cannot probe;
 //! - [`spawn`] runs the bounded loop and reports [`ProbeState`] changes to the daemon.
 
+use crate::kernel::{Fenced, Kernel, KernelError, Netlink};
 use async_trait::async_trait;
+use ipnet::IpNet;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -29,9 +35,9 @@ pub const UNVERIFIED_REASON: &str = "DataPathUnverified";
 pub const UNVERIFIED_AFTER: Duration = Duration::from_secs(30);
 /// How long one round waits for answers.
 const ROUND_WAIT: Duration = Duration::from_millis(300);
-/// The pause between rounds: from 100 ms, doubling to 2 s.
+/// The pause between rounds: from 100 ms, doubling to 1 s (a round is a few packets).
 const ROUND_PAUSE: backoff::Backoff =
-    backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
 
 /// Targets of which one answer is enough (tencent-vpc: peers in one VPC subnet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,11 +135,20 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("probe address {address} on lo")]
+    Address {
+        address: Ipv4Addr,
+        #[source]
+        source: KernelError,
+    },
 }
 
-/// Send one echo request to each target from `source` and say which answered within `wait`.
+/// The platform side of the probe.
 #[async_trait]
-pub trait Echo: Send + Sync {
+pub trait Prober: Send + Sync {
+    /// Make `lo` hold `source` (a /32) and no other probe address of ours.
+    async fn ensure_source(&self, source: Ipv4Addr) -> Result<(), ProbeError>;
+    /// Send one echo request to each target from `source`; which answered within `wait`.
     async fn echo(
         &self,
         source: Ipv4Addr,
@@ -142,10 +157,29 @@ pub trait Echo: Send + Sync {
     ) -> Result<BTreeSet<Ipv4Addr>, ProbeError>;
 }
 
+/// For platforms that cannot probe (tests outside a namespace): no address is installed and
+/// every target counts as answered.
+pub struct AssumeAnswered;
+
+#[async_trait]
+impl Prober for AssumeAnswered {
+    async fn ensure_source(&self, _source: Ipv4Addr) -> Result<(), ProbeError> {
+        Ok(())
+    }
+    async fn echo(
+        &self,
+        _source: Ipv4Addr,
+        targets: &[Ipv4Addr],
+        _wait: Duration,
+    ) -> Result<BTreeSet<Ipv4Addr>, ProbeError> {
+        Ok(targets.iter().copied().collect())
+    }
+}
+
 /// Probe until verified (or until the receiver is dropped), reporting each change of state.
 /// Every round is paced by a bounded backoff; after [`UNVERIFIED_AFTER`] the node is said to
 /// be unverified and the rounds go on at the longest pause.
-pub fn spawn(plan: ProbePlan, echo: Arc<dyn Echo>) -> watch::Receiver<ProbeState> {
+pub fn spawn(plan: ProbePlan, echo: Arc<dyn Prober>) -> watch::Receiver<ProbeState> {
     let (tx, rx) = watch::channel(ProbeState::Probing);
     tokio::spawn(async move {
         let started = tokio::time::Instant::now();
@@ -230,63 +264,63 @@ pub fn echo_reply_from(packet: &[u8], ident: u16) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(src))
 }
 
-/// ICMP echo over a raw socket bound to the source address (flanneld has CAP_NET_RAW, as
-/// upstream's DaemonSet grants). The socket only receives packets for the source address.
-pub struct IcmpEcho;
+/// The real prober: the source as a /32 on `lo` through the kernel (fenced to the pod
+/// Networks), and ICMP echo over a raw socket bound to it (flanneld has CAP_NET_RAW, as
+/// upstream's DaemonSet grants; the socket only receives packets for the source address).
+pub struct SystemProber {
+    /// Connected on first use (a platform that never probes never opens it).
+    kernel: tokio::sync::OnceCell<Arc<dyn Kernel>>,
+    networks: Vec<IpNet>,
+}
 
-impl IcmpEcho {
-    fn round(
-        source: Ipv4Addr,
-        targets: &[Ipv4Addr],
-        wait: Duration,
-    ) -> std::io::Result<BTreeSet<Ipv4Addr>> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        use std::io::Read;
-        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
-        socket.bind(&SocketAddrV4::new(source, 0).into())?;
-        let ident = (std::process::id() as u16) ^ rand::random::<u16>();
-        for (seq, t) in targets.iter().enumerate() {
-            let request = echo_request(ident, seq as u16);
-            // A target the kernel cannot route to right now just does not answer.
-            if let Err(e) = socket.send_to(&request, &SocketAddrV4::new(*t, 0).into()) {
-                debug!(target = %t, error = %e, "probe not sent");
-            }
+impl SystemProber {
+    pub fn new(networks: Vec<IpNet>) -> SystemProber {
+        SystemProber {
+            kernel: tokio::sync::OnceCell::new(),
+            networks,
         }
-        let deadline = Instant::now() + wait;
-        let mut answered = BTreeSet::new();
-        let mut buf = [0u8; 1500];
-        while answered.len() < targets.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            socket.set_read_timeout(Some(left))?;
-            match (&socket).read(&mut buf) {
-                Ok(n) => {
-                    if let Some(from) = echo_reply_from(&buf[..n], ident) {
-                        if targets.contains(&from) {
-                            answered.insert(from);
-                        }
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(answered)
+    }
+
+    async fn kernel(&self) -> Result<&Arc<dyn Kernel>, KernelError> {
+        self.kernel
+            .get_or_try_init(|| async {
+                let netlink = Netlink::connect()?;
+                Ok(Arc::new(Fenced::new(netlink, self.networks.clone())) as Arc<dyn Kernel>)
+            })
+            .await
     }
 }
 
+/// Make `lo` of `kernel` hold `source` as a /32 and no other /32 inside `networks` (one a
+/// previous lease left).
+pub async fn ensure_source_on_lo(
+    kernel: &dyn Kernel,
+    networks: &[IpNet],
+    source: Ipv4Addr,
+) -> Result<(), KernelError> {
+    let Some(lo) = kernel.link_by_name("lo").await? else {
+        return Ok(());
+    };
+    let want = IpNet::V4(ipnet::Ipv4Net::new(source, 32).expect("a /32"));
+    let ours = |a: &IpNet| a.prefix_len() == 32 && networks.iter().any(|n| n.contains(&a.addr()));
+    crate::backend::kernel_sync::set_addresses(kernel, &lo, &[want], |a| !ours(a)).await
+}
+
 #[async_trait]
-impl Echo for IcmpEcho {
+impl Prober for SystemProber {
+    async fn ensure_source(&self, source: Ipv4Addr) -> Result<(), ProbeError> {
+        let kernel = self.kernel().await.map_err(|e| ProbeError::Address {
+            address: source,
+            source: e,
+        })?;
+        ensure_source_on_lo(kernel.as_ref(), &self.networks, source)
+            .await
+            .map_err(|e| ProbeError::Address {
+                address: source,
+                source: e,
+            })
+    }
+
     async fn echo(
         &self,
         source: Ipv4Addr,
@@ -294,7 +328,7 @@ impl Echo for IcmpEcho {
         wait: Duration,
     ) -> Result<BTreeSet<Ipv4Addr>, ProbeError> {
         let targets = targets.to_vec();
-        tokio::task::spawn_blocking(move || Self::round(source, &targets, wait))
+        tokio::task::spawn_blocking(move || echo_round(source, &targets, wait))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
             .map_err(|e| ProbeError::Socket {
@@ -302,6 +336,56 @@ impl Echo for IcmpEcho {
                 source: e,
             })
     }
+}
+
+/// One round of ICMP echo from `source` (blocking).
+fn echo_round(
+    source: Ipv4Addr,
+    targets: &[Ipv4Addr],
+    wait: Duration,
+) -> std::io::Result<BTreeSet<Ipv4Addr>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::io::Read;
+    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+    socket.bind(&SocketAddrV4::new(source, 0).into())?;
+    let ident = (std::process::id() as u16) ^ rand::random::<u16>();
+    for (seq, t) in targets.iter().enumerate() {
+        let request = echo_request(ident, seq as u16);
+        // A target the kernel cannot route to right now just does not answer.
+        if let Err(e) = socket.send_to(&request, &SocketAddrV4::new(*t, 0).into()) {
+            debug!(target = %t, error = %e, "probe not sent");
+        }
+    }
+    let deadline = Instant::now() + wait;
+    let mut answered = BTreeSet::new();
+    let mut buf = [0u8; 1500];
+    while answered.len() < targets.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        socket.set_read_timeout(Some(left))?;
+        match (&socket).read(&mut buf) {
+            Ok(n) => {
+                if let Some(from) = echo_reply_from(&buf[..n], ident) {
+                    if targets.contains(&from) {
+                        answered.insert(from);
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(answered)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! ([`crate::probe`]).
 
 use crate::backend::Backend;
-use crate::probe::{self, Echo, ProbeState};
+use crate::probe::{self, ProbeState, Prober};
 use flannel_core::admission::PeerView;
 use flannel_core::lease::Lease;
 use std::sync::Arc;
@@ -47,7 +47,7 @@ impl DataPath {
         backend: &dyn Backend,
         own: &Lease,
         peers: &PeerView<'_>,
-        echo: &Arc<dyn Echo>,
+        prober: &Arc<dyn Prober>,
     ) {
         if !matches!(self, DataPath::NotStarted) {
             return;
@@ -62,7 +62,7 @@ impl DataPath {
                 let groups: Vec<&str> = plan.groups.iter().map(|g| g.name.as_str()).collect();
                 info!(source = %plan.source, groups = ?groups, "routes in place; probing the data path before ready");
                 DataPath::Probing {
-                    updates: probe::spawn(plan, Arc::clone(echo)),
+                    updates: probe::spawn(plan, Arc::clone(prober)),
                     unverified: None,
                 }
             }

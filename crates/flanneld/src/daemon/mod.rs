@@ -220,7 +220,7 @@ struct Node {
     reported: Option<(bool, Option<String>)>,
     /// The closed-loop readiness probe (the node is ready only once it is answered).
     data_path: DataPath,
-    echo: Arc<dyn crate::probe::Echo>,
+    prober: Arc<dyn crate::probe::Prober>,
 }
 
 impl Node {
@@ -363,8 +363,9 @@ impl Node {
             last_pending: false,
             reported: None,
             data_path: DataPath::NotStarted,
-            echo: platform.echo(),
+            prober: platform.prober(crate::backend::host_gw::networks(&config)),
         };
+        node.hold_probe_source().await;
         node.take_status(Trigger::Start, Ok(status));
         node.resync_at = match node.pending() {
             false => crate::after(jittered(resync_period)),
@@ -477,6 +478,7 @@ impl Node {
             .instrument(reconcile_span(self.backend.as_ref(), trigger))
             .await;
         let failed = r.is_err();
+        self.hold_probe_source().await;
         self.take_status(trigger, r);
         self.report_ready().await;
         let wait = if !failed && !self.pending() {
@@ -515,6 +517,18 @@ impl Node {
         self.ensure_subnet_env();
     }
 
+    /// Keep the probe's source address on `lo` (at start and every resync: put back when
+    /// removed), whenever the backend has a probe.
+    async fn hold_probe_source(&mut self) {
+        let Some(plan) = self.backend.probe_plan(&self.own, &self.feed.peers()) else {
+            return;
+        };
+        let prober = Arc::clone(&self.prober);
+        if let Err(e) = prober.ensure_source(plan.source).await {
+            warn!(error = %crate::report(&e), "the readiness probe's address is not in place");
+        }
+    }
+
     /// Once the backend's data plane is in place, probe it (once per run).
     fn start_probe(&mut self) {
         if self.backend_ready {
@@ -522,7 +536,7 @@ impl Node {
                 self.backend.as_ref(),
                 &self.own,
                 &self.feed.peers(),
-                &self.echo,
+                &self.prober,
             );
         }
     }

@@ -287,14 +287,16 @@ pub trait Platform: crate::iface::HostNetwork {
     ) -> Result<Option<monitor::KernelChanges>, KernelError> {
         Ok(None)
     }
-    /// How readiness probes are sent (ICMP echo over a raw socket).
-    fn echo(&self) -> std::sync::Arc<dyn crate::probe::Echo> {
-        std::sync::Arc::new(crate::probe::IcmpEcho)
-    }
+    /// The readiness probe's address and echo, for the pod `networks`.
+    fn prober(&self, networks: Vec<IpNet>) -> std::sync::Arc<dyn crate::probe::Prober>;
 }
 
 #[async_trait]
 impl Platform for SystemNetwork {
+    fn prober(&self, networks: Vec<IpNet>) -> std::sync::Arc<dyn crate::probe::Prober> {
+        std::sync::Arc::new(crate::probe::SystemProber::new(networks))
+    }
+
     async fn packet_filter(
         &self,
         nftables: bool,

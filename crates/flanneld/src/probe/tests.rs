@@ -42,7 +42,7 @@ fn one_answer_per_group_verifies_and_only_silent_groups_are_probed_again() {
     assert!(p.outstanding().is_empty());
     assert!(Progress::new(ProbePlan {
         source: ip("10.244.1.0"),
-        groups: vec![]
+        groups: vec![],
     })
     .verified());
 }
@@ -85,7 +85,10 @@ struct FakeEcho {
 }
 
 #[async_trait]
-impl Echo for FakeEcho {
+impl Prober for FakeEcho {
+    async fn ensure_source(&self, _source: Ipv4Addr) -> Result<(), ProbeError> {
+        Ok(())
+    }
     async fn echo(
         &self,
         _source: Ipv4Addr,
@@ -113,7 +116,7 @@ async fn unverified_after_30_s_then_verified_when_the_path_answers() {
     assert!(!why.contains("subnet-a"), "{why}");
     let rounds = *echo.rounds.lock().unwrap();
     assert!(
-        (15..=40).contains(&rounds),
+        (25..=70).contains(&rounds),
         "paced rounds in 30 s: {rounds}"
     );
     echo.up.lock().unwrap().insert(ip("10.244.4.0"));
@@ -123,4 +126,31 @@ async fn unverified_after_30_s_then_verified_when_the_path_answers() {
         ProbeState::Verified(after) => assert!(after >= UNVERIFIED_AFTER, "{after:?}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn the_source_is_the_only_probe_address_on_lo() {
+    use crate::kernel::fake::FakeKernel;
+    use crate::kernel::Links;
+    let kernel = FakeKernel::with_link("lo", 1, 65536);
+    let lo = kernel.link_by_name("lo").await.unwrap().unwrap();
+    for a in ["127.0.0.1/8", "10.244.7.0/32", "192.168.9.9/32"] {
+        kernel.add_address(&lo, a.parse().unwrap()).await.unwrap();
+    }
+    let networks = ["10.244.0.0/16".parse().unwrap()];
+    ensure_source_on_lo(&kernel, &networks, ip("10.244.1.0"))
+        .await
+        .unwrap();
+    let have: Vec<String> = kernel
+        .addresses(&lo)
+        .await
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        have,
+        ["10.244.1.0/32", "127.0.0.1/8", "192.168.9.9/32"],
+        "the earlier lease's address gone, nothing outside the Network touched"
+    );
 }

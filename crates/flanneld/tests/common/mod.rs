@@ -161,6 +161,9 @@ impl flanneld::kernel::Routes for MemoryRoutes {
 /// FakeHost's traffic rules go to [`FILTER`]; its routes to memory.
 #[async_trait::async_trait]
 impl flanneld::kernel::Platform for FakeHost {
+    fn prober(&self, _networks: Vec<ipnet::IpNet>) -> std::sync::Arc<dyn flanneld::probe::Prober> {
+        std::sync::Arc::new(flanneld::probe::AssumeAnswered)
+    }
     async fn packet_filter(
         &self,
         _nftables: bool,

@@ -113,11 +113,6 @@ impl Agent {
         let Some(mine) = own_route(own, &self.node) else {
             return Ok(Status::done());
         };
-        if let Some(p) = &self.probe {
-            if let Err(e) = p.ensure_address(own).await {
-                warn!(error = %crate::report(&e), "the readiness probe's address on lo is not in place");
-            }
-        }
         let mut leased = leased_subnets(peers.iter());
         leased.insert(mine.dest);
         let mut node_subnets: BTreeSet<String> = peers.iter().filter_map(subnet_of).collect();

@@ -118,11 +118,6 @@ impl Backend for Controlled {
                 problem: None,
             });
         }
-        if let Some(p) = &self.probe {
-            if let Err(e) = p.ensure_address(own).await {
-                tracing::warn!(error = %crate::report(&e), "the readiness probe's address on lo is not in place");
-            }
-        }
         let mut status = self.status().await?;
         let why = status.unrouted.remove(&mine.dest);
         let routed = status.routes.get(&mine.dest) == Some(&mine.next_hop);

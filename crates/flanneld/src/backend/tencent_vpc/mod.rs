@@ -312,7 +312,9 @@ pub async fn build(
         );
         backend = match fallback {
             Some(f) => backend.with_fallback(f),
-            None => backend.with_probe(data_path_probe(ctx, cfg)?),
+            None => backend.with_probe(probe::DataPathProbe {
+                enabled: !cfg.no_readiness_probe,
+            }),
         };
         return Ok(Box::new(backend));
     }
@@ -358,22 +360,11 @@ pub async fn build(
     }
     backend = match fallback {
         Some(f) => backend.with_fallback(f),
-        None => backend.with_probe(data_path_probe(ctx, cfg)?),
+        None => backend.with_probe(probe::DataPathProbe {
+            enabled: !cfg.no_readiness_probe,
+        }),
     };
     Ok(Box::new(backend))
-}
-
-/// The readiness probe of a node without Fallback (its address on `lo` through the fenced
-/// kernel).
-fn data_path_probe(
-    ctx: &BackendContext<'_>,
-    cfg: &TencentVpcConfig,
-) -> Result<probe::DataPathProbe, BackendError> {
-    Ok(probe::DataPathProbe::new(
-        crate::backend::fenced_kernel(ctx.network)?,
-        crate::backend::host_gw::networks(ctx.network),
-        !cfg.no_readiness_probe,
-    ))
 }
 
 /// This node's lease attributes: its private IP and subnet (and, with Fallback, its VTEP).

@@ -1,6 +1,6 @@
 //! The tencent-vpc readiness probe ([`crate::probe`]): every node holds its pod subnet's
-//! network address as a /32 on `lo` (a device that exists before any pod), which is both the
-//! source of its own probes and what peers probe. A probe from `10.244.1.0` to a peer's
+//! network address as a /32 on `lo` (a device that exists before any pod; the daemon installs
+//! it), which is both the source of its own probes and what peers probe. A probe from `10.244.1.0` to a peer's
 //! `10.244.2.0` goes out through this node's route table and comes back through the peer's,
 //! so one answer per VPC subnet holding nodes checks this node's route in every table that
 //! serves nodes, as forwarded and not only as listed. Both ends lie in the Network, so
@@ -10,53 +10,24 @@
 //! is verified by its device being up).
 
 use super::{route_of, subnet_of};
-use crate::backend::kernel_sync;
-use crate::kernel::{Family, Kernel, KernelError};
 use crate::probe::{ProbeGroup, ProbePlan};
 use flannel_core::admission::PeerView;
 use flannel_core::lease::Lease;
-use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
 /// Peers probed per VPC subnet: one answer is enough; a few cover a peer that is down.
 pub const TARGETS_PER_SUBNET: usize = 3;
 
-/// The device holding the probe address.
-const PROBE_DEVICE: &str = "lo";
-
+/// The backend's side of the probe.
+#[derive(Debug, Clone, Copy)]
 pub struct DataPathProbe {
-    kernel: Arc<dyn Kernel>,
-    networks: Vec<IpNet>,
-    /// `ReadinessProbe` (the address is held either way, so peers can probe this node).
-    enabled: bool,
+    /// `ReadinessProbe`: off, the node neither probes nor holds the probe address (turn it
+    /// off on every node alike).
+    pub enabled: bool,
 }
 
 impl DataPathProbe {
-    pub fn new(kernel: Arc<dyn Kernel>, networks: Vec<IpNet>, enabled: bool) -> DataPathProbe {
-        DataPathProbe {
-            kernel,
-            networks,
-            enabled,
-        }
-    }
-
-    /// Make `lo` hold this lease's probe address and no other of ours (a /32 inside the
-    /// Network: one a previous lease left).
-    pub async fn ensure_address(&self, own: &Lease) -> Result<(), KernelError> {
-        let Some(want) = kernel_sync::device_address(own, Family::V4) else {
-            return Ok(());
-        };
-        let Some(lo) = self.kernel.link_by_name(PROBE_DEVICE).await? else {
-            return Ok(());
-        };
-        let ours =
-            |a: &IpNet| a.prefix_len() == 32 && self.networks.iter().any(|n| n.contains(&a.addr()));
-        kernel_sync::set_addresses(self.kernel.as_ref(), &lo, &[want], |a| !ours(a)).await
-    }
-
-    /// The plan (None when `ReadinessProbe` is off).
     pub fn plan(&self, own: &Lease, peers: &PeerView<'_>) -> Option<ProbePlan> {
         self.enabled.then(|| plan(own, peers))?
     }
@@ -92,8 +63,6 @@ pub fn plan(own: &Lease, peers: &PeerView<'_>) -> Option<ProbePlan> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::fake::FakeKernel;
-    use crate::kernel::Links;
     use flannel_core::lease::{Expiry, LeaseAttrs, SubnetKey};
     use serde_json::json;
 
@@ -149,35 +118,12 @@ mod tests {
         plan(own, &PeerView::unchecked(peers)).unwrap()
     }
 
-    #[tokio::test]
-    async fn lo_holds_this_leases_address_and_no_earlier_one() {
-        let kernel = Arc::new(FakeKernel::with_link("lo", 1, 65536));
-        let lo = kernel.link_by_name("lo").await.unwrap().unwrap();
-        for a in ["127.0.0.1/8", "10.244.7.0/32", "192.168.9.9/32"] {
-            kernel.add_address(&lo, a.parse().unwrap()).await.unwrap();
-        }
-        let probe = DataPathProbe::new(
-            kernel.clone(),
-            vec!["10.244.0.0/16".parse().unwrap()],
-            false,
-        );
-        probe
-            .ensure_address(&lease(1, Some("subnet-a")))
-            .await
-            .unwrap();
-        let have: Vec<String> = kernel
-            .addresses(&lo)
-            .await
-            .unwrap()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(have, ["10.244.1.0/32", "127.0.0.1/8", "192.168.9.9/32"]);
-        assert!(
-            probe
-                .plan(&lease(1, None), &PeerView::unchecked(&[]))
-                .is_none(),
-            "ReadinessProbe off: no plan, the address all the same"
-        );
+    #[test]
+    fn with_the_probe_off_there_is_no_plan() {
+        let own = lease(1, Some("subnet-a"));
+        let off = DataPathProbe { enabled: false };
+        assert!(off.plan(&own, &PeerView::unchecked(&[])).is_none());
+        let on = DataPathProbe { enabled: true };
+        assert!(on.plan(&own, &PeerView::unchecked(&[])).is_some());
     }
 }
