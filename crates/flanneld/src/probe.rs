@@ -18,6 +18,7 @@
 //!   for platforms that cannot probe;
 //! - [`spawn`] runs the bounded loop and reports [`ProbeState`] changes to the daemon.
 
+use crate::backend::udp::packet::checksum;
 use crate::kernel::{Fenced, Kernel, KernelError, Netlink};
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -235,18 +236,6 @@ pub fn echo_request(ident: u16, seq: u16) -> [u8; 16] {
     let sum = checksum(&p);
     p[2..4].copy_from_slice(&sum.to_be_bytes());
     p
-}
-
-/// The Internet checksum (RFC 1071).
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// The sender of an echo reply carrying `ident`, from a packet as a raw socket reads it

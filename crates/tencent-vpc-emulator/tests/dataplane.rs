@@ -286,15 +286,19 @@ async fn a_lagging_data_plane_lists_routes_before_it_forwards_them() {
             .json(&serde_json::json!({"DestinationCidrBlock": dest, "GatewayType": "NORMAL_CVM", "GatewayId": gw}));
         async move { assert_eq!(req.send().await.unwrap().status(), 200) }
     };
+    let get = |path: &str| {
+        let req = http.get(admin(path));
+        async move {
+            req.send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
     let listed = || async {
-        let s: serde_json::Value = http
-            .get(admin("/state"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = get("/state").await;
         s["route_tables"]
             .as_array()
             .unwrap()
@@ -324,15 +328,7 @@ async fn a_lagging_data_plane_lists_routes_before_it_forwards_them() {
 
     // A delay: a change forwards that long after the call answered, and in order.
     lag(serde_json::json!({"delay_ms": 1500})).await;
-    let r: serde_json::Value = http
-        .get(admin("/dataplane-lag"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r["delay_ms"], 1500);
+    assert_eq!(get("/dataplane-lag").await["delay_ms"], 1500);
     let table = |id: &str| {
         String::from_utf8(
             Command::new("ip")

@@ -60,8 +60,8 @@ pub fn destination(packet: &[u8]) -> Option<Ipv4Addr> {
     ))
 }
 
-/// The Internet checksum of `data`.
-fn checksum(data: &[u8]) -> u16 {
+/// The Internet checksum of `data` (RFC 1071; also the readiness probe's ICMP).
+pub(crate) fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
