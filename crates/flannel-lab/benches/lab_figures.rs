@@ -112,6 +112,7 @@ fn main() {
     // Joins.
     let mut times = Vec::new();
     let mut ready_times = Vec::new();
+    let mut probe_ms = Vec::new();
     let mut calls = Vec::new();
     let cpu0 = cpu_secs(watcher);
     let t0 = Instant::now();
@@ -125,6 +126,18 @@ fn main() {
                 .ok_or_else(|| format!("{} not ready", n.name))
         })
         .unwrap();
+        // The probe's own time, as the daemon logged it (`data path verified after_ms=N`).
+        if let Some(ms) = lab.agent_log(&n).lines().find_map(|l| {
+            let rest = l.split("data path verified").nth(1)?;
+            rest.split("after_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        }) {
+            probe_ms.push(ms);
+        }
         lab.finish_join(std::slice::from_ref(&n), started).unwrap();
         let secs = lab.state.converged_secs.unwrap();
         let spent = total_calls(&lab.calls().unwrap()) - before;
@@ -169,7 +182,8 @@ fn main() {
 
     // 1,000 synthetic peers (leases of nodes that do not exist), written in one etcdctl txn
     // per 100 keys. Admission takes only leases inside the Network that overlap nothing, and
-    // 10.244.0.0/16 holds 256 /24s: so /28s, in the /24s no lab node holds.
+    // 10.244.0.0/16 holds 256 /24s: so /29s (room for 7,000 and more), in the /24s no lab
+    // node holds.
     let held: Vec<String> = lab.nodes().iter().filter_map(|n| lab.lease_of(n)).collect();
     let free_24s = (1..=255u8).filter(|x| {
         !held
@@ -177,13 +191,13 @@ fn main() {
             .any(|h| h.starts_with(&format!("10.244.{x}.0/")))
     });
     let subnets: Vec<String> = free_24s
-        .flat_map(|x| (0..16u8).map(move |k| format!("10.244.{x}.{}-28", k * 16)))
+        .flat_map(|x| (0..32u8).map(move |k| format!("10.244.{x}.{}-29", k * 8)))
         .take(synthetic as usize)
         .collect();
     assert_eq!(
         subnets.len(),
         synthetic as usize,
-        "room for {synthetic} /28 peers"
+        "room for {synthetic} /29 peers"
     );
     let keys: Vec<String> = subnets
         .iter()
@@ -239,6 +253,12 @@ fn main() {
         median(ready_times.clone()),
         ready_times.iter().copied().fold(f64::INFINITY, f64::min),
         ready_times.iter().copied().fold(0.0, f64::max)
+    );
+    println!(
+        "  of which the data path probe (route listed → answered, from the daemon's log): median {:.0} ms over {} joins (max {:.0} ms)",
+        median(probe_ms.clone()),
+        probe_ms.len(),
+        probe_ms.iter().copied().fold(0.0, f64::max)
     );
     println!(
         "  join → reachable from every pod (pod created once ready): median {:.2} s (min {:.2}, max {:.2})",
