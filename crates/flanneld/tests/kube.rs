@@ -284,8 +284,9 @@ async fn kube_subnet_manager_against_a_real_api_server() {
 mod common;
 
 /// A backend whose data plane is in place only once the test says so; until then its resync
-/// fails as tencent-vpc does at a full table.
-struct Gate(std::sync::Arc<std::sync::atomic::AtomicBool>);
+/// fails as tencent-vpc does at a full table. With a probe, it asks for one answer from
+/// 10.244.9.0 before the node is ready.
+struct Gate(std::sync::Arc<std::sync::atomic::AtomicBool>, bool);
 
 const FULL: &str =
     "create route 10.244.1.0/24 via 172.16.0.7 in rtb-a: route table full (50/50 routes)";
@@ -319,9 +320,22 @@ impl flanneld::backend::Backend for Gate {
     fn resync_period(&self) -> Option<Duration> {
         Some(Duration::from_millis(200))
     }
+    fn probe_plan(
+        &self,
+        _: &flannel_core::lease::Lease,
+        _: &flannel_core::admission::PeerView<'_>,
+    ) -> Option<flanneld::probe::ProbePlan> {
+        self.1.then(|| flanneld::probe::ProbePlan {
+            source: "10.244.1.0".parse().unwrap(),
+            groups: vec![flanneld::probe::ProbeGroup {
+                name: "subnet-b".into(),
+                targets: vec!["10.244.9.0".parse().unwrap()],
+            }],
+        })
+    }
 }
 
-struct GateFactory(std::sync::Arc<std::sync::atomic::AtomicBool>);
+struct GateFactory(std::sync::Arc<std::sync::atomic::AtomicBool>, bool);
 
 #[async_trait::async_trait]
 impl flanneld::backend::BackendFactory for GateFactory {
@@ -329,7 +343,7 @@ impl flanneld::backend::BackendFactory for GateFactory {
         &self,
         _: &flanneld::backend::BackendContext<'_>,
     ) -> Result<Box<dyn flanneld::backend::Backend>, flanneld::backend::BackendError> {
-        Ok(Box::new(Gate(self.0.clone())))
+        Ok(Box::new(Gate(self.0.clone(), self.1)))
     }
 }
 
@@ -358,7 +372,7 @@ async fn network_unavailable_follows_the_data_plane() {
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let cfg = common::daemon_config(dir.path());
-    let factory = GateFactory(ready.clone());
+    let factory = GateFactory(ready.clone(), false);
     let daemon = tokio::spawn(async move {
         flanneld::daemon::run(
             cfg,
@@ -402,6 +416,114 @@ async fn network_unavailable_follows_the_data_plane() {
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     let up = condition("False").await;
     assert_eq!(up.reason.as_deref(), Some("FlannelIsUp"));
+    let _ = stop.send(());
+    daemon.await.unwrap().unwrap();
+}
+
+/// Answers from 10.244.9.0 once the test says the path works.
+struct PathProber(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+#[async_trait::async_trait]
+impl flanneld::probe::Prober for PathProber {
+    async fn ensure_source(
+        &self,
+        _: std::net::Ipv4Addr,
+    ) -> Result<(), flanneld::probe::ProbeError> {
+        Ok(())
+    }
+    async fn echo(
+        &self,
+        _: std::net::Ipv4Addr,
+        targets: &[std::net::Ipv4Addr],
+        _: Duration,
+    ) -> Result<std::collections::BTreeSet<std::net::Ipv4Addr>, flanneld::probe::ProbeError> {
+        let works = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        Ok(targets.iter().copied().filter(|_| works).collect())
+    }
+}
+
+/// Routes in place but the path not answering: NetworkUnavailable stays True, with reason
+/// DataPathUnverified after 30 s, and turns False once the probe is answered.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs kube-apiserver (scripts/build-kube.sh) and etcd: run with --include-ignored"]
+async fn network_unavailable_stays_true_until_the_data_path_answers() {
+    let server = tokio::task::spawn_blocking(KubeApiServer::start)
+        .await
+        .unwrap();
+    let client = admin(&server).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(&PostParams::default(), &node("n1", "10.244.1.0/24"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sm = manager(
+        &server,
+        dir.path(),
+        "n1",
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"alloc"}}"#,
+    )
+    .await;
+    let works = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    *common::PROBER.lock().unwrap() = Some(std::sync::Arc::new(PathProber(works.clone())));
+    let routed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cfg = common::daemon_config(dir.path());
+    let factory = GateFactory(routed, true);
+    let health = std::sync::Arc::new(flanneld::health::Health::default());
+    let daemon = {
+        let health = health.clone();
+        tokio::spawn(async move {
+            flanneld::daemon::run(
+                cfg,
+                std::sync::Arc::new(sm),
+                &factory,
+                &common::FakeHost("172.16.0.7"),
+                health,
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        })
+    };
+    let condition = |status: &'static str, reason: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                loop {
+                    let c = nodes
+                        .get_status("n1")
+                        .await
+                        .unwrap()
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find(|c| c.type_ == "NetworkUnavailable");
+                    if let Some(c) =
+                        c.filter(|c| c.status == status && c.reason.as_deref() == Some(reason))
+                    {
+                        return c;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("NetworkUnavailable never became {status} ({reason})"))
+        }
+    };
+    let silent = condition("True", "DataPathUnverified").await;
+    let message = silent.message.unwrap_or_default();
+    assert!(
+        message.contains("subnet-b (10.244.9.0)") && message.contains("from 10.244.1.0"),
+        "{message}"
+    );
+    assert!(!health.is_ready(), "routes listed, path silent: not ready");
+    works.store(true, std::sync::atomic::Ordering::SeqCst);
+    let up = condition("False", "FlannelIsUp").await;
+    assert_eq!(up.status, "False");
+    assert!(health.is_ready());
     let _ = stop.send(());
     daemon.await.unwrap().unwrap();
 }

@@ -162,7 +162,11 @@ impl flanneld::kernel::Routes for MemoryRoutes {
 #[async_trait::async_trait]
 impl flanneld::kernel::Platform for FakeHost {
     fn prober(&self, _networks: Vec<ipnet::IpNet>) -> std::sync::Arc<dyn flanneld::probe::Prober> {
-        std::sync::Arc::new(flanneld::probe::AssumeAnswered)
+        PROBER
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_else(|| std::sync::Arc::new(flanneld::probe::AssumeAnswered))
     }
     async fn packet_filter(
         &self,
@@ -187,6 +191,10 @@ impl flanneld::kernel::Platform for FakeHost {
         Ok(KERNEL_CHANGES.lock().unwrap().take())
     }
 }
+
+/// The prober FakeHost hands to the next daemon (else every probe counts as answered).
+pub static PROBER: std::sync::Mutex<Option<std::sync::Arc<dyn flanneld::probe::Prober>>> =
+    std::sync::Mutex::new(None);
 
 /// The kernel notifications FakeHost hands to the one daemon whose backend asks for them.
 pub static KERNEL_CHANGES: std::sync::Mutex<Option<flanneld::kernel::monitor::KernelChanges>> =
