@@ -268,7 +268,13 @@ async fn kube_subnet_manager_against_a_real_api_server() {
         Api::namespaced(client.clone(), "kube-flannel");
     let labelled =
         kube::api::ListParams::default().labels("flannel-rs.io/queue=tencent-vpc-joins-k");
-    assert_eq!(queue.list(&labelled).await.unwrap().items.len(), 3);
+    let entries = queue.list(&labelled).await.unwrap().items;
+    assert_eq!(entries.len(), 3);
+    for e in &entries {
+        let spec = e.spec.clone().unwrap_or_default();
+        assert_eq!(spec.holder_identity, None, "an entry is nobody's election");
+        assert!(e.metadata.annotations.as_ref().unwrap()["flannel-rs.io/node"].starts_with('n'));
+    }
     tokio::time::timeout(Duration::from_secs(20), async {
         while !queue.list(&labelled).await.unwrap().items.is_empty() {
             tokio::time::sleep(Duration::from_millis(200)).await;

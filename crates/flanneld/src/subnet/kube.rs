@@ -400,8 +400,10 @@ impl SubnetManager for KubeManager {
         let entry = format!("flannel-rs-queue-{:016x}", rand::random::<u64>());
         let secs = i32::try_from(ttl.as_secs().max(1)).unwrap_or(i32::MAX);
         let lease: KubeLease = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": entry, "labels": {QUEUE_LABEL: name}},
-            "spec": {"holderIdentity": self.node, "acquireTime": MicroTime(now), "leaseDurationSeconds": secs},
+            // No holderIdentity: an entry is held by nobody (tools listing election holders
+            // skip it); the node is named in an annotation for whoever looks.
+            "metadata": {"name": entry, "labels": {QUEUE_LABEL: name}, "annotations": {QUEUE_NODE_ANNOTATION: self.node}},
+            "spec": {"acquireTime": MicroTime(now), "leaseDurationSeconds": secs},
         }))
         .map_err(|e| store(format!("queue entry {entry}"), e))?;
         api.create(&PostParams::default(), &lease)
@@ -463,6 +465,8 @@ struct LeaseElection {
 const LEASE_SECS: i32 = 15;
 /// The label of join-queue entries (its value: the queue's name).
 pub const QUEUE_LABEL: &str = "flannel-rs.io/queue";
+/// The annotation naming the node of a join-queue entry.
+pub const QUEUE_NODE_ANNOTATION: &str = "flannel-rs.io/node";
 /// Expired entries a joiner deletes at most.
 const QUEUE_SWEEP: usize = 20;
 /// How often a holder renews, and how often a candidate looks again.

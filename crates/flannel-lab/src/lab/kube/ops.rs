@@ -56,6 +56,9 @@ impl Lab {
             NAMESPACE,
             "get",
             "leases",
+            // Not the join queue's entries (no holder, but a label to be sure).
+            "-l",
+            "!flannel-rs.io/queue",
             "-o",
             "jsonpath={range .items[*]}{.metadata.name} {.spec.holderIdentity}{\"\\n\"}{end}",
         ])?;
