@@ -353,77 +353,125 @@ impl flanneld::backend::BackendFactory for GateFactory {
     }
 }
 
+/// A daemon for node n1 (podCIDR 10.244.1.0/24) on a real API server, its backend a [`Gate`]
+/// (`probe`: with a probe plan) and its platform FakeHost (with `prober` when given).
+struct GatedNode {
+    _server: KubeApiServer,
+    _dir: tempfile::TempDir,
+    nodes: Api<Node>,
+    health: std::sync::Arc<flanneld::health::Health>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    daemon: tokio::task::JoinHandle<Result<flanneld::daemon::Exit, flanneld::daemon::DaemonError>>,
+}
+
+impl GatedNode {
+    async fn start(
+        routed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        probe: bool,
+        prober: Option<std::sync::Arc<dyn flanneld::probe::Prober>>,
+    ) -> GatedNode {
+        let server = tokio::task::spawn_blocking(KubeApiServer::start)
+            .await
+            .unwrap();
+        let client = admin(&server).await;
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .create(&PostParams::default(), &node("n1", "10.244.1.0/24"))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sm = manager(
+            &server,
+            dir.path(),
+            "n1",
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"alloc"}}"#,
+        )
+        .await;
+        if let Some(p) = prober {
+            *common::PROBER.lock().unwrap() = Some(p);
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let cfg = common::daemon_config(dir.path());
+        let factory = GateFactory(routed, probe);
+        let health = std::sync::Arc::new(flanneld::health::Health::default());
+        let h = health.clone();
+        let daemon = tokio::spawn(async move {
+            flanneld::daemon::run(
+                cfg,
+                std::sync::Arc::new(sm),
+                &factory,
+                &common::FakeHost("172.16.0.7"),
+                h,
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+        GatedNode {
+            _server: server,
+            _dir: dir,
+            nodes,
+            health,
+            stop,
+            daemon,
+        }
+    }
+
+    /// n1's NetworkUnavailable condition once `want` holds for it (within `within`).
+    async fn condition(
+        &self,
+        within: Duration,
+        want: impl Fn(&k8s_openapi::api::core::v1::NodeCondition) -> bool,
+    ) -> k8s_openapi::api::core::v1::NodeCondition {
+        tokio::time::timeout(within, async {
+            loop {
+                let c = self
+                    .nodes
+                    .get_status("n1")
+                    .await
+                    .unwrap()
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|c| c.type_ == "NetworkUnavailable");
+                if let Some(c) = c.filter(|c| want(c)) {
+                    return c;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("NetworkUnavailable as expected in time")
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.daemon.await.unwrap().unwrap();
+    }
+}
+
 /// The daemon keeps NetworkUnavailable True, naming the problem, until the backend's data plane
 /// is in place, and only then sets it False.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs kube-apiserver (scripts/build-kube.sh) and etcd: run with --include-ignored"]
 async fn network_unavailable_follows_the_data_plane() {
-    let server = tokio::task::spawn_blocking(KubeApiServer::start)
-        .await
-        .unwrap();
-    let client = admin(&server).await;
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .create(&PostParams::default(), &node("n1", "10.244.1.0/24"))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sm = manager(
-        &server,
-        dir.path(),
-        "n1",
-        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"alloc"}}"#,
-    )
-    .await;
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let cfg = common::daemon_config(dir.path());
-    let factory = GateFactory(ready.clone(), false);
-    let daemon = tokio::spawn(async move {
-        flanneld::daemon::run(
-            cfg,
-            std::sync::Arc::new(sm),
-            &factory,
-            &common::FakeHost("172.16.0.7"),
-            std::sync::Arc::new(flanneld::health::Health::default()),
-            async {
-                let _ = stopped.await;
-            },
-        )
-        .await
-    });
-    let condition = |want: &'static str| {
-        let nodes = nodes.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(20), async {
-                loop {
-                    let n = nodes.get_status("n1").await.unwrap();
-                    let c = n
-                        .status
-                        .and_then(|s| s.conditions)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .find(|c| c.type_ == "NetworkUnavailable");
-                    // Not ready: wait for the backend's reason (the first report may precede it).
-                    if let Some(c) = c.filter(|c| {
-                        c.status == want && (want == "False" || c.message.as_deref() == Some(FULL))
-                    }) {
-                        return c;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("NetworkUnavailable never became {want}"))
-        }
-    };
-    let blocked = condition("True").await;
-    assert_eq!(blocked.message.as_deref(), Some(FULL));
+    let n1 = GatedNode::start(ready.clone(), false, None).await;
+    // Not ready: wait for the backend's reason (the first report may precede it).
+    let blocked = n1
+        .condition(Duration::from_secs(20), |c| {
+            c.status == "True" && c.message.as_deref() == Some(FULL)
+        })
+        .await;
+    assert_eq!(blocked.reason.as_deref(), Some("FlannelNotReady"));
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    let up = condition("False").await;
+    let up = n1
+        .condition(Duration::from_secs(20), |c| c.status == "False")
+        .await;
     assert_eq!(up.reason.as_deref(), Some("FlannelIsUp"));
-    let _ = stop.send(());
-    daemon.await.unwrap().unwrap();
+    n1.stop().await;
 }
 
 /// Answers from 10.244.9.0 once the test says the path works.
@@ -453,85 +501,35 @@ impl flanneld::probe::Prober for PathProber {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs kube-apiserver (scripts/build-kube.sh) and etcd: run with --include-ignored"]
 async fn network_unavailable_stays_true_until_the_data_path_answers() {
-    let server = tokio::task::spawn_blocking(KubeApiServer::start)
-        .await
-        .unwrap();
-    let client = admin(&server).await;
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .create(&PostParams::default(), &node("n1", "10.244.1.0/24"))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sm = manager(
-        &server,
-        dir.path(),
-        "n1",
-        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"alloc"}}"#,
+    let works = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let routed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let n1 = GatedNode::start(
+        routed,
+        true,
+        Some(std::sync::Arc::new(PathProber(works.clone()))),
     )
     .await;
-    let works = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    *common::PROBER.lock().unwrap() = Some(std::sync::Arc::new(PathProber(works.clone())));
-    let routed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let cfg = common::daemon_config(dir.path());
-    let factory = GateFactory(routed, true);
-    let health = std::sync::Arc::new(flanneld::health::Health::default());
-    let daemon = {
-        let health = health.clone();
-        tokio::spawn(async move {
-            flanneld::daemon::run(
-                cfg,
-                std::sync::Arc::new(sm),
-                &factory,
-                &common::FakeHost("172.16.0.7"),
-                health,
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
+    let silent = n1
+        .condition(Duration::from_secs(60), |c| {
+            c.status == "True" && c.reason.as_deref() == Some("DataPathUnverified")
         })
-    };
-    let condition = |status: &'static str, reason: &'static str| {
-        let nodes = nodes.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(60), async {
-                loop {
-                    let c = nodes
-                        .get_status("n1")
-                        .await
-                        .unwrap()
-                        .status
-                        .and_then(|s| s.conditions)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .find(|c| c.type_ == "NetworkUnavailable");
-                    if let Some(c) =
-                        c.filter(|c| c.status == status && c.reason.as_deref() == Some(reason))
-                    {
-                        return c;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("NetworkUnavailable never became {status} ({reason})"))
-        }
-    };
-    let silent = condition("True", "DataPathUnverified").await;
+        .await;
     let message = silent.message.unwrap_or_default();
     assert!(
         message.contains("subnet-b (10.244.9.0)") && message.contains("from 10.244.1.0"),
         "{message}"
     );
-    assert!(!health.is_ready(), "routes listed, path silent: not ready");
+    assert!(
+        !n1.health.is_ready(),
+        "routes listed, path silent: not ready"
+    );
     works.store(true, std::sync::atomic::Ordering::SeqCst);
-    let up = condition("False", "FlannelIsUp").await;
-    assert_eq!(up.status, "False");
-    assert!(health.is_ready());
-    let _ = stop.send(());
-    daemon.await.unwrap().unwrap();
+    let up = n1
+        .condition(Duration::from_secs(20), |c| c.status == "False")
+        .await;
+    assert_eq!(up.reason.as_deref(), Some("FlannelIsUp"));
+    assert!(n1.health.is_ready());
+    n1.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
