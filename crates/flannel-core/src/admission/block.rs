@@ -4,7 +4,7 @@
 use super::rules::FamilyRules;
 use crate::lease::SubnetKey;
 use ipnet::{Ipv4Net, Ipv6Net};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// A CIDR block of either family as a start address and a prefix length over 128 bits
 /// (IPv4 addresses as their 32-bit value), so one index serves both families.
@@ -58,19 +58,23 @@ pub(crate) fn nested(a: Block, b: Block, bits: u8) -> bool {
     a.ancestor(len, bits) == b.ancestor(len, bits)
 }
 
-/// The index of shape-valid blocks of one family: block → the leases holding exactly it.
+/// The index of shape-valid blocks of one family: block → the leases holding exactly it
+/// (almost always one: a Vec, not a set, whose first node would hold 11).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct BlockIndex(BTreeMap<Block, BTreeSet<SubnetKey>>);
+pub(crate) struct BlockIndex(BTreeMap<Block, Vec<SubnetKey>>);
 
 impl BlockIndex {
     pub(crate) fn insert(&mut self, b: Block, k: SubnetKey) {
-        self.0.entry(b).or_default().insert(k);
+        let keys = self.0.entry(b).or_default();
+        if let Err(at) = keys.binary_search(&k) {
+            keys.insert(at, k);
+        }
     }
 
     pub(crate) fn remove(&mut self, b: Block, k: &SubnetKey) {
-        if let Some(set) = self.0.get_mut(&b) {
-            set.remove(k);
-            if set.is_empty() {
+        if let Some(keys) = self.0.get_mut(&b) {
+            keys.retain(|x| x != k);
+            if keys.is_empty() {
                 self.0.remove(&b);
             }
         }

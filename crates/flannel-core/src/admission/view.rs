@@ -57,13 +57,13 @@ impl<'a> PeerView<'a> {
 /// The admitted peers of a gate.
 #[derive(Debug, Clone)]
 pub struct GatePeers<'a> {
-    entries: std::collections::btree_map::Values<'a, SubnetKey, Entry>,
+    entries: std::collections::btree_map::Values<'a, SubnetKey, Box<Entry>>,
     own: Option<SubnetKey>,
 }
 
 impl<'a> GatePeers<'a> {
     pub(crate) fn new(
-        entries: std::collections::btree_map::Values<'a, SubnetKey, Entry>,
+        entries: std::collections::btree_map::Values<'a, SubnetKey, Box<Entry>>,
         own: Option<SubnetKey>,
     ) -> GatePeers<'a> {
         GatePeers { entries, own }
@@ -78,7 +78,7 @@ impl<'a> Iterator for GatePeers<'a> {
         self.entries
             .by_ref()
             .filter(|e| Some(e.lease.key) != own)
-            .find_map(Entry::view)
+            .find_map(|e| e.view())
     }
 }
 
