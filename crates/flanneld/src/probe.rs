@@ -298,16 +298,15 @@ pub async fn ensure_source_on_lo(
 #[async_trait]
 impl Prober for SystemProber {
     async fn ensure_source(&self, source: Ipv4Addr) -> Result<(), ProbeError> {
-        let kernel = self.kernel().await.map_err(|e| ProbeError::Address {
+        async {
+            let kernel = self.kernel().await?;
+            ensure_source_on_lo(kernel.as_ref(), &self.networks, source).await
+        }
+        .await
+        .map_err(|e| ProbeError::Address {
             address: source,
             source: e,
-        })?;
-        ensure_source_on_lo(kernel.as_ref(), &self.networks, source)
-            .await
-            .map_err(|e| ProbeError::Address {
-                address: source,
-                source: e,
-            })
+        })
     }
 
     async fn echo(

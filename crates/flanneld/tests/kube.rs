@@ -67,6 +67,19 @@ fn node(name: &str, cidr: &str) -> Node {
     .unwrap()
 }
 
+/// Node `name`'s NetworkUnavailable condition, if it has one.
+async fn network_unavailable(
+    nodes: &Api<Node>,
+    name: &str,
+) -> Option<k8s_openapi::api::core::v1::NodeCondition> {
+    let n = nodes.get_status(name).await.unwrap();
+    n.status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "NetworkUnavailable")
+}
+
 fn attrs(i: u8) -> LeaseAttrs {
     let mut a = LeaseAttrs::new(format!("172.16.0.{i}").parse().unwrap());
     a.backend_type = "vxlan".into();
@@ -169,14 +182,12 @@ async fn kube_subnet_manager_against_a_real_api_server() {
         .report_ready(false, None, Some(full))
         .await
         .unwrap();
-    let n1 = nodes.get_status("n1").await.unwrap();
-    let c = n1.status.unwrap().conditions.unwrap();
-    assert!(
-        c.iter().any(|c| c.type_ == "NetworkUnavailable"
-            && c.status == "True"
-            && c.reason.as_deref() == Some("FlannelNotReady")
-            && c.message.as_deref() == Some(full)),
-        "{c:?}"
+    let c = network_unavailable(&nodes, "n1")
+        .await
+        .expect("a condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_deref(), c.message.as_deref()),
+        ("True", Some("FlannelNotReady"), Some(full))
     );
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
     let listed = events.list(&Default::default()).await.unwrap();
@@ -196,25 +207,17 @@ async fn kube_subnet_manager_against_a_real_api_server() {
         .report_ready(false, Some("DataPathUnverified"), Some(silent))
         .await
         .unwrap();
-    let n1 = nodes.get_status("n1").await.unwrap();
-    let c = n1.status.unwrap().conditions.unwrap();
-    assert!(
-        c.iter().any(|c| c.type_ == "NetworkUnavailable"
-            && c.status == "True"
-            && c.reason.as_deref() == Some("DataPathUnverified")
-            && c.message.as_deref() == Some(silent)),
-        "{c:?}"
+    let c = network_unavailable(&nodes, "n1")
+        .await
+        .expect("a condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_deref(), c.message.as_deref()),
+        ("True", Some("DataPathUnverified"), Some(silent))
     );
     managers[0].report_ready(true, None, None).await.unwrap();
-    let n1 = nodes.get_status("n1").await.unwrap();
-    let cond = n1
-        .status
-        .unwrap()
-        .conditions
-        .unwrap()
-        .into_iter()
-        .find(|c| c.type_ == "NetworkUnavailable")
-        .unwrap();
+    let cond = network_unavailable(&nodes, "n1")
+        .await
+        .expect("a condition");
     assert_eq!(
         (cond.status.as_str(), cond.reason.as_deref()),
         ("False", Some("FlannelIsUp"))
@@ -426,16 +429,7 @@ impl GatedNode {
     ) -> k8s_openapi::api::core::v1::NodeCondition {
         tokio::time::timeout(within, async {
             loop {
-                let c = self
-                    .nodes
-                    .get_status("n1")
-                    .await
-                    .unwrap()
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|c| c.type_ == "NetworkUnavailable");
+                let c = network_unavailable(&self.nodes, "n1").await;
                 if let Some(c) = c.filter(|c| want(c)) {
                     return c;
                 }

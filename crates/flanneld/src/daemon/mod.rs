@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
 
 mod data_path;
+mod readiness;
 mod telemetry;
 mod timing;
 
@@ -221,6 +222,9 @@ struct Node {
     /// The closed-loop readiness probe (the node is ready only once it is answered).
     data_path: DataPath,
     prober: Arc<dyn crate::probe::Prober>,
+    /// The probe's source address (the lease's; None when the backend has no probe), held
+    /// on `lo` at start and every resync.
+    probe_source: Option<std::net::Ipv4Addr>,
 }
 
 impl Node {
@@ -333,6 +337,8 @@ impl Node {
             false => None,
         };
         let env = subnet_env(&config, &own, backend.mtu(), cfg.traffic.masquerade);
+        // The own lease (and so the probe's source) stays the same for the whole run.
+        let probe_source = backend.probe_plan(&own, &feed.peers()).map(|p| p.source);
         let kernel_changes = match backend.repairs_on_kernel_changes() {
             true => platform
                 .kernel_changes(crate::backend::host_gw::networks(&config))
@@ -364,6 +370,7 @@ impl Node {
             reported: None,
             data_path: DataPath::NotStarted,
             prober: platform.prober(crate::backend::host_gw::networks(&config)),
+            probe_source,
         };
         node.hold_probe_source().await;
         node.take_status(Trigger::Start, Ok(status));
@@ -517,30 +524,6 @@ impl Node {
         self.ensure_subnet_env();
     }
 
-    /// Keep the probe's source address on `lo` (at start and every resync: put back when
-    /// removed), whenever the backend has a probe.
-    async fn hold_probe_source(&mut self) {
-        let Some(plan) = self.backend.probe_plan(&self.own, &self.feed.peers()) else {
-            return;
-        };
-        let prober = Arc::clone(&self.prober);
-        if let Err(e) = prober.ensure_source(plan.source).await {
-            warn!(error = %crate::report(&e), "the readiness probe's address is not in place");
-        }
-    }
-
-    /// Once the backend's data plane is in place, probe it (once per run).
-    fn start_probe(&mut self) {
-        if self.backend_ready {
-            self.data_path.start(
-                self.backend.as_ref(),
-                &self.own,
-                &self.feed.peers(),
-                &self.prober,
-            );
-        }
-    }
-
     /// Renew the lease at its expiry minus the margin.
     async fn renew(&mut self) -> Control {
         match self.sm.renew_lease(&self.own).await {
@@ -568,58 +551,6 @@ impl Node {
                 );
                 Control::Continue
             }
-        }
-    }
-
-    /// Tell the subnet manager when readiness, or the reason the node is not ready, changed
-    /// (Kubernetes: the NetworkUnavailable condition and an Event); a failure is logged and
-    /// retried at the next resync.
-    async fn report_ready(&mut self) {
-        let ready = self.health.is_ready();
-        let probe_problem = self.data_path.problem().filter(|_| self.backend_ready);
-        let reason = probe_problem.map(|_| crate::probe::UNVERIFIED_REASON);
-        let problem = probe_problem.map(str::to_string).or(self.problem.clone());
-        let now = (ready, if ready { None } else { problem });
-        if self.reported.as_ref() == Some(&now) {
-            return;
-        }
-        match self
-            .sm
-            .report_ready(now.0, reason.filter(|_| !ready), now.1.as_deref())
-            .await
-        {
-            Ok(()) => self.reported = Some(now),
-            Err(e) => {
-                warn!(error = %crate::report(&e), "reporting readiness to the subnet manager failed")
-            }
-        }
-    }
-
-    /// Write subnet.env if it is missing or differs, and mark ready once it is in place and
-    /// the backend's data plane is. A failed write is logged and retried at the next resync;
-    /// the node stays not ready.
-    fn ensure_subnet_env(&self) {
-        let path = &self.cfg.subnet_file;
-        let want = self.env.render();
-        let written = std::fs::read_to_string(path).is_ok_and(|have| have == want)
-            || match subnet_file::write_atomic(path, &want) {
-                Ok(()) => {
-                    info!(path = %path.display(), "wrote subnet file");
-                    true
-                }
-                Err(e) => {
-                    error!(error = %crate::Report(&e), "subnet file not written; not ready");
-                    false
-                }
-            };
-        let ready = written && self.backend_ready && self.data_path.verified();
-        if ready != self.health.is_ready() {
-            if ready {
-                info!("ready");
-            } else if written && !self.backend_ready {
-                warn!("not ready: the backend's data plane is not in place yet");
-            }
-            self.health.set_ready(ready);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The Kubernetes manager against a scripted API server (tower-test): what it sends and what
 //! it makes of the answers, for the cases a real kube-apiserver will not readily produce.
 
+use super::leases::{LeaseElection, LEASE_SECS};
 use super::*;
 use http::{Request, Response};
 use kube::client::Body;
@@ -80,11 +81,11 @@ async fn readiness_is_a_strategic_status_patch_of_network_unavailable_with_times
 #[tokio::test]
 async fn a_lease_another_candidate_wrote_first_is_a_409_and_not_ours() {
     let (m, mut api) = manager();
-    let election = LeaseElection {
-        api: Api::namespaced(m.client.clone(), "kube-flannel"),
-        name: "tencent-vpc-gc-c1".into(),
-        identity: "node-1".into(),
-    };
+    let election = LeaseElection::new(
+        Api::namespaced(m.client.clone(), "kube-flannel"),
+        "tencent-vpc-gc-c1",
+        "node-1",
+    );
     let server = tokio::spawn(async move {
         // GET: no Lease yet.
         let (req, send) = api.next_request().await.unwrap();

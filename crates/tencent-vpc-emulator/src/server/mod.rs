@@ -80,6 +80,15 @@ pub struct Lag {
     pub never: bool,
 }
 
+impl Lag {
+    /// How long after the API a change forwards; None: not until the fault is cleared.
+    pub fn delay(&self) -> Option<Duration> {
+        self.delay_ms
+            .filter(|_| !self.never)
+            .map(Duration::from_millis)
+    }
+}
+
 /// A state for the lagging data plane: applied at `due`, then acknowledged.
 type Queued = (tokio::time::Instant, Scenario, Option<oneshot::Sender<()>>);
 
@@ -190,20 +199,22 @@ impl Shared {
             *self.state.lock().unwrap() = next;
             return result;
         }
-        let lag = *self.lag.lock().unwrap();
-        let queued = self.lagged.lock().unwrap().is_some();
-        let direct = self.dataplane.as_ref().filter(|_| lag.is_none() && !queued);
-        match lag {
-            _ if direct.is_some() || self.dataplane.is_none() => {}
-            None => self.through_queue(Duration::ZERO, next.clone(), true).await,
-            Some(Lag {
-                delay_ms: Some(ms),
-                never: false,
-            }) => {
-                self.through_queue(Duration::from_millis(ms), next.clone(), false)
-                    .await
+        // Straight into the data plane until the first lag; from then on through its queue,
+        // in order (setting a lag always starts the queue).
+        let direct = self
+            .dataplane
+            .as_ref()
+            .filter(|_| self.lagged.lock().unwrap().is_none());
+        if direct.is_none() {
+            match self.lag() {
+                None => self.through_queue(Duration::ZERO, next.clone(), true).await,
+                // With no delay (never), the state reaches it when the fault is cleared.
+                Some(lag) => {
+                    if let Some(delay) = lag.delay() {
+                        self.through_queue(delay, next.clone(), false).await;
+                    }
+                }
             }
-            Some(_) => {} // never: the state reaches the data plane when the fault is cleared
         }
         if let Some(dp) = direct {
             dp.add(&next).await;

@@ -499,10 +499,7 @@ impl SubnetManager for EtcdManager {
         ttl: Duration,
     ) -> Result<Option<Vec<SystemTime>>, SubnetError> {
         let (lease, _) = self.grant(ttl.as_secs().max(1) as i64).await?;
-        let dir = format!(
-            "{}/queues/{name}/",
-            self.record_key("").trim_end_matches('/')
-        );
+        let dir = self.record_key(&format!("queues/{name}/"));
         let key = format!("{dir}{:016x}", rand::rng().random::<u64>());
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
