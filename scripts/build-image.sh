@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The flannel-rs image, offline and reproducibly, as an OCI archive `ctr images import` takes:
 # a minimal Debian 12 rootfs from Debian's packages (mmdebstrap, the packages listed in
-# deploy/image-contents) and the `dist` binaries. Every timestamp is SOURCE_DATE_EPOCH (default:
+# deploy/image-contents) and the shipped binaries (scripts/build-dist.sh: `dist`, static). Every timestamp is SOURCE_DATE_EPOCH (default:
 # the commit's time), so the same package versions and binaries give the same digest; the
 # versions are recorded in the image (/usr/share/flannel-rs/packages).
 #   scripts/build-image.sh            -> target/image/flannel-rs-<tag>.oci.tar
-#   scripts/build-image.sh --no-cargo    the same from the binaries already in target/dist
+#   scripts/build-image.sh --no-cargo    the same from the binaries already in target/shipped
 # Env: IMAGE_TAG (default: the workspace version), IMAGE_OUT (default target/image),
 # SOURCE_DATE_EPOCH.
 set -euo pipefail
@@ -18,7 +18,7 @@ mkdir -p "$out"
 command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null
 
 start=$(date +%s)
-[ "${1:-}" = --no-cargo ] || cargo build --profile dist --locked -p flanneld
+[ "${1:-}" = --no-cargo ] || scripts/build-dist.sh
 built=$(date +%s)
 
 packages=$(awk '$1 == "package" { print $2 }' deploy/image-contents | paste -sd, -)
@@ -34,7 +34,7 @@ mmdebstrap --quiet --mode=root --variant=essential --include="$packages" \
 based=$(date +%s)
 
 python3 scripts/oci-image.py --rootfs "$rootfs" --contents deploy/image-contents \
-  --dist target/dist --name docker.io/library/flannel-rs --tag "$tag" \
+  --dist target/shipped --name docker.io/library/flannel-rs --tag "$tag" \
   --out "$out/flannel-rs-$tag.oci.tar"
 rm -f "$rootfs"
 echo "build-image: cargo dist $((built - start)) s, rootfs $((based - built)) s, pack $(($(date +%s) - based)) s -> $out/flannel-rs-$tag.oci.tar"

@@ -245,6 +245,12 @@ fn main() {
     let many_rss = rss_mb(watcher);
     let many_anon = anon_mb(watcher);
     let (own, libs, other) = breakdown_mb(watcher);
+    // `HOLD_SECS=N` keeps the lab up that long for a look at the process (smaps, pagemap).
+    let hold = env_or("HOLD_SECS", 0);
+    if hold > 0 {
+        println!("holding the lab {hold} s: node-1's flanneld is pid {watcher}");
+        std::thread::sleep(Duration::from_secs(hold)); // an inspection window, not a sync
+    }
 
     let _ = lab::down(PREFIX);
     println!("\nlab figures (tencent-vpc per-node, emulator latency 0, {joins} joins):");

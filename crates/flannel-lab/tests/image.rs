@@ -1,6 +1,7 @@
 //! The image as a container runtime sees it (root; CI runs as root after
 //! scripts/build-image.sh): `ctr images import` takes the OCI archive, a container from it runs
 //! flanneld, flannelctl and the CNI plugin with what flanneld execs (iptables-restore, nft), the
+//! binaries are static and resolve names from /etc/hosts whatever nsswitch.conf says, the
 //! package versions are recorded inside, and a second build from the same inputs has the same
 //! digest. A private containerd (its own root, state and socket; no CRI) serves the test, and
 //! everything it made is removed at the end.
@@ -150,7 +151,12 @@ fn the_image_imports_into_containerd_and_runs_what_the_daemonset_runs() {
     let script = "flanneld --version 2>&1 && flannelctl --version && test -x /usr/bin/flannel \
         && cp -f /usr/bin/flannel /tmp/flannel && iptables-restore --version \
         && iptables-legacy-restore --version && nft --version && ip -V \
-        && cat /usr/share/flannel-rs/packages";
+        && cat /usr/share/flannel-rs/packages \
+        && for b in flanneld flannelctl flannel; do echo \"$b: $(ldd /usr/bin/$b 2>&1)\"; done \
+        && echo '127.0.0.1 etcd.flannel-rs.test' >> /etc/hosts \
+        && echo 'hosts: mymachines resolve [!UNAVAIL=return] myhostname files dns' > /etc/nsswitch.conf \
+        && { timeout 5 flanneld --etcd-endpoints=http://etcd.flannel-rs.test:1 2>&1 || true; } \
+           | grep -m1 -o 'tcp connect error[^)]*127.0.0.1:1'";
     let out = rt.ctr(&[
         "run",
         "--rm",
@@ -183,6 +189,23 @@ fn the_image_imports_into_containerd_and_runs_what_the_daemonset_runs() {
             "{package} in {out}"
         );
     }
+    // Static (scripts/build-dist.sh): the CNI plugin runs on the host whatever its glibc.
+    for b in ["flanneld", "flannelctl", "flannel"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{b}:")) && l.contains("statically linked")),
+            "{b} static in {out}"
+        );
+    }
+    // The static daemon looks names up in /etc/hosts (then DNS) although nsswitch.conf names
+    // services it would have to dlopen: the etcd endpoint's name became 127.0.0.1, where
+    // nothing listens (a connect error, not a lookup error).
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("tcp connect error") && l.ends_with("127.0.0.1:1")),
+        "{out}"
+    );
     drop(rt);
 
     // Reproducible: the same inputs (package versions, the same binaries, SOURCE_DATE_EPOCH)

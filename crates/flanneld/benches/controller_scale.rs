@@ -10,7 +10,8 @@
 //! in every table (p50/p99/max) and lease deleted → route gone (the garbage collector's pace),
 //! API calls per join-or-leave, the controller's peak RSS and CPU seconds.
 //!
-//! Run: `cargo bench -p flanneld --bench controller_scale` (NODES, JOINS_PER_SEC, CHURN_SECS).
+//! Run: `cargo bench -p flanneld --bench controller_scale` (NODES, JOINS_PER_SEC, CHURN_SECS;
+//! FLANNELD=/abs/path to run another build of the daemon).
 
 #[path = "common/vpc_nodes.rs"]
 mod vpc_nodes;
@@ -180,7 +181,8 @@ fn main() {
     }
     let log = std::fs::File::create(std::env::temp_dir().join("controller_scale.log")).unwrap();
     let controller = Controller(
-        Command::new(env!("CARGO_BIN_EXE_flanneld"))
+        // FLANNELD: another build of the daemon (e.g. the shipped one, target/shipped/flanneld).
+        Command::new(std::env::var_os("FLANNELD").unwrap_or(env!("CARGO_BIN_EXE_flanneld").into()))
             .args([
                 "--controller",
                 &format!("--etcd-endpoints={}", etcd.endpoint()),

@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod lease_feed;
 pub mod logging;
 pub mod metrics;
+pub mod name_service;
 pub mod probe;
 pub mod subnet;
 pub mod subnet_file;

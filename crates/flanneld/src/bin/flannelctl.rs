@@ -139,6 +139,7 @@ enum ConfigCommand {
 use flanneld::ctl::commands::{self, CtlError, GcRequest, EXIT_INVALID};
 
 fn main() -> ExitCode {
+    flanneld::name_service::pin_for_static_glibc();
     // Accept Go-style single-dash long flags, as flanneld does.
     let cli = Cli::parse_from(flanneld::cli::normalize_args(std::env::args_os()));
     let level = match cli.verbose {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
+    flanneld::name_service::pin_for_static_glibc();
     let opts = match Options::parse_with_env(std::env::args_os(), |k| std::env::var(k).ok()) {
         Ok(o) => o,
         Err(e) => e.exit(),
@@ -28,7 +29,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     logging::init(opts.log_format, opts.verbosity);
-    let rt = match tokio::runtime::Runtime::new() {
+    // One thread: the daemon waits on the network, the store and the cloud, never on its own
+    // CPU, and each worker thread costs a stack and a malloc arena (and the work-stealing
+    // scheduler, code the kernel maps in whether it runs or not). Blocking work (hooks, the
+    // data path probe, name lookups) goes to tokio's blocking pool.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the async runtime");
