@@ -10,7 +10,7 @@ scripts/setup.sh
 # pause binary for the `--kube` lab tests; 9-12 min once).
 command -v kubectl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
 scripts/build-kube.sh kube-apiserver kube-controller-manager kube-scheduler kubelet pause
-# The image (dist binaries + a Debian rootfs from Debian's packages) the image test and the
+# The image (the shipped static binaries + a Debian rootfs from Debian's packages) the image test and the
 # `--kube` lab import into containerd, and the lab's pause and busybox images.
 scripts/build-image.sh
 scripts/build-lab-images.sh

@@ -7,7 +7,9 @@
 //! - flanneld RSS and CPU at idle, during the joins (an existing node's agent), and with 1,000
 //!   synthetic peer leases written to etcd.
 //!
-//! `cargo build --release -p flanneld -p tencent-vpc-emulator && cargo bench -p flannel-lab --bench lab_figures`
+//! `cargo bench -p flannel-lab --bench lab_figures`; the shipped daemon's memory:
+//! `scripts/build-dist.sh && FLANNELD=$PWD/target/shipped/flanneld cargo bench ...` (JOINS,
+//! IDLE_SECS, PEERS; HOLD_SECS keeps the lab up that long at the end, to look at the process).
 
 use flannel_lab::lab::{self, Reach};
 use flannel_lab::measure::{env_or, fresh_lab, median, total_calls};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// A lab for a benchmark: any leftover of the same prefix removed first, progress on stderr,
 /// and on failure removed again before panicking. `FLANNELD=path` runs another build of the
-/// daemon (e.g. `target/dist/flanneld`) than the one in `bin_dir`.
+/// daemon (e.g. the shipped `target/shipped/flanneld`) than the one in `bin_dir`.
 pub fn fresh_lab(spec: LabSpec, nodes: u8, bin_dir: std::path::PathBuf, reach: Reach) -> Lab {
     let prefix = spec.prefix.clone();
     let _ = lab::down(&prefix);

@@ -4,7 +4,8 @@
 //! host-gw, vxlan, udp, wireguard, repeated) so drift on a shared machine hits all three alike; the median
 //! of each is reported with its ratio to the baseline. Root only.
 //!
-//! `cargo bench -p flanneld --bench dataplane_iperf` (BENCH_RUNS=5, BENCH_SECS=5 by default)
+//! `cargo bench -p flanneld --bench dataplane_iperf` (BENCH_RUNS=5, BENCH_SECS=5 by default;
+//! FLANNELD=/abs/path runs another build of the daemon, e.g. the shipped one)
 
 #[path = "../tests/common/cluster.rs"]
 mod cluster;
@@ -98,6 +99,9 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` would too: only run when asked.
     if std::env::args().any(|a| a == "--list") {
         return;
+    }
+    if let Some(daemon) = std::env::var_os("FLANNELD") {
+        let _ = cluster::DAEMON.set(daemon.into());
     }
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()

@@ -59,6 +59,10 @@ pub struct Pod {
     pub node: u8,
 }
 
+/// Another build of the daemon for every cluster of this process (a bench sets it from
+/// `FLANNELD`, e.g. the shipped target/shipped/flanneld); unset, the package's own binary.
+pub static DAEMON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 pub struct Cluster {
     // Drop order: pods, nodes (their daemons), etcd, then the underlay.
     pub nodes: Vec<Node>,
@@ -148,10 +152,13 @@ impl Cluster {
         let subnet_file = format!("--subnet-file={}", node.subnet_env().display());
         // Each node its own WireGuard key (upstream's default file is one per machine).
         let key_file = format!("WIREGUARD_KEY_FILE={}", node.dir.join("wgkey").display());
+        let daemon = DAEMON.get().map_or(env!("CARGO_BIN_EXE_flanneld"), |p| {
+            p.to_str().expect("FLANNELD is UTF-8")
+        });
         let mut all = vec![
             "/usr/bin/env",
             &key_file,
-            env!("CARGO_BIN_EXE_flanneld"),
+            daemon,
             &endpoints,
             "--iface=eth0",
             &subnet_file,
