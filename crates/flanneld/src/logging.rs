@@ -36,12 +36,15 @@ pub fn directives(ours: &str) -> String {
         .join(",")
 }
 
-/// The filter: `RUST_LOG` when it is set and parses, else `directives(ours)`.
-fn filter(ours: &str) -> Targets {
-    std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| directives(ours).parse().unwrap_or_default())
+/// The filter: `RUST_LOG` when it is set and parses, else `directives(ours)` and, for a
+/// `RUST_LOG` that does not parse, why (logged once the subscriber is up).
+fn filter(rust_log: Option<&str>, ours: &str) -> (Targets, Option<String>) {
+    let ours = || directives(ours).parse().unwrap_or_default();
+    match rust_log.map(str::parse::<Targets>) {
+        None => (ours(), None),
+        Some(Ok(t)) => (t, None),
+        Some(Err(e)) => (ours(), Some(e.to_string())),
+    }
 }
 
 /// Install the global subscriber (writes to stderr) with our crates at `ours` unless
@@ -52,11 +55,16 @@ pub fn init_at(format: LogFormat, ours: &str) {
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter(ours));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let (targets, refused) = filter(rust_log.as_deref(), ours);
+    let registry = tracing_subscriber::registry().with(targets);
     let _ = match format {
         LogFormat::Plain => registry.with(layer).try_init(),
         LogFormat::Json => registry.with(layer.json().flatten_event(true)).try_init(),
     };
+    if let Some(error) = refused {
+        tracing::warn!(%error, "RUST_LOG ignored: it takes `level` and `target=level` directives");
+    }
 }
 
 /// flanneld's logging: klog verbosity.
@@ -82,5 +90,19 @@ mod tests {
         );
         assert!(t.would_enable("flannel_core::lease", &tracing::Level::TRACE));
         assert!(!t.would_enable("h2::codec", &tracing::Level::INFO));
+    }
+
+    #[test]
+    fn rust_log_wins_when_it_parses_and_is_refused_by_name_when_not() {
+        let (t, refused) = filter(Some("off"), "debug");
+        assert!(!t.would_enable("flanneld", &tracing::Level::ERROR));
+        assert!(refused.is_none());
+        let (t, refused) = filter(Some("flanneld[span{x=1}]=debug"), "debug");
+        assert!(t.would_enable("flanneld::daemon", &tracing::Level::DEBUG));
+        assert!(!t.would_enable("h2", &tracing::Level::INFO));
+        assert!(refused.is_some());
+        let (t, refused) = filter(None, "info");
+        assert!(!t.would_enable("flanneld", &tracing::Level::DEBUG));
+        assert!(refused.is_none());
     }
 }
